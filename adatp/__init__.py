@@ -1,0 +1,24 @@
+"""adatp: Attention-Debiased Token Pruning (AdaTP, arXiv 2505.20100) for transformers Video LLMs.
+
+Our reconstruction from the paper's description; see README "AdaTP as we implement it".
+"""
+
+from adatp.config import AdaTPConfig, ConfigError
+from adatp.flops import flops_ratio, prefill_flops, retention_for_budget
+from adatp.llava_onevision import disable, enable, pruning, state_of
+from adatp.select import select_visual_tokens
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdaTPConfig",
+    "ConfigError",
+    "disable",
+    "enable",
+    "flops_ratio",
+    "prefill_flops",
+    "pruning",
+    "retention_for_budget",
+    "select_visual_tokens",
+    "state_of",
+]

@@ -1,0 +1,123 @@
+"""`AdaTPConfig`: the pruning settings, with range validation that names the field it rejects."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+METHODS = ("adatp", "uniform", "random", "fastv", "adatp_random_segments")
+SCORES = ("attention", "norm", "text_sim")
+RELEVANCES = ("llm", "siglip")
+POSITIONS = ("original", "renumber")
+# Methods whose selection reads per-token scores (uniform and random do not).
+SCORED_METHODS = ("adatp", "fastv", "adatp_random_segments")
+
+
+class ConfigError(ValueError):
+    """A bad AdaTP config or preset field. The message starts with the field's path, e.g. `config.tau_s: ...`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaTPConfig:
+    """AdaTP settings. Every field has a default: our starting guess at the paper's setting.
+
+    tau_s: segmentation threshold on the cosine similarity of consecutive frames, in [-1, 1]; a new segment
+        starts after frame i when cos(g_i, g_i+1) < tau_s (higher -> more segments).
+    tau_t: text-relevance threshold on min-max normalised segment relevance, in [0, 1].
+    alpha_boost: budget weight multiplier for relevant segments, in [1, 100].
+    gamma_cap: spatial cap; one position is kept in at most ceil(gamma_cap * |segment|) frames, in (0, 1].
+    retention: share of visual tokens kept, in (0, 1]; kept count M = max(1, round(retention * F * N)).
+    prune_layer: LM layer before which tokens are dropped (0 = before the LM), >= 0.
+    score: per-token score source: `attention` (last text tokens' attention at layer prune_layer - 1),
+        `norm` (hidden-state L2 norm) or `text_sim` (cosine to the mean question embedding).
+    relevance: space of the frame/question features for segmentation and relevance: `llm` or `siglip`.
+    method: `adatp` or a baseline (`uniform`, `random`, `fastv`, `adatp_random_segments`).
+    seed: seed for `random` and `adatp_random_segments`.
+    positions: `original` (kept tokens keep their RoPE positions) or `renumber` (contiguous after pruning).
+    siglip_path: local SigLIP checkpoint directory, required when relevance is `siglip`.
+    """
+
+    tau_s: float = 0.9
+    tau_t: float = 0.5
+    alpha_boost: float = 2.0
+    gamma_cap: float = 0.5
+    retention: float = 0.25
+    prune_layer: int = 2
+    score: str = "attention"
+    relevance: str = "llm"
+    method: str = "adatp"
+    seed: int = 0
+    positions: str = "original"
+    siglip_path: str | None = None
+
+    def __post_init__(self) -> None:
+        validate(self, where="config")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> AdaTPConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def uses_scores(self) -> bool:
+        return self.method in SCORED_METHODS
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "config") -> AdaTPConfig:
+        """Build from a mapping (e.g. a preset's `config:` block); unknown keys and bad values raise ConfigError."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"{where}.{key}: unknown key (allowed: {', '.join(sorted(known))})")
+        config = object.__new__(cls)
+        merged = {f.name: f.default for f in dataclasses.fields(cls)} | dict(data)
+        for name, value in merged.items():
+            object.__setattr__(config, name, value)
+        validate(config, where=where)
+        return config
+
+
+def _number(where: str, value: Any, lo: float, hi: float, lo_open: bool = False, integer: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{where}: must be {kind}, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: must be finite, got {value!r}")
+    below = value <= lo if lo_open else value < lo
+    if below or value > hi:
+        left = "(" if lo_open else "["
+        hi_text = "inf" if math.isinf(hi) else f"{hi:g}"
+        raise ConfigError(f"{where}: must be in {left}{lo:g}, {hi_text}], got {value!r}")
+
+
+def _choice(where: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{where}: must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def validate(config: AdaTPConfig, where: str = "config") -> None:
+    """Check every field's type and range, then the cross-field rules; raise ConfigError naming the field."""
+    _number(f"{where}.tau_s", config.tau_s, -1.0, 1.0)
+    _number(f"{where}.tau_t", config.tau_t, 0.0, 1.0)
+    _number(f"{where}.alpha_boost", config.alpha_boost, 1.0, 100.0)
+    _number(f"{where}.gamma_cap", config.gamma_cap, 0.0, 1.0, lo_open=True)
+    _number(f"{where}.retention", config.retention, 0.0, 1.0, lo_open=True)
+    _number(f"{where}.prune_layer", config.prune_layer, 0, 1024, integer=True)
+    _number(f"{where}.seed", config.seed, 0, 2**63 - 1, integer=True)
+    _choice(f"{where}.score", config.score, SCORES)
+    _choice(f"{where}.relevance", config.relevance, RELEVANCES)
+    _choice(f"{where}.method", config.method, METHODS)
+    _choice(f"{where}.positions", config.positions, POSITIONS)
+    if config.siglip_path is not None and not isinstance(config.siglip_path, str):
+        raise ConfigError(f"{where}.siglip_path: must be a string path, got {type(config.siglip_path).__name__}")
+    if config.relevance == "siglip" and not config.siglip_path:
+        raise ConfigError(f"{where}.siglip_path: required when relevance is 'siglip'")
+    if config.score == "attention" and config.method in SCORED_METHODS and config.prune_layer < 1:
+        raise ConfigError(
+            f"{where}.prune_layer: score 'attention' reads layer prune_layer - 1, so prune_layer must be >= 1 "
+            f"(or use score 'norm' / 'text_sim'), got {config.prune_layer}"
+        )

@@ -1,0 +1,200 @@
+"""Analytic prefill cost of the language model, with and without visual-token pruning.
+
+Convention (the FastV / FastVID / AdaTP tables): one multiply-accumulate (MAC) counts as 1 FLOP, only the
+matrix products of the decoder layers are counted (no embedding, norms, rotary, softmax or LM head), and the
+attention matrix is counted in full (n^2, not the causal half), as eager attention computes it. Per layer with
+n tokens:
+
+    2nD^2            q and o projections (D x D each)
+    2nD * h_kv * d   k and v projections (D x h_kv*d each, grouped-query attention)
+    2n^2 * D         Q K^T and softmax(.) V over all heads (heads * d = D)
+    3nDD'            gate, up and down projections of the SwiGLU MLP
+
+`torch.utils.flop_counter.FlopCounterMode` counts 2 FLOPs per MAC, so it reports twice these numbers on the
+eager-attention LM (it does not see CPU SDPA kernels at all).
+
+Pruning is FastV-style: layers before `prune_layer` see every token, layers from `prune_layer` on see only the
+kept visual tokens plus all text tokens. Text tokens (question, `image_newline`, chat template) are included
+because the user pays for them; `n_text=0` reproduces the paper tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+__all__ = [
+    "LMShape",
+    "flops_ratio",
+    "kept_count",
+    "layer_flops",
+    "lm_shape",
+    "min_flops_ratio",
+    "prefill_flops",
+    "retention_for_budget",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class LMShape:
+    """The dimensions of a Qwen2/LLaMA-style decoder that its prefill cost depends on.
+
+    layers: number of decoder layers L.
+    hidden: hidden size D.
+    intermediate: MLP intermediate size D'.
+    kv_heads: number of key/value heads h_kv.
+    head_dim: per-head dimension d.
+    heads: number of query heads (heads * head_dim is the attention width; D for Qwen2/LLaMA).
+    """
+
+    layers: int
+    hidden: int
+    intermediate: int
+    kv_heads: int
+    head_dim: int
+    heads: int
+
+
+def lm_shape(text_config: Any) -> LMShape:
+    """Read an `LMShape` from a transformers text config (Qwen2Config, LlamaConfig, ...).
+
+    A composite config (e.g. `LlavaOnevisionConfig`) is accepted too: its text config is used. An `LMShape` is
+    returned unchanged.
+    """
+    if isinstance(text_config, LMShape):
+        return text_config
+    get_text_config = getattr(text_config, "get_text_config", None)
+    if callable(get_text_config):
+        text_config = get_text_config()
+    heads = text_config.num_attention_heads
+    kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+    return LMShape(
+        layers=text_config.num_hidden_layers,
+        hidden=text_config.hidden_size,
+        intermediate=text_config.intermediate_size,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        heads=heads,
+    )
+
+
+def layer_flops(shape: LMShape, n: int) -> int:
+    """Prefill cost of one decoder layer over `n` tokens, in MACs (1 multiply-accumulate = 1 FLOP).
+
+    `2nD^2 + 2nD*h_kv*d + 2n^2*D + 3nDD'`, as an exact integer.
+    """
+    d_model, d_ff = shape.hidden, shape.intermediate
+    kv_width = shape.kv_heads * shape.head_dim
+    return 2 * n * d_model * d_model + 2 * n * d_model * kv_width + 2 * n * n * d_model + 3 * n * d_model * d_ff
+
+
+def kept_count(n_visual: int, retention: float) -> int:
+    """Number of visual tokens kept at `retention` in (0, 1]: `max(1, floor(retention * n_visual + 0.5))`.
+
+    Rounds half up (not Python's banker's `round`), so 0.5 tokens -> 1 and 2.5 -> 3. The selection code uses
+    this function too, so the FLOPs we report and the tokens we keep always agree.
+    """
+    _check_n_visual(n_visual)
+    if not 0.0 < retention <= 1.0:
+        raise ValueError(f"retention must be in (0, 1], got {retention}")
+    return max(1, min(n_visual, math.floor(retention * n_visual + 0.5)))
+
+
+def _check_n_visual(n_visual: int) -> None:
+    if n_visual < 1:
+        raise ValueError(f"n_visual must be >= 1, got {n_visual}")
+
+
+def _check_counts(shape: LMShape, n_visual: int, n_text: int, prune_layer: int) -> None:
+    _check_n_visual(n_visual)
+    if n_text < 0:
+        raise ValueError(f"n_text must be >= 0, got {n_text}")
+    if not 0 <= prune_layer <= shape.layers:
+        raise ValueError(f"prune_layer must be in [0, {shape.layers}] (the LM's layer count), got {prune_layer}")
+
+
+def _prefill_macs(shape: LMShape, n_visual: int, n_text: int, kept: int, prune_layer: int) -> int:
+    """Exact prefill MACs with `kept` visual tokens from `prune_layer` on."""
+    full = layer_flops(shape, n_visual + n_text)
+    pruned = layer_flops(shape, kept + n_text)
+    return prune_layer * full + (shape.layers - prune_layer) * pruned
+
+
+def _ratio_for_kept(shape: LMShape, n_visual: int, n_text: int, kept: int, prune_layer: int) -> float:
+    vanilla = shape.layers * layer_flops(shape, n_visual + n_text)
+    return _prefill_macs(shape, n_visual, n_text, kept, prune_layer) / vanilla
+
+
+def prefill_flops(
+    text_config: Any, n_visual: int, n_text: int = 0, retention: float = 1.0, prune_layer: int = 0
+) -> float:
+    """LM prefill cost in FLOPs (MACs, the paper convention) for one sequence.
+
+    text_config: a transformers text config (or `LMShape`).
+    n_visual: visual tokens before pruning (F * N; 6272 for 32 frames of LLaVA-OV).
+    n_text: all other tokens of the prompt (they are never pruned), >= 0.
+    retention: share of visual tokens kept, in (0, 1]; kept count is `kept_count(n_visual, retention)`.
+    prune_layer: layers [0, prune_layer) see every token, layers [prune_layer, L) the kept ones; in [0, L].
+    """
+    shape = lm_shape(text_config)
+    _check_counts(shape, n_visual, n_text, prune_layer)
+    kept = kept_count(n_visual, retention)
+    return float(_prefill_macs(shape, n_visual, n_text, kept, prune_layer))
+
+
+def flops_ratio(text_config: Any, n_visual: int, n_text: int, retention: float, prune_layer: int) -> float:
+    """Pruned / vanilla prefill cost, in (0, 1]; text tokens counted in both. Arguments as `prefill_flops`."""
+    shape = lm_shape(text_config)
+    _check_counts(shape, n_visual, n_text, prune_layer)
+    return _ratio_for_kept(shape, n_visual, n_text, kept_count(n_visual, retention), prune_layer)
+
+
+def min_flops_ratio(text_config: Any, n_visual: int, n_text: int, prune_layer: int) -> float:
+    """The smallest FLOPs ratio reachable at `prune_layer`: one visual token kept from that layer on."""
+    shape = lm_shape(text_config)
+    _check_counts(shape, n_visual, n_text, prune_layer)
+    return _ratio_for_kept(shape, n_visual, n_text, 1, prune_layer)
+
+
+def retention_for_budget(text_config: Any, n_visual: int, n_text: int, budget: float, prune_layer: int) -> float:
+    """The largest retention whose pruned prefill costs at most `budget` (a FLOPs ratio in (0, 1]).
+
+    Returns `kept / n_visual`, where `kept` is the largest visual-token count with
+    `flops_ratio(..., kept / n_visual, prune_layer) <= budget`; `kept_count` maps the result back to `kept`.
+    Budget 1.0 gives retention 1.0.
+
+    Raises ValueError when `budget` is outside (0, 1] or below `min_flops_ratio` (the cost of the layers
+    before `prune_layer` plus one kept token after it).
+    """
+    shape = lm_shape(text_config)
+    _check_counts(shape, n_visual, n_text, prune_layer)
+    if not 0.0 < budget <= 1.0:
+        raise ValueError(f"budget must be a FLOPs ratio in (0, 1], got {budget}")
+    minimum = _ratio_for_kept(shape, n_visual, n_text, 1, prune_layer)
+    if budget < minimum:
+        raise ValueError(
+            f"budget {budget:.4f} is below the minimum FLOPs ratio {minimum:.4f} reachable with prune_layer="
+            f"{prune_layer} ({prune_layer} full layers of {shape.layers}, then 1 visual + {n_text} text tokens); "
+            f"raise the budget or lower prune_layer"
+        )
+    pruned_layers = shape.layers - prune_layer
+    if pruned_layers == 0:  # nothing is pruned: every retention costs 1.0, and budget >= minimum = 1.0 here
+        return 1.0
+
+    # Per pruned layer, f(m) = b*m^2 + a*m MACs for m tokens; solve f(m) = allowance for m, m = kept + n_text.
+    d_model = shape.hidden
+    a = 2 * d_model * d_model + 2 * d_model * shape.kv_heads * shape.head_dim + 3 * d_model * shape.intermediate
+    b = 2 * d_model
+    full = layer_flops(shape, n_visual + n_text)
+    allowance = (budget * shape.layers * full - prune_layer * full) / pruned_layers
+    tokens = 2.0 * allowance / (a + math.sqrt(a * a + 4.0 * b * allowance))  # stable form of the root
+    kept = min(n_visual, max(1, math.floor(tokens) - n_text))
+
+    # The closed form is exact up to float rounding; settle the last token with the same ratio the caller sees.
+    while kept < n_visual and _ratio_for_kept(shape, n_visual, n_text, kept + 1, prune_layer) <= budget:
+        kept += 1
+    while kept > 1 and _ratio_for_kept(shape, n_visual, n_text, kept, prune_layer) > budget:
+        kept -= 1
+    return kept / n_visual
