@@ -6,6 +6,7 @@ Our reconstruction from the paper's description; see README "AdaTP as we impleme
 from adatp.config import AdaTPConfig, ConfigError
 from adatp.flops import flops_ratio, prefill_flops, retention_for_budget
 from adatp.llava_onevision import disable, enable, pruning, state_of
+from adatp.presets import Preset, load_preset, save_preset, select_preset
 from adatp.select import select_visual_tokens
 
 __version__ = "0.1.0"
@@ -13,12 +14,16 @@ __version__ = "0.1.0"
 __all__ = [
     "AdaTPConfig",
     "ConfigError",
+    "Preset",
     "disable",
     "enable",
     "flops_ratio",
+    "load_preset",
     "prefill_flops",
     "pruning",
     "retention_for_budget",
+    "save_preset",
+    "select_preset",
     "select_visual_tokens",
     "state_of",
 ]

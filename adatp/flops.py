@@ -33,6 +33,7 @@ __all__ = [
     "min_flops_ratio",
     "prefill_flops",
     "retention_for_budget",
+    "scoring_flops",
 ]
 
 
@@ -198,3 +199,20 @@ def retention_for_budget(text_config: Any, n_visual: int, n_text: int, budget: f
     while kept > 1 and _ratio_for_kept(shape, n_visual, n_text, kept, prune_layer) > budget:
         kept -= 1
     return kept / n_visual
+
+
+def scoring_flops(text_config: Any, n_tokens: int, n_query: int) -> float:
+    """Extra cost (MACs) of `score: attention` at layer prune_layer - 1, outside the paper convention.
+
+    Queries are projected for the n_query text rows only (n_query * D * heads*d), keys for all n_tokens
+    (n_tokens * D * h_kv*d), and the logits are n_query x n_tokens per head (n_query * n_tokens * heads*d).
+    At the LLaVA-OV-7B shape (6272 visual + 64 text tokens, 25% kept at layer 2) it is 1.0e-3 of the pruned prefill,
+    almost all of it the key projection of layer prune_layer - 1.
+    """
+    shape = lm_shape(text_config)
+    width = shape.heads * shape.head_dim
+    return float(
+        n_query * shape.hidden * width
+        + n_tokens * shape.hidden * shape.kv_heads * shape.head_dim
+        + n_query * n_tokens * width
+    )

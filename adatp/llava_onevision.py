@@ -132,9 +132,8 @@ def _record_video(module, args, kwargs):
     if state.siglip is not None and pixels is not None and state.video_mask is not None:
         last_video = video.long().cumsum(-1).argmax(-1, keepdim=True)
         after = torch.arange(video.shape[1], device=video.device)[None] > last_video
-        texts = [
-            state.tokenizer.decode(row[keep], skip_special_tokens=True) for row, keep in zip(input_ids, after)
-        ]
+        texts = state.tokenizer.batch_decode(input_ids.masked_fill(~after, state.tokenizer.pad_token_id or 0),
+                                             skip_special_tokens=True)
         state.external_features = (state.siglip.frame_features(pixels), state.siglip.text_features(texts))
     return None
 

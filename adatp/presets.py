@@ -82,11 +82,21 @@ class Preset:
     def to_dict(self) -> dict[str, Any]:
         """The YAML document, validated and in file order (format, config, target, results, provenance)."""
         config = {name: _plain(value) for name, value in self.config.to_dict().items()}
-        document = {"format": FORMAT, "config": config, "target": self.target, "results": self.results,
-                    "provenance": self.provenance}
+        document = {
+            "format": FORMAT,
+            "config": config,
+            "target": self.target,
+            "results": self.results,
+            "provenance": self.provenance,
+        }
         checked = Preset.from_dict(document)
-        return {"format": FORMAT, "config": config, "target": checked.target, "results": checked.results,
-                "provenance": checked.provenance}
+        return {
+            "format": FORMAT,
+            "config": config,
+            "target": checked.target,
+            "results": checked.results,
+            "provenance": checked.provenance,
+        }
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "preset", path: str | None = None) -> Preset:
@@ -97,8 +107,8 @@ class Preset:
         return cls(
             config=AdaTPConfig.from_dict(mapping["config"], where=f"{where}.config"),
             target=_target(f"{where}.target", mapping["target"]),
-            results=_results(f"{where}.results", mapping.get("results") or {}),
-            provenance=_provenance(f"{where}.provenance", mapping.get("provenance") or {}),
+            results=_results(f"{where}.results", _or_empty(mapping.get("results"))),
+            provenance=_provenance(f"{where}.provenance", _or_empty(mapping.get("provenance"))),
             path=path,
         )
 
@@ -198,14 +208,17 @@ _PresetDumper.add_representer(
 
 
 def _plain(value: Any) -> Any:
-    """numpy scalars and other number subclasses as plain int/float, so safe YAML can write them."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return int(value)
+    """Number subclasses (numpy.float64, ...) as plain float/int: safe YAML writes only exact built-in types."""
     if isinstance(value, float):
         return float(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
     return value
+
+
+def _or_empty(value: Any) -> Any:
+    """An optional section written as `results:` (null) means empty; anything else is validated as given."""
+    return {} if value is None else value
 
 
 def _mapping(where: str, value: Any) -> dict[Any, Any]:
@@ -305,12 +318,12 @@ def _results(where: str, data: Any) -> dict[str, Any]:
     results: dict[str, Any] = {}
     if "flops_ratio" in data:
         ratio = data["flops_ratio"]
-        results["flops_ratio"] = None if ratio is None else _real(f"{where}.flops_ratio", ratio, 0.0, 1.0, True)
+        results["flops_ratio"] = None if ratio is None else _real(f"{where}.flops_ratio", ratio, 0.0, 1.0, lo_open=True)
     for key in _ACCURACY_KEYS:
         if key in data:
             results[key] = _accuracy(f"{where}.{key}", data[key])
     if "paired" in data:
-        results["paired"] = _paired(f"{where}.paired", data["paired"] or {})
+        results["paired"] = _paired(f"{where}.paired", _or_empty(data["paired"]))
     return results
 
 
@@ -342,8 +355,10 @@ def _provenance(where: str, data: Any) -> dict[str, Any]:
     data = _mapping(where, data)
     _check_keys(where, data, _PROVENANCE_KEYS)
     provenance: dict[str, Any] = {}
-    for key, value in data.items():
-        field = f"{where}.{key}"
+    for key in _PROVENANCE_KEYS:
+        if key not in data:
+            continue
+        value, field = data[key], f"{where}.{key}"
         if value is None:
             provenance[key] = None
         elif key in ("study", "mlflow_run_id"):

@@ -134,7 +134,8 @@ def uniform_indices(batch: int, frames: int, per_frame: int, kept: int, device=N
     per_frame_count = (frame + 1) * kept // frames - frame * kept // frames
     position = torch.arange(per_frame, device=device)
     # Position p is kept when the running quota floor(p * k / N) steps up: exactly k evenly spaced positions.
-    steps = ((position[None] + 1) * per_frame_count[:, None]) // per_frame - (position[None] * per_frame_count[:, None]) // per_frame
+    quota = per_frame_count[:, None]
+    steps = ((position[None] + 1) * quota) // per_frame - (position[None] * quota) // per_frame
     keep = (steps > 0).reshape(1, -1).expand(batch, -1)
     return _keep_to_indices(keep, kept)
 

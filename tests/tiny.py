@@ -7,14 +7,14 @@ VIDEO_TOKEN, IMAGE_TOKEN, PAD_TOKEN = 250, 251, 0
 TOKENS_PER_FRAME = 16  # 32 px / patch 4 = 8x8 patches, pooled 2x2 -> 4x4
 
 
-def tiny_config(layers: int = 4, attn: str = "sdpa") -> LlavaOnevisionConfig:
+def tiny_config(layers: int = 4, attn: str = "sdpa", hidden: int = 64, intermediate: int = 128) -> LlavaOnevisionConfig:
     config = LlavaOnevisionConfig(
         vision_config=dict(
             model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=2, image_size=32, patch_size=4, vision_use_head=False,
         ),
         text_config=dict(
-            model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+            model_type="qwen2", hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
             num_attention_heads=4, num_key_value_heads=2, vocab_size=256, max_position_embeddings=4096,
             pad_token_id=PAD_TOKEN, tie_word_embeddings=False,
         ),
@@ -27,9 +27,9 @@ def tiny_config(layers: int = 4, attn: str = "sdpa") -> LlavaOnevisionConfig:
     return config
 
 
-def tiny_model(layers: int = 4, attn: str = "sdpa", seed: int = 0) -> LlavaOnevisionForConditionalGeneration:
+def tiny_model(layers: int = 4, attn: str = "sdpa", seed: int = 0, **text) -> LlavaOnevisionForConditionalGeneration:
     torch.manual_seed(seed)
-    model = LlavaOnevisionForConditionalGeneration(tiny_config(layers, attn)).eval()
+    model = LlavaOnevisionForConditionalGeneration(tiny_config(layers, attn, **text)).eval()
     # Random init gives near-uniform attention; scale up so scores and outputs actually vary with the input.
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -45,11 +45,12 @@ def video_batch(batch: int = 1, frames: int = 6, pads: tuple[int, ...] = (), see
     rows, masks = [], []
     pads = pads or (0,) * batch
     width = max(pads) + 3 + n_video + question_len
-    for b in range(batch):
+    for _, pad_count in zip(range(batch), pads, strict=True):
         prefix = torch.randint(1, 200, (3,), generator=generator)
         question = torch.randint(1, 200, (question_len,), generator=generator)
         body = torch.cat([prefix, torch.full((n_video,), VIDEO_TOKEN), question])
         pad = width - body.numel()
+        assert pad >= pad_count
         rows.append(torch.cat([torch.full((pad,), PAD_TOKEN), body]))
         masks.append(torch.cat([torch.zeros(pad, dtype=torch.long), torch.ones(body.numel(), dtype=torch.long)]))
     pixels = torch.randn(batch, frames, 3, 32, 32, generator=generator)

@@ -1,0 +1,1 @@
+"""autotune: Optuna studies that tune AdaTP's thresholds per dataset and FLOPs budget, tracked in MLflow."""
