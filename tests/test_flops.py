@@ -113,12 +113,12 @@ def _assert_largest_kept_within_budget(n_visual, n_text, budget, prune_layer):
 
 @settings(max_examples=60, deadline=None)
 @given(
-    budget=st.floats(min_value=0.08, max_value=1.0),
+    budget=st.floats(min_value=0.09, max_value=1.0),
     prune_layer=st.sampled_from([0, 2]),
     n_text=st.sampled_from([0, 100]),
 )
 def test_retention_for_budget_is_the_largest_within_budget(budget, prune_layer, n_text):
-    # 0.08 is above the prune_layer=2 floor (~0.0715); prune_layer=0 reaches far lower.
+    # 0.09 is above the prune_layer=2 floor (0.0716 with no text, 0.0838 with 100 text tokens).
     _assert_largest_kept_within_budget(N_VISUAL_32_FRAMES, n_text, budget, prune_layer)
 
 
