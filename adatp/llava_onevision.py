@@ -22,7 +22,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from adatp.config import AdaTPConfig
+from adatp.config import AdaTPConfig, ConfigError
 from adatp.select import select_visual_tokens
 
 
@@ -69,6 +69,10 @@ def enable(model, config: AdaTPConfig, tokenizer=None) -> PruningState:
         raise TypeError(f"config must be an AdaTPConfig, got {type(config).__name__}")
     disable(model)
     inner = _multimodal(model)
+    layers = inner.config.text_config.num_hidden_layers
+    if config.prune_layer >= layers:
+        raise ConfigError(f"config.prune_layer: must be below the language model's {layers} layers, "
+                          f"got {config.prune_layer}")
     vision = inner.config.vision_config
     side = vision.image_size // vision.patch_size
     state = PruningState(
@@ -277,7 +281,7 @@ def _pruned_prefill(lm, state, embeds, mask_2d, position_ids, cache, use_cache, 
     if n_visual == 0 or n_visual % per_frame:
         raise ValueError(f"adatp: {n_visual} visual tokens is not a whole number of {per_frame}-token frames")
     frames = n_visual // per_frame
-    prune_layer = min(config.prune_layer, len(lm.layers))
+    prune_layer = config.prune_layer
     after_video = torch.arange(length, device=embeds.device)[None] > video_columns[:, -1:]
     query_rows = after_video & mask_2d[:, -length:]
 
@@ -335,7 +339,7 @@ def _pruned_prefill(lm, state, embeds, mask_2d, position_ids, cache, use_cache, 
 
 def _pruned_decode(lm, state, embeds, mask_2d, position_ids, cache, use_cache, kwargs):
     plan = state.plan
-    prune_layer = min(state.config.prune_layer, len(lm.layers))
+    prune_layer = state.config.prune_layer
     kept_mask = torch.cat(
         [mask_2d[:, : plan.prefill_length].gather(1, plan.keep_columns), mask_2d[:, plan.prefill_length :]], dim=1
     )

@@ -1,7 +1,7 @@
 """Selection overhead vs the pruned LM prefill it precedes, at the LLaVA-OneVision-7B shape.
 
 F=32 frames x N=196 tokens, D=3584 (Qwen2-7B widths) with random weights built from config (no download).
-On CPU the LM has fewer layers (default 4, pruning at layer 2); per-layer times are also measured and used to
+On CPU the LM has fewer layers (default 3, pruning at layer 2); per-layer times are also measured and used to
 estimate the full 28-layer prefill (2 full layers + 26 pruned). On GPU pass --layers 28.
 
 Prints a table and writes bench/results/prune_overhead.json. Run: `.venv/bin/python bench/prune_overhead.py`.
@@ -57,14 +57,15 @@ def build(layers: int, device: str, dtype: torch.dtype) -> LlavaOnevisionForCond
     return model
 
 
-def timed(fn, repeats: int, device: str) -> float:
-    """Median seconds of `repeats` calls after one warm-up."""
+def timed(fn, repeats: int, device: str, warmup: bool = True) -> float:
+    """Median seconds of `repeats` calls, after one warm-up call unless `warmup` is False."""
     def sync():
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    fn()
-    sync()
+    if warmup:
+        fn()
+        sync()
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -76,16 +77,19 @@ def timed(fn, repeats: int, device: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--prune-layer", type=int, default=2)
     parser.add_argument("--retention", type=float, default=0.25)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per layer / selection measurement")
+    parser.add_argument("--model-repeats", type=int, default=1,
+                        help="timed calls of the whole LM (minutes each on CPU; layers and selection warm it up)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32 on CPU, bfloat16 on GPU by default")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "prune_overhead.json"))
     args = parser.parse_args()
     device = args.device
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    default_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = getattr(torch, args.dtype) if args.dtype else default_dtype
     torch.manual_seed(0)
     model = build(args.layers, device, dtype)
     lm = model.model.language_model
@@ -99,7 +103,8 @@ def main() -> None:
 
     rows = []
     with torch.no_grad():
-        vanilla = timed(lambda: lm(inputs_embeds=embeds, use_cache=False), args.repeats, device)
+        whole = dict(repeats=args.model_repeats, device=device, warmup=device.startswith("cuda"))
+        vanilla = timed(lambda: lm(inputs_embeds=embeds, use_cache=False), **whole)
         # Per-layer times at the full and the kept length, for the full-depth estimate.
         full_layer_input = embeds
         kept_layer_input = embeds[:, : length - n_visual + kept]
@@ -126,11 +131,11 @@ def main() -> None:
             config = adatp.AdaTPConfig(method=method, retention=args.retention, prune_layer=args.prune_layer)
             state = adatp.enable(model, config)
 
-            def pruned():
+            def pruned(state=state):
                 state.video_mask = video_mask
                 return lm(inputs_embeds=embeds, use_cache=False)
 
-            t_pruned = timed(pruned, args.repeats, device)
+            t_pruned = timed(pruned, **whole)
             t_scores = 0.0
             scores = None
             if config.uses_scores:
@@ -140,8 +145,9 @@ def main() -> None:
                 )
                 scores = torch.rand(1, FRAMES, PER_FRAME, device=device)
             t_select = timed(
-                lambda: select_visual_tokens(config, FRAMES, PER_FRAME, scores=scores, frame_features=frame_features,
-                                             question=question, device=device),
+                lambda config=config, scores=scores: select_visual_tokens(
+                    config, FRAMES, PER_FRAME, scores=scores, frame_features=frame_features, question=question,
+                    device=device),
                 max(args.repeats, 10), device,
             )
             adatp.disable(model)
@@ -163,7 +169,7 @@ def main() -> None:
         gpu=torch.cuda.get_device_name() if device.startswith("cuda") else None, dtype=str(dtype),
         torch=torch.__version__, transformers=transformers.__version__, shape=dict(
             frames=FRAMES, tokens_per_frame=PER_FRAME, hidden=3584, text_tokens=n_text, sequence=length),
-        repeats=args.repeats, rows=rows,
+        repeats=args.repeats, model_repeats=args.model_repeats, rows=rows,
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
