@@ -51,6 +51,7 @@ class PruningState:
     seen: int = 0  # tokens of the original (unpruned) sequence processed so far, for default position ids
     kept_indices: torch.Tensor | None = None
     frames: int | None = None
+    pending_pixels: torch.Tensor | None = None  # pixels seen by get_video_features (relevance: siglip)
 
 
 def _multimodal(model):
@@ -87,6 +88,14 @@ def enable(model, config: AdaTPConfig, tokenizer=None) -> PruningState:
         if tokenizer is None:
             raise ValueError("relevance 'siglip' needs enable(model, config, tokenizer=...) to read the question")
         state.siglip = SiglipRelevance(config.siglip_path, device=inner.image_newline.device)
+        # generate() encodes the video before the prefill and drops the pixels: catch them on the way.
+        original = inner.get_video_features
+
+        def get_video_features(pixel_values_videos, *args, **kwargs):
+            state.pending_pixels = pixel_values_videos
+            return original(pixel_values_videos, *args, **kwargs)
+
+        inner.get_video_features = get_video_features
     state.hook = inner.register_forward_pre_hook(_record_video, with_kwargs=True)
     inner._adatp_state = state
     language_model = inner.language_model
@@ -105,6 +114,7 @@ def disable(model) -> None:
     del inner._adatp_state
     del inner.language_model._adatp_state
     del inner.language_model.forward
+    vars(inner).pop("get_video_features", None)
 
 
 @contextlib.contextmanager
@@ -133,6 +143,8 @@ def _record_video(module, args, kwargs):
     state.video_mask = video if bool(video.any()) else None
     state.external_features = None
     pixels = kwargs.get("pixel_values_videos")
+    pixels = state.pending_pixels if pixels is None else pixels
+    state.pending_pixels = None
     if state.siglip is not None and pixels is not None and state.video_mask is not None:
         last_video = video.long().cumsum(-1).argmax(-1, keepdim=True)
         after = torch.arange(video.shape[1], device=video.device)[None] > last_video

@@ -51,6 +51,8 @@ def test_siglip_features_drive_the_selection(siglip_dir, tmp_path):
         with adatp.pruning(model, config, tokenizer=llava_tokenizer) as state:
             model(input_ids=input_ids, pixel_values_videos=pixels)
             kept = state.kept_indices
+            model.generate(input_ids=input_ids, pixel_values_videos=pixels, max_new_tokens=2, do_sample=False)
+            assert torch.equal(state.kept_indices, kept)  # generate() drops pixels early; siglip still sees them
         siglip = SiglipRelevance(siglip_dir)
         frame_features = siglip.frame_features(pixels)
         question_features = siglip.text_features([question])
