@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import time
 from collections.abc import Iterator
 
 import torch
@@ -52,6 +53,22 @@ class PruningState:
     kept_indices: torch.Tensor | None = None
     frames: int | None = None
     pending_pixels: torch.Tensor | None = None  # pixels seen by get_video_features (relevance: siglip)
+    profile: bool = False  # when True, selection_seconds accumulates scoring + selection time (synchronised)
+    selection_seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def _timer(state: PruningState, device: torch.device):
+    if not state.profile:
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    state.selection_seconds += time.perf_counter() - start
 
 
 def _multimodal(model):
@@ -61,10 +78,11 @@ def _multimodal(model):
     return inner
 
 
-def enable(model, config: AdaTPConfig, tokenizer=None) -> PruningState:
+def enable(model, config: AdaTPConfig, tokenizer=None, profile: bool = False) -> PruningState:
     """Turn AdaTP on for `model` (forward and generate). Re-enabling replaces the config.
 
     tokenizer: the model's tokenizer, needed only for `relevance: siglip` (to recover the question text).
+    profile: accumulate the time spent scoring and selecting in `state.selection_seconds`.
     """
     if not isinstance(config, AdaTPConfig):
         raise TypeError(f"config must be an AdaTPConfig, got {type(config).__name__}")
@@ -81,6 +99,7 @@ def enable(model, config: AdaTPConfig, tokenizer=None) -> PruningState:
         tokens_per_frame=math.ceil(side / 2) ** 2,
         video_token_id=inner.config.video_token_id,
         tokenizer=tokenizer,
+        profile=profile,
     )
     if config.relevance == "siglip":
         from adatp.relevance import SiglipRelevance
@@ -318,15 +337,17 @@ def _pruned_prefill(lm, state, embeds, mask_2d, position_ids, cache, use_cache, 
         hidden = _run_layers(lm, hidden, range(prune_layer - 1), masks, full_embeddings, position_ids, cache,
                              use_cache, kwargs)
         if config.uses_scores and config.score == "attention":
-            per_key = attention_scores(lm.layers[prune_layer - 1], hidden, full_embeddings, query_rows, mask_2d)
-            scores = per_key.gather(1, visual_columns).view(batch, frames, per_frame)
+            with _timer(state, embeds.device):
+                per_key = attention_scores(lm.layers[prune_layer - 1], hidden, full_embeddings, query_rows, mask_2d)
+                scores = per_key.gather(1, visual_columns).view(batch, frames, per_frame)
         hidden = _run_layers(lm, hidden, [prune_layer - 1], masks, full_embeddings, position_ids, cache,
                              use_cache, kwargs)
 
-    kept = select_visual_tokens(
-        config, frames, per_frame, batch=batch, scores=scores, frame_features=frame_features, question=question,
-        device=embeds.device,
-    )
+    with _timer(state, embeds.device):
+        kept = select_visual_tokens(
+            config, frames, per_frame, batch=batch, scores=scores, frame_features=frame_features,
+            question=question, device=embeds.device,
+        )
     state.kept_indices, state.frames = kept, frames
     keep = torch.ones(batch, length, dtype=torch.bool, device=embeds.device)
     keep.scatter_(1, visual_columns, False)

@@ -1,0 +1,111 @@
+"""MLVU dev (multiple-choice tasks) from a local copy of the HF dataset repo MLVU/MVLU (sic).
+
+Layout we assume (the repo's MLVU/ folder; ROOT may be that folder or the repo root above it):
+    ROOT/json/1_plotQA.json, 2_needle.json, 3_ego.json, 4_count.json, 5_order.json, 6_anomaly_reco.json,
+        7_topic_reasoning.json     each a list of {video, duration, question, candidates, answer, question_type};
+                                   `answer` is the answer TEXT, one of `candidates`
+    ROOT/json/8_sub_scene.json, 9_summary.json   open-ended (no `candidates`): skipped, counted
+    ROOT/video/<json file stem>/<video>          e.g. video/1_plotQA/movie101_66.mp4 (also tried: video/<video>)
+
+The answer letter is the index of `answer` in `candidates`. Questions have no id in the json, so qid is
+"<json stem>/<row index>", and video_id "<json stem>/<video>" (each task folder holds its own clips).
+lmms-eval reads the same questions from sy1998/MLVU_dev, whose `question` already embeds "(A) text" lines and
+whose answer is the letter; our prompt renders the same text from `candidates` (see protocol.build_prompt).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from autotune.data.protocol import (
+    MAX_OPTIONS,
+    LoadReport,
+    Question,
+    SkipRow,
+    collect,
+    dataset_root,
+    letters,
+    required,
+)
+
+DATASET = "mlvu"
+META_FIELDS = ("duration",)
+
+
+def _json_dir(base: Path) -> Path:
+    for candidate in (base / "json", base / "MLVU" / "json"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"no MLVU annotation folder (json/1_plotQA.json, ...) under {base}")
+
+
+def _task_order(path: Path) -> tuple[int, str]:
+    """1_plotQA before 2_needle before 10_x: by the number in front, then by name."""
+    match = re.match(r"(\d+)_", path.name)
+    return (int(match.group(1)) if match else 1 << 30, path.name)
+
+
+def _rows(json_dir: Path, skipped: collections.Counter) -> Iterator[tuple[str, int, Any]]:
+    for path in sorted(json_dir.glob("*.json"), key=_task_order):
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            rows = None
+        if not isinstance(rows, list):
+            skipped[f"unreadable file: {path.name}"] += 1
+            continue
+        for index, row in enumerate(rows):
+            yield path.stem, index, row
+
+
+def _answer_index(candidates: list[str], answer: str) -> int:
+    for same in (lambda c: c == answer, lambda c: c.strip() == answer.strip()):
+        for index, candidate in enumerate(candidates):
+            if same(candidate):
+                return index
+    raise SkipRow("malformed row: answer not among options")
+
+
+def _find_video(data_root: Path, task: str, video: str) -> Path | None:
+    for path in (data_root / "video" / task / video, data_root / "video" / video):
+        if path.is_file():
+            return path
+    return None
+
+
+def _parse(data_root: Path, item: tuple[str, int, Any]) -> Question:
+    task, index, row = item
+    if isinstance(row, dict) and row.get("candidates") is None:
+        raise SkipRow("open-ended question (no candidates)")
+    video = required(row, "video")
+    question = required(row, "question")
+    candidates = required(row, "candidates", list)
+    if not all(isinstance(candidate, str) for candidate in candidates):
+        raise SkipRow("malformed row: candidates has wrong type")
+    if not 2 <= len(candidates) <= MAX_OPTIONS:
+        raise SkipRow("malformed row: wrong number of options")
+    answer = letters(len(candidates))[_answer_index(candidates, required(row, "answer"))]
+    path = _find_video(data_root, task, video)
+    if path is None:
+        raise SkipRow("missing video")
+    meta = {name: row[name] for name in META_FIELDS if row.get(name) is not None}
+    meta["task_type"] = row.get("question_type") or re.sub(r"^\d+_", "", task)
+    meta["source_file"] = f"{task}.json"
+    options = tuple(candidate.strip() for candidate in candidates)
+    return Question(f"{task}/{index}", DATASET, f"{task}/{video}", str(path), question.strip(), options, answer, meta)
+
+
+def load(root: str | os.PathLike[str], limit: int | None = None) -> LoadReport:
+    """MLVU dev multiple-choice questions under `root` (see the module docstring for the layout), task file by
+    task file; at most `limit` of them. Malformed rows, open-ended questions and missing videos are skipped and
+    counted, never raised."""
+    base = dataset_root(DATASET, root)
+    json_dir = _json_dir(base)
+    skipped: collections.Counter = collections.Counter()
+    return collect(DATASET, _rows(json_dir, skipped), lambda item: _parse(json_dir.parent, item), limit, skipped)

@@ -1,0 +1,351 @@
+"""The multiple-choice protocol every dataset shares: questions, prompts, answer extraction, splits, accuracy.
+
+Prompts and answer extraction follow lmms-eval's task definitions for each benchmark, as lmms-eval runs them for
+`--model llava_onevision` (its `default` prompt profile), so that a number we report reads like theirs. Our code
+is our own; only the wording is theirs. What we read (EvolvingLMMs-Lab/lmms-eval; the v0.3 wording, which the
+later commits below still carry):
+  - tasks/videomme/utils.py (commit 06965734) `videomme_doc_to_text`, `extract_characters_regex`;
+    tasks/videomme/videomme.yaml `lmms_eval_specific_kwargs.default.post_prompt`, as vendored v0.3.x copies
+    carry it (the upstream copy we could read, commit 0c1350d6, is the older v0.2 file with
+    `model_specific_prompt_kwargs` and "Answer the question with A, B, C, or D.").
+  - tasks/mlvu/mlvu_dev.yaml (commit 54ad0f88) and utils.py `mlvu_doc_to_text`, `mlvu_aggregate_results_dev`.
+  - tasks/longvideobench/longvideobench_val_v.yaml (commit fd7e12a7) and utils.py (commit 03a5823f)
+    `longvideobench_doc_to_text`, `parse_multi_choice_response`.
+
+Where we differ from lmms-eval, on purpose:
+  - Answer extraction (`extract_answer`) is stricter than lmms-eval's "first capital A-D anywhere" (which reads
+    "Based on the video, the answer is C" as B): it strips answer phrases, then takes a lone letter, then the
+    first stand-alone valid letter, never a letter inside a word; and it returns None (counted wrong) where
+    LongVideoBench's parser draws a random letter.
+  - Video-MME's instruction names the letters "(A, B, C, or D)"; we name `letters(len(options))`, which is the
+    same text for Video-MME's four options and right for datasets (synthetic) with another count.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+# Bump the leading "adatp-mcq/N" whenever a prompt or the extraction rules change: cached answers and reported
+# accuracies are only comparable under the same protocol.
+PROTOCOL_VERSION = "adatp-mcq/1 (lmms-eval 0.3 wording, default model profile)"
+
+MAX_OPTIONS = 26
+
+
+def letters(n: int) -> tuple[str, ...]:
+    """The option letters for `n` options: letters(4) == ("A", "B", "C", "D")."""
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_OPTIONS:
+        raise ValueError(f"number of options must be an int in [1, {MAX_OPTIONS}], got {n!r}")
+    return tuple(chr(ord("A") + i) for i in range(n))
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+    """One multiple-choice question about one video.
+
+    qid: unique within its dataset. video_path: absolute. options: option texts without letter prefixes, in
+    the dataset's order. answer: the correct option's letter, "A" for options[0]. meta: free-form grouping
+    fields (duration group, task type, domain, ...); not part of equality or hashing.
+    """
+
+    qid: str
+    dataset: str
+    video_id: str
+    video_path: str
+    question: str
+    options: tuple[str, ...]
+    answer: str
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.options, tuple) or not all(isinstance(o, str) for o in self.options):
+            raise ValueError(f"question {self.qid}: options must be a tuple of str, got {self.options!r}")
+        if len(self.options) < 2:
+            raise ValueError(f"question {self.qid}: needs at least 2 options, got {len(self.options)}")
+        if self.answer not in letters(len(self.options)):
+            raise ValueError(f"question {self.qid}: answer {self.answer!r} is not one of {letters(len(self.options))}")
+        if not os.path.isabs(self.video_path):
+            raise ValueError(f"question {self.qid}: video_path must be absolute, got {self.video_path!r}")
+
+    @property
+    def answer_index(self) -> int:
+        """Index of the correct option in `options`."""
+        return ord(self.answer) - ord("A")
+
+
+class SkipRow(Exception):
+    """Raised while parsing one annotation row that cannot become a Question; `reason` is what gets counted."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What a dataset adapter loaded, and what it skipped and why (reason -> count)."""
+
+    questions: list[Question]
+    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    dataset: str = ""
+
+    @property
+    def n_videos(self) -> int:
+        return len({q.video_id for q in self.questions})
+
+    def summary(self) -> str:
+        """One line: "videomme: 3 questions from 2 videos; skipped 2 (1 malformed row: no answer, 1 missing video)"."""
+        name = self.dataset or (self.questions[0].dataset if self.questions else "dataset")
+        line = f"{name}: {len(self.questions)} questions from {self.n_videos} videos"
+        total = sum(self.skipped.values())
+        if not total:
+            return line + "; skipped 0"
+        reasons = sorted(self.skipped.items(), key=lambda item: (-item[1], item[0]))
+        return line + f"; skipped {total} (" + ", ".join(f"{count} {reason}" for reason, count in reasons) + ")"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared by the adapters: root checks, typed field access, the skip-and-count loop.
+
+
+def dataset_root(dataset: str, root: str | os.PathLike[str]) -> Path:
+    """`root` as an absolute directory, or FileNotFoundError "dataset root for DATASET not found: PATH"."""
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"dataset root for {dataset} not found: {path}")
+    return path.resolve()
+
+
+def required(row: Mapping[str, Any], name: str, kind: type | tuple[type, ...] = str) -> Any:
+    """row[name], which must be present, non-empty and of type `kind` (bool never passes for int); else SkipRow
+    "malformed row: no NAME", "malformed row: NAME has wrong type", or "malformed row: not an object"."""
+    if not isinstance(row, Mapping):
+        raise SkipRow("malformed row: not an object")
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    value = row.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise SkipRow(f"malformed row: no {name}")
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise SkipRow(f"malformed row: {name} has wrong type")
+    return value
+
+
+def collect(
+    dataset: str,
+    rows: Iterable[Any],
+    parse: Callable[[Any], Question],
+    limit: int | None = None,
+    skipped: collections.Counter | None = None,
+) -> LoadReport:
+    """Parse rows in order into a LoadReport, counting each SkipRow reason, until `limit` questions are loaded.
+
+    `skipped` may be shared with the row source (which counts unreadable files as it goes). A row whose values
+    break the parser in a way it did not name (a Question failing its own checks, an odd type) counts as
+    "malformed row: invalid": one bad row never stops a load.
+    """
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+        raise ValueError(f"limit must be None or an int >= 0, got {limit!r}")
+    report = LoadReport([], skipped if skipped is not None else collections.Counter(), dataset)
+    if limit == 0:
+        return report
+    for row in rows:
+        try:
+            report.questions.append(parse(row))
+        except SkipRow as skip:
+            report.skipped[skip.reason] += 1
+        except (ValueError, TypeError):
+            report.skipped["malformed row: invalid"] += 1
+        if limit is not None and len(report.questions) >= limit:
+            break
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prompts: the user text that follows the video.
+
+# Video-MME, lmms-eval `videomme_doc_to_text`: instruction, question, "A. text" lines, then the `default` profile's
+# post_prompt, which begins with "\n" (hence the blank line). "and the subtitles" is lmms-eval's text even for the
+# no-subtitle task; we keep it for parity.
+_VIDEOMME_INSTRUCTION = (
+    "Select the best answer to the following multiple-choice question based on the video and the subtitles. "
+    "Respond with only the letter ({letter_list}) of the correct option."
+)
+_VIDEOMME_POST_PROMPT = "\nAnswer with the option's letter from the given choices directly."
+# MLVU dev, lmms-eval `mlvu_doc_to_text`: the dataset's question already carries "(A) text" lines; the trailing
+# "(" primes the model to emit a bare letter.
+_MLVU_POST_PROMPT = "\nOnly give the best option.\nBest option: ("
+# LongVideoBench, lmms-eval `longvideobench_doc_to_text`: "A. text" lines, post_prompt on its own line, with a
+# trailing newline.
+_LONGVIDEOBENCH_POST_PROMPT = "Answer with the option's letter from the given choices directly.\n"
+
+
+def _letter_list(n: int) -> str:
+    """The letters as a sentence names them: "A, B, C, or D" for 4, "A or B" for 2."""
+    names = letters(n)
+    if n == 2:
+        return f"{names[0]} or {names[1]}"
+    return ", ".join(names[:-1]) + f", or {names[-1]}"
+
+
+def _dotted_options(options: Sequence[str]) -> str:
+    return "\n".join(f"{letter}. {text}" for letter, text in zip(letters(len(options)), options, strict=True))
+
+
+def _videomme_prompt(q: Question) -> str:
+    instruction = _VIDEOMME_INSTRUCTION.format(letter_list=_letter_list(len(q.options)))
+    return f"{instruction}\n{q.question}\n{_dotted_options(q.options)}\n{_VIDEOMME_POST_PROMPT}"
+
+
+def _mlvu_prompt(q: Question) -> str:
+    options = "\n".join(f"({letter}) {text}" for letter, text in zip(letters(len(q.options)), q.options, strict=True))
+    return f"{q.question}\n{options}{_MLVU_POST_PROMPT}"
+
+
+def _longvideobench_prompt(q: Question) -> str:
+    return f"{q.question}\n{_dotted_options(q.options)}\n{_LONGVIDEOBENCH_POST_PROMPT}"
+
+
+PROMPTS: dict[str, Callable[[Question], str]] = {
+    "videomme": _videomme_prompt,
+    "mlvu": _mlvu_prompt,
+    "longvideobench": _longvideobench_prompt,
+    "synthetic": _videomme_prompt,
+}
+
+
+def build_prompt(question: Question) -> str:
+    """The user text that follows the video, in lmms-eval's wording for `question.dataset`.
+
+    Datasets without their own wording (synthetic, or one of your own) get Video-MME's.
+    """
+    return PROMPTS.get(question.dataset, _videomme_prompt)(question)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Answer extraction from generated text.
+
+# Phrases models put before the letter ("The best answer is", "Answer:", "Best option: (", "Option B").
+_ANSWER_PHRASE = re.compile(
+    r"\b(?:the\s+)?(?:best|correct|right|final)?\s*(?:answer|option|choice)s?\b(?:\s+(?:is|would\s+be|should\s+be))?"
+    r"\s*:?",
+    re.IGNORECASE,
+)
+# The whole text is one letter, maybe wrapped: "B", "(B)", "B.", "C)", "**D**", "[A]".
+_LONE_LETTER = re.compile(r"[\s(\[*`'\"]*([A-Za-z])[\s)\].:,*`'\"]*")
+# A capital letter standing alone, not part of a word: "(C) red", "B. The man", "so C.".
+_STANDALONE_LETTER = re.compile(r"(?<![A-Za-z0-9'])([A-Z])(?![A-Za-z0-9'])")
+# "A man is ..." starts with the article, "A is correct" with the option.
+_ARTICLE_A = re.compile(r"\s+(?!(?:is|was|seems|would|should|appears|fits)\b)[a-z]")
+_FULLWIDTH = str.maketrans({"（": "(", "）": ")", "：": ":", "．": "."})
+
+
+def _normalise_text(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def extract_answer(text: str, n_options: int, options: Sequence[str] | None = None) -> str | None:
+    """The option letter a model's generated `text` chooses, or None when it names no valid letter.
+
+    lmms-eval-style: strips answer phrases ("The best answer is", "Answer:", "Best option:"), then takes a lone
+    letter ("B", "(B)", "B."), else the first stand-alone capital letter among letters(n_options) that is not
+    the article "A" ("A man ..."), else (when `options` texts are given) the one option whose text the answer
+    repeats. Letters beyond n_options never count.
+    """
+    valid = letters(n_options)
+    s = (text or "").translate(_FULLWIDTH).strip()
+    if not s:
+        return None
+    for candidate in (s, _ANSWER_PHRASE.sub(" ", s).strip()):
+        lone = _LONE_LETTER.fullmatch(candidate)
+        if lone:
+            letter = lone.group(1).upper()
+            return letter if letter in valid else None
+    stripped = _ANSWER_PHRASE.sub(" ", s)
+    found = [m for m in _STANDALONE_LETTER.finditer(stripped) if m.group(1) in valid]
+    for m in found:
+        if not (m.group(1) == "A" and _ARTICLE_A.match(stripped, m.end())):
+            return m.group(1)
+    if options:
+        said = _normalise_text(s)
+        texts = [_normalise_text(o) for o in options]
+        exact = [i for i, t in enumerate(texts) if t and t == said]
+        contained = [i for i, t in enumerate(texts) if t and f" {t} " in f" {said} "]
+        for hits in (exact, contained):
+            if len(hits) == 1 and hits[0] < len(valid):
+                return valid[hits[0]]
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Splits and accuracy.
+
+
+def split_by_video(
+    questions: Sequence[Question], test_fraction: float = 0.5, seed: int = 0
+) -> tuple[list[Question], list[Question]]:
+    """Split into (tune, test) with every question of one video on the same side.
+
+    round(test_fraction * n_videos) videos go to test, at least 1 and at most n_videos - 1 when there are >= 2
+    videos (with one video, all goes to tune). Videos are ranked by a hash of (seed, video_id), so the split
+    depends only on the set of video ids and the seed, not on the order of `questions`; each side keeps the
+    input order.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    videos = sorted({q.video_id for q in questions})
+
+    def rank(video_id: str) -> str:
+        return hashlib.sha256(f"{seed}\0{video_id}".encode()).hexdigest()
+
+    n_test = round(test_fraction * len(videos))
+    if len(videos) >= 2:
+        n_test = min(max(n_test, 1), len(videos) - 1)
+    else:
+        n_test = 0
+    test_videos = set(sorted(videos, key=rank)[:n_test])
+    tune = [q for q in questions if q.video_id not in test_videos]
+    test = [q for q in questions if q.video_id in test_videos]
+    return tune, test
+
+
+def _group_of(question: Question, key: str | Callable[[Question], Any]) -> Any:
+    if callable(key):
+        return key(question)
+    if key in ("qid", "dataset", "video_id", "answer"):
+        return getattr(question, key)
+    return question.meta.get(key, "unknown")
+
+
+def accuracy_by(
+    questions: Sequence[Question], correct: Sequence[bool], key: str | Callable[[Question], Any]
+) -> dict[Any, float]:
+    """Accuracy in [0, 1] per group. `key` is a meta field ("task_type", "duration"), a Question field
+    ("video_id", "dataset"), or a function of the question; questions without the meta field group as "unknown".
+    Groups come out sorted by name."""
+    if len(questions) != len(correct):
+        raise ValueError(f"{len(questions)} questions but {len(correct)} correctness flags")
+    hits: dict[Any, list[int]] = collections.defaultdict(lambda: [0, 0])
+    for question, ok in zip(questions, correct, strict=True):
+        group = hits[_group_of(question, key)]
+        group[0] += bool(ok)
+        group[1] += 1
+    return {name: hits[name][0] / hits[name][1] for name in sorted(hits, key=str)}
+
+
+def micro_macro(
+    questions: Sequence[Question], correct: Sequence[bool], key: str | Callable[[Question], Any] = "task_type"
+) -> tuple[float, float]:
+    """(micro, macro) accuracy: micro over all questions, macro the mean of per-group accuracies (MLVU's M-Avg,
+    lmms-eval's `mlvu_aggregate_results_dev`, counts only groups that have questions)."""
+    if not questions:
+        raise ValueError("no questions to score")
+    per_group = accuracy_by(questions, correct, key)
+    micro = sum(bool(ok) for ok in correct) / len(correct)
+    return micro, sum(per_group.values()) / len(per_group)

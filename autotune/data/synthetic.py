@@ -1,0 +1,325 @@
+"""A synthetic video-QA benchmark with known answers: real mp4 files, generated offline in seconds.
+
+Each video is a slowly drifting, low-contrast grey texture. At 2 or 3 random times an *event* shows one object
+for 2-4 consecutive frames; events never overlap, are separated by at least one plain frame, and have different
+kinds and different colours. A question asks "What colour was the {kind}?" with 4 colour options: the right
+one, the colours of the video's other events, then random palette colours. The answer lives in a few frames and
+the question's words say which ones, so pruning that keeps the wrong frames (or the wrong tokens in them) costs
+accuracy.
+
+Geometry is on a 4x4 grid of cells, each ``size // 4`` pixels square: at the default 64x64 one cell is 16x16 px,
+i.e. exactly one 8x8-px visual token once frames are resized to 32x32 and split into 4x4 pooled tokens.
+
+- ``square``: one cell, filled, at a random cell (1 token).
+- ``bar``: a full-width band one cell high, at a random row (4 tokens in a row).
+- ``border``: a frame around the image edge, half a cell thick (12 edge tokens, each half or 3/4 covered).
+
+Colours are saturated RGB so that yuv420p h264 keeps them apart (see COLOURS). Layout on disk::
+
+    ROOT/videos/<video_id>.mp4
+    ROOT/questions.json   [{qid, video_id, video, question, options, answer, meta: {kind, colour,
+                            target_frames, cells, events}}]   (video: path relative to ROOT)
+    ROOT/meta.json        generator version and parameters, written last: its presence means "complete"
+
+    python -m autotune.data.synthetic ROOT N_VIDEOS [--seed S] [--frames F] [--size PX]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autotune.data.protocol import (
+    MAX_OPTIONS,
+    LoadReport,
+    Question,
+    SkipRow,
+    collect,
+    dataset_root,
+    letters,
+    required,
+)
+
+DATASET = "synthetic"
+GENERATOR_VERSION = "synthetic-v1"
+GRID = 4  # cells per side; one cell = one pooled visual token at 32x32 input
+N_OPTIONS = 4
+KINDS = ("square", "bar", "border")
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "yellow": (255, 255, 0),
+    "white": (255, 255, 255),
+    "magenta": (255, 0, 255),
+}
+EVENT_LENGTHS = (2, 3, 4)  # consecutive frames per event
+QUESTION_TEMPLATE = "What colour was the {kind}?"
+_FPS = 8
+_TEXTURE_CELLS = 8  # background texture resolution before smooth upsampling
+
+
+def generate(
+    root: str | os.PathLike[str],
+    n_videos: int,
+    seed: int = 0,
+    frames: int = 16,
+    size: int = 64,
+    questions_per_video: int = 2,
+) -> Path:
+    """Write ``n_videos`` videos and their questions under ``root``; return ``root`` as a Path.
+
+    Deterministic in (seed, n_videos, frames, size, questions_per_video): the same arguments give the same
+    questions.json bytes. If ``root/meta.json`` already records these arguments and this generator version,
+    nothing is written. Otherwise the set is (re)written and meta.json comes last.
+    """
+    if not isinstance(n_videos, int) or n_videos < 1:
+        raise ValueError(f"n_videos must be an int >= 1, got {n_videos!r}")
+    min_frames = len(KINDS) * min(EVENT_LENGTHS) + len(KINDS) - 1  # every event fits, one plain frame apart
+    if not isinstance(frames, int) or frames < min_frames:
+        raise ValueError(f"frames must be an int >= {min_frames}, got {frames!r}")
+    if not isinstance(size, int) or size < 32 or size % (2 * GRID):
+        raise ValueError(f"size must be an int >= 32 divisible by {2 * GRID}, got {size!r}")
+    if not isinstance(questions_per_video, int) or not 1 <= questions_per_video <= len(KINDS):
+        raise ValueError(f"questions_per_video must be an int in [1, {len(KINDS)}], got {questions_per_video!r}")
+
+    root = Path(root)
+    params = {
+        "n_videos": n_videos,
+        "seed": seed,
+        "frames": frames,
+        "size": size,
+        "questions_per_video": questions_per_video,
+    }
+    meta_path = root / "meta.json"
+    if _matching_meta(meta_path, params):
+        return root
+    meta_path.unlink(missing_ok=True)
+    video_dir = root / "videos"
+    video_dir.mkdir(parents=True, exist_ok=True)
+
+    codec = _pick_codec()
+    rows: list[dict[str, Any]] = []
+    video_ids = []
+    for index in range(n_videos):
+        video_id = f"syn{index:05d}"
+        video_ids.append(video_id)
+        # One generator per video: video i is the same whatever n_videos is.
+        rng = np.random.default_rng([seed, index])
+        events = _draw_events(rng, frames)
+        pixels = _render(rng, events, frames, size)
+        _write_mp4(video_dir / f"{video_id}.mp4", pixels, codec)
+        rows.extend(_questions(rng, video_id, events, questions_per_video))
+    current = set(video_ids)
+    for stale in video_dir.glob("syn*.mp4"):
+        if stale.stem not in current:
+            stale.unlink()
+
+    (root / "questions.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    meta = {"generator": GENERATOR_VERSION, **params, "codec": codec, "fps": _FPS, "grid": GRID}
+    meta["kinds"] = list(KINDS)
+    meta["colours"] = {name: list(rgb) for name, rgb in COLOURS.items()}
+    meta_path.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    return root
+
+
+def _matching_meta(meta_path: Path, params: dict[str, Any]) -> bool:
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(meta, dict) or meta.get("generator") != GENERATOR_VERSION:
+        return False
+    return all(meta.get(key) == value for key, value in params.items())
+
+
+def _draw_events(rng: np.random.Generator, frames: int) -> list[dict[str, Any]]:
+    """2-3 non-overlapping events, at least one plain frame apart, each a distinct kind and colour."""
+    count = int(rng.integers(2, len(KINDS) + 1))
+    kinds = [KINDS[i] for i in rng.permutation(len(KINDS))[:count]]
+    colour_names = list(COLOURS)
+    colours = [colour_names[i] for i in rng.permutation(len(colour_names))[:count]]
+    lengths = [int(rng.choice(EVENT_LENGTHS)) for _ in range(count)]
+    while sum(lengths) + count - 1 > frames:  # only for short videos: shorten the longest event
+        lengths[int(np.argmax(lengths))] -= 1
+    # Spread the free frames over the count + 1 gaps (before, between, after); inner gaps get one frame extra.
+    free = frames - sum(lengths) - (count - 1)
+    cuts = np.sort(rng.integers(0, free + 1, size=count))
+    gaps = np.diff(np.concatenate([[0], cuts, [free]]))
+    events, start = [], 0
+    for j in range(count):
+        start += int(gaps[j]) + (1 if j else 0)
+        kind = kinds[j]
+        if kind == "square":
+            row, col = (int(v) for v in rng.integers(0, GRID, size=2))
+            cells = [[row, col]]
+        elif kind == "bar":
+            row = int(rng.integers(0, GRID))
+            cells = [[row, col] for col in range(GRID)]
+        else:
+            cells = [[r, c] for r in range(GRID) for c in range(GRID) if r in (0, GRID - 1) or c in (0, GRID - 1)]
+        frame_list = list(range(start, start + lengths[j]))
+        events.append({"kind": kind, "colour": colours[j], "frames": frame_list, "cells": cells})
+        start += lengths[j]
+    return events
+
+
+def object_mask(kind: str, cells: list[list[int]], size: int) -> np.ndarray:
+    """Boolean [size, size] mask of the pixels an object of ``kind`` covers (``cells`` as in the questions' meta)."""
+    cell = size // GRID
+    mask = np.zeros((size, size), dtype=bool)
+    if kind == "border":
+        thickness = cell // 2
+        mask[:thickness, :] = mask[-thickness:, :] = True
+        mask[:, :thickness] = mask[:, -thickness:] = True
+    elif kind in ("square", "bar"):
+        for row, col in cells:
+            mask[row * cell : (row + 1) * cell, col * cell : (col + 1) * cell] = True
+    else:
+        raise ValueError(f"unknown object kind {kind!r}; known: {', '.join(KINDS)}")
+    return mask
+
+
+def _smooth_field(rng: np.random.Generator, size: int, channels: int) -> np.ndarray:
+    """Random [size, size, channels] field, bilinearly upsampled from an 8x8 grid: soft blobs, no block edges."""
+    coarse = rng.normal(0.0, 1.0, (_TEXTURE_CELLS, _TEXTURE_CELLS, channels))
+    positions = (np.arange(size) + 0.5) * _TEXTURE_CELLS / size - 0.5
+    lower = np.clip(np.floor(positions).astype(int), 0, _TEXTURE_CELLS - 1)
+    upper = np.clip(lower + 1, 0, _TEXTURE_CELLS - 1)
+    weight = np.clip(positions - lower, 0.0, 1.0)
+    interp = np.zeros((size, _TEXTURE_CELLS))
+    interp[np.arange(size), lower] += 1.0 - weight
+    interp[np.arange(size), upper] += weight
+    return np.einsum("ij,jkc,lk->ilc", interp, coarse, interp)
+
+
+def _render(rng: np.random.Generator, events: list[dict[str, Any]], frames: int, size: int) -> np.ndarray:
+    """uint8 [frames, size, size, 3]: background drifting from texture A to texture B, objects painted on top."""
+    base = rng.uniform(70.0, 110.0)
+    luma_a, luma_b = _smooth_field(rng, size, 1) * 12.0, _smooth_field(rng, size, 1) * 12.0
+    tint_a, tint_b = _smooth_field(rng, size, 3) * 4.0, _smooth_field(rng, size, 3) * 4.0
+    drift = np.linspace(0.0, 1.0, frames)[:, None, None, None]
+    background = base + (1.0 - drift) * (luma_a + tint_a) + drift * (luma_b + tint_b)
+    video = np.clip(np.rint(background), 0, 255).astype(np.uint8)
+    for event in events:
+        mask = object_mask(event["kind"], event["cells"], size)
+        for frame in event["frames"]:
+            video[frame][mask] = COLOURS[event["colour"]]
+    return video
+
+
+def _questions(
+    rng: np.random.Generator, video_id: str, events: list[dict[str, Any]], questions_per_video: int
+) -> list[dict[str, Any]]:
+    asked = rng.permutation(len(events))[: min(questions_per_video, len(events))]
+    rows = []
+    for number, event_index in enumerate(sorted(int(i) for i in asked)):
+        target = events[event_index]
+        others = [e["colour"] for e in events if e is not target]
+        spare = [name for name in COLOURS if name != target["colour"] and name not in others]
+        fillers = [spare[i] for i in rng.permutation(len(spare))[: N_OPTIONS - 1 - len(others)]]
+        options = [target["colour"], *others, *fillers]
+        options = [options[i] for i in rng.permutation(N_OPTIONS)]
+        rows.append(
+            {
+                "qid": f"{video_id}-q{number}",
+                "video_id": video_id,
+                "video": f"videos/{video_id}.mp4",
+                "question": QUESTION_TEMPLATE.format(kind=target["kind"]),
+                "options": options,
+                "answer": letters(N_OPTIONS)[options.index(target["colour"])],
+                "meta": {
+                    "kind": target["kind"],
+                    "colour": target["colour"],
+                    "target_frames": target["frames"],
+                    "cells": target["cells"],
+                    "events": events,
+                },
+            }
+        )
+    return rows
+
+
+def _pick_codec() -> str:
+    import av
+
+    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
+def _write_mp4(path: Path, video: np.ndarray, codec: str) -> None:
+    import av
+
+    options = {"crf": "18", "preset": "veryfast", "threads": "1"} if codec == "libx264" else {"qscale": "2"}
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=_FPS, options=options)
+        stream.width, stream.height = video.shape[2], video.shape[1]
+        stream.pix_fmt = "yuv420p"
+        for frame in video:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _rows(questions_path: Path) -> Iterator[Any]:
+    try:
+        rows = json.loads(questions_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"{questions_path}: not a readable JSON file: {error}") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"{questions_path}: expected a JSON list of questions, got {type(rows).__name__}")
+    yield from rows
+
+
+def _parse(base: Path, row: Any) -> Question:
+    qid = required(row, "qid")
+    video_id = required(row, "video_id")
+    question = required(row, "question")
+    options = required(row, "options", list)
+    if not all(isinstance(option, str) and option for option in options):
+        raise SkipRow("malformed row: options has wrong type")
+    if not 2 <= len(options) <= MAX_OPTIONS:
+        raise SkipRow("malformed row: wrong number of options")
+    answer = required(row, "answer")
+    if answer not in letters(len(options)):
+        raise SkipRow("malformed row: answer not among options")
+    video = base / required(row, "video")
+    if not video.is_file():
+        raise SkipRow("missing video")
+    meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
+    return Question(qid, DATASET, video_id, str(video), question, tuple(options), answer, dict(meta))
+
+
+def load(root: str | os.PathLike[str], limit: int | None = None) -> LoadReport:
+    """The synthetic questions under ``root`` (made by :func:`generate`), in file order; at most ``limit``.
+
+    Missing root or questions.json: FileNotFoundError. Malformed rows and missing videos are skipped and counted.
+    """
+    base = dataset_root(DATASET, root)
+    questions_path = base / "questions.json"
+    if not questions_path.is_file():
+        raise FileNotFoundError(f"no questions.json in {base}: make the set with autotune.data.synthetic.generate")
+    return collect(DATASET, _rows(questions_path), lambda row: _parse(base, row), limit)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Generate the synthetic video-QA set.")
+    parser.add_argument("root")
+    parser.add_argument("n_videos", type=int)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--questions-per-video", type=int, default=2)
+    args = parser.parse_args(argv)
+    root = generate(args.root, args.n_videos, args.seed, args.frames, args.size, args.questions_per_video)
+    print(load(root).summary())
+
+
+if __name__ == "__main__":
+    main()

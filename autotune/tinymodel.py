@@ -1,0 +1,187 @@
+"""The demo's tiny LLaVA-OneVision: a word-level tokenizer trained with `tokenizers`, a model built from config,
+trained on the synthetic video-QA task on CPU, saved with `save_pretrained` and loaded by the engine with
+`from_pretrained` like any hub model.
+
+Reproduce the shipped checkpoint (assets/tiny-llava-ov-synthetic) with:
+    python -m autotune.tinymodel --out assets/tiny-llava-ov-synthetic
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, PreTrainedTokenizerFast
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+import adatp
+from adatp.video import decode_frames, preprocess_frames
+from autotune.data import synthetic
+from autotune.data.protocol import Question, build_prompt
+
+DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny-llava-ov-synthetic"
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "<video>", "<image>"]
+IMAGE_SIZE, PATCH_SIZE, FRAMES = 32, 4, 16
+# Qwen-style chat template with LLaVA-OV's content items: a video item renders as one <video> placeholder.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'video' %}<video>\n"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def train_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the prompts' words (every option letter is its own token)."""
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    letters = [chr(ord("A") + i) for i in range(26)]
+    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS + letters + ["user", "assistant", "system"])
+    tokenizer.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>", eos_token="<|im_end|>",
+        additional_special_tokens=["<|im_start|>", "<video>", "<image>"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"
+    return fast
+
+
+def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlavaOnevisionForConditionalGeneration:
+    vocab = (len(tokenizer) + 7) // 8 * 8
+    config = LlavaOnevisionConfig(
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=2, num_attention_heads=2, image_size=IMAGE_SIZE,
+                           patch_size=PATCH_SIZE, vision_use_head=False),
+        text_config=dict(model_type="qwen2", hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
+                         max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id,
+                         tie_word_embeddings=False),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1, vision_feature_select_strategy="full",
+    )
+    torch.manual_seed(seed)
+    return LlavaOnevisionForConditionalGeneration(config)
+
+
+def _tower_outputs(model, questions: list[Question], frames: int) -> dict[str, torch.Tensor]:
+    """Frozen vision-tower hidden states [F, patches, Dv] per video (the tower is not trained: a random SigLIP
+    keeps each patch's colour, and freezing it lets training run the tower once per video)."""
+    tensors = {}
+    with torch.no_grad():
+        for question in questions:
+            if question.video_id not in tensors:
+                pixels = preprocess_frames(decode_frames(question.video_path, frames), size=(IMAGE_SIZE, IMAGE_SIZE))
+                output = model.model.vision_tower(pixels, output_hidden_states=True)
+                tensors[question.video_id] = output.hidden_states[model.config.vision_feature_layer]
+    return tensors
+
+
+def _video_features(model, tower: torch.Tensor) -> torch.Tensor:
+    """What LlavaOnevisionModel.get_video_features does after the tower: projector, 2x2 pooling, image_newline.
+    tower: [B, F, patches, Dv] -> [B, F*N + 1, D]."""
+    batch, frames = tower.shape[:2]
+    inner = model.model
+    projected = inner.apply_pooling(inner.multi_modal_projector(tower.flatten(0, 1)))
+    projected = projected.reshape(batch, -1, projected.shape[-1])
+    return torch.cat([projected, inner.image_newline[None, None].expand(batch, 1, -1)], dim=1)
+
+
+def train(out: Path, data_root: Path, videos: int = 600, steps: int = 3000, batch: int = 16, seed: int = 0,
+          prune_augment: float = 0.5, log=print) -> dict:
+    """Train on synthetic videos (seeded apart from the demo's), save model + tokenizer + preprocessing to `out`.
+
+    prune_augment: share of steps run under random visual-token pruning at a random retention (so, like real
+    Video LLMs, the model still answers from a subset of tokens when the right ones survive).
+    """
+    from autotune.engine import prompt_ids, render_prompt
+
+    started = time.time()
+    synthetic.generate(data_root, videos, seed=10_000 + seed, frames=FRAMES)
+    questions = synthetic.load(data_root).questions
+    corpus = [render_prompt(None, q, template=CHAT_TEMPLATE) + " " + q.answer for q in questions]
+    tokenizer = train_tokenizer(corpus)
+    model = build_model(tokenizer, seed)
+    model.model.vision_tower.requires_grad_(False)
+    tower = _tower_outputs(model, questions[:1], FRAMES)
+    check = model.model.get_video_features(
+        preprocess_frames(decode_frames(questions[0].video_path, FRAMES), size=(IMAGE_SIZE, IMAGE_SIZE))[None],
+        vision_feature_layer=-1, vision_feature_select_strategy="full").pooler_output
+    assert torch.allclose(_video_features(model, tower[questions[0].video_id][None]), check, atol=1e-5)
+    tower = _tower_outputs(model, questions, FRAMES)
+    tokens_per_frame = (IMAGE_SIZE // PATCH_SIZE // 2) ** 2
+    n_video_tokens = FRAMES * tokens_per_frame + 1
+    encoded = [prompt_ids(tokenizer, q, model.config.video_token_id, n_video_tokens) for q in questions]
+    letter_ids = torch.tensor([tokenizer.convert_tokens_to_ids(q.answer) for q in questions])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.05)
+    rng = random.Random(seed)
+    model.train()
+    history = []
+    for step in range(steps):
+        chosen = rng.sample(range(len(questions)), batch)
+        width = max(len(encoded[i]) for i in chosen)
+        input_ids = torch.full((batch, width), tokenizer.pad_token_id)
+        mask = torch.zeros(batch, width, dtype=torch.long)
+        for row, i in enumerate(chosen):
+            input_ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
+            mask[row, width - len(encoded[i]):] = 1
+        video = _video_features(model, torch.stack([tower[questions[i].video_id] for i in chosen]))
+        config = None
+        if rng.random() < prune_augment:
+            config = adatp.AdaTPConfig(method="random", retention=rng.uniform(0.05, 1.0), prune_layer=0,
+                                       score="norm", seed=rng.randrange(2**31))
+            adatp.enable(model, config)
+        try:
+            logits = model(input_ids=input_ids, attention_mask=mask, logits_to_keep=1,
+                           mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=video)}).logits[:, -1]
+        finally:
+            adatp.disable(model)
+        loss = torch.nn.functional.cross_entropy(logits, letter_ids[chosen])
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        accuracy = (logits.argmax(-1) == letter_ids[chosen]).float().mean().item()
+        history.append((loss.item(), accuracy))
+        if (step + 1) % 100 == 0:
+            recent = history[-100:]
+            log(f"step {step + 1}/{steps} loss {sum(h[0] for h in recent) / 100:.3f} "
+                f"acc {sum(h[1] for h in recent) / 100:.3f} ({time.time() - started:.0f}s)")
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "video_preprocessor_config.json").write_text(json.dumps(dict(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+        resample=3, rescale_factor=1 / 255, num_frames=FRAMES), indent=2) + "\n")
+    summary = dict(videos=videos, questions=len(questions), steps=steps, batch=batch, seed=seed,
+                   prune_augment=prune_augment, seconds=round(time.time() - started, 1),
+                   final_train_accuracy=sum(h[1] for h in history[-100:]) / min(100, len(history)))
+    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Train the demo's tiny LLaVA-OneVision on synthetic video QA.")
+    parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
+    parser.add_argument("--data", type=Path, default=Path("runs/synthetic-train"))
+    parser.add_argument("--videos", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    print(json.dumps(train(args.out, args.data, args.videos, args.steps, args.batch, args.seed), indent=2))
+
+
+if __name__ == "__main__":
+    main()

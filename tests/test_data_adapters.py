@@ -1,0 +1,334 @@
+"""Dataset adapters read local copies laid out as the published HF dataset repos; fixtures here rebuild those
+layouts in miniature (real parquet/json annotations, empty placeholder files as videos: adapters only check that
+a video exists)."""
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from autotune.data import DATASETS, build_prompt, load_dataset, longvideobench, mlvu, videomme
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def write_json(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows))
+
+
+# ------------------------------------------------------------------------------------------------------ Video-MME
+
+CHRISTMAS = (
+    "When demonstrating the Germany modern Christmas tree is initially decorated with apples, candles and "
+    "berries, which kind of the decoration has the largest number?"
+)
+
+
+def videomme_rows():
+    def row(qid, video, answer, question=CHRISTMAS, options=("Apples.", "Candles.", "Berries.", "Same number.")):
+        return {
+            "video_id": qid.split("-")[0],
+            "duration": "short",
+            "domain": "Knowledge",
+            "sub_category": "Humanity & History",
+            "url": f"https://www.youtube.com/watch?v={video}",
+            "videoID": video,
+            "question_id": qid,
+            "task_type": "Counting Problem",
+            "question": question,
+            "options": [f"{letter}. {text}" for letter, text in zip("ABCD", options, strict=True)],
+            "answer": answer,
+        }
+
+    return [
+        row("001-1", "fFjv93ACGo8", "C"),
+        row("001-2", "fFjv93ACGo8", "A", question="What is the tree decorated with first?"),
+        row("002-1", "JxXY8pXY8Yw", "B"),  # this video is an .mkv
+        row("003-1", "gone0000000", "D"),  # no video file
+        row("002-2", "JxXY8pXY8Yw", None),
+        row("002-3", "JxXY8pXY8Yw", "E"),
+    ]
+
+
+def write_parquet(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+@pytest.fixture
+def videomme_root(tmp_path):
+    root = tmp_path / "Video-MME"
+    write_parquet(root / "videomme" / "test-00000-of-00001.parquet", videomme_rows())
+    touch(root / "data" / "fFjv93ACGo8.mp4")
+    touch(root / "data" / "JxXY8pXY8Yw.mkv")
+    return root
+
+
+def test_videomme_loads_letters_options_meta_and_counts_skips(videomme_root):
+    report = videomme.load(videomme_root)
+    assert [(q.qid, q.answer) for q in report.questions] == [("001-1", "C"), ("001-2", "A"), ("002-1", "B")]
+    assert report.skipped == {
+        "missing video": 1,
+        "malformed row: no answer": 1,
+        "malformed row: answer not among options": 1,
+    }
+    first = report.questions[0]
+    assert first.dataset == "videomme" and first.video_id == "fFjv93ACGo8"
+    assert first.options == ("Apples.", "Candles.", "Berries.", "Same number.")
+    assert first.video_path == str((videomme_root / "data" / "fFjv93ACGo8.mp4").resolve())
+    assert Path(report.questions[2].video_path).suffix == ".mkv"
+    assert first.meta == {
+        "duration": "short",
+        "domain": "Knowledge",
+        "sub_category": "Humanity & History",
+        "task_type": "Counting Problem",
+        "video_id": "001",
+        "url": "https://www.youtube.com/watch?v=fFjv93ACGo8",
+    }
+    # The options come back to lmms-eval's text: the parquet's "A. Apples." lines.
+    assert "\nA. Apples.\nB. Candles.\nC. Berries.\nD. Same number.\n\n" in build_prompt(first)
+    assert report.summary() == (
+        "videomme: 3 questions from 2 videos; skipped 3 "
+        "(1 malformed row: answer not among options, 1 malformed row: no answer, 1 missing video)"
+    )
+
+
+def test_videomme_limit_stops_reading_early(videomme_root):
+    report = videomme.load(videomme_root, limit=2)
+    assert [q.qid for q in report.questions] == ["001-1", "001-2"]
+    assert not report.skipped
+    assert videomme.load(videomme_root, limit=0).questions == []
+    with pytest.raises(ValueError, match="limit"):
+        videomme.load(videomme_root, limit=-1)
+
+
+def test_videomme_finds_parquet_elsewhere_and_survives_a_corrupt_file(tmp_path):
+    root = tmp_path / "vmme"
+    write_parquet(root / "snapshot" / "abc" / "part-0.parquet", videomme_rows()[:1])
+    (root / "snapshot" / "abc" / "part-1.parquet").write_bytes(b"not a parquet file")
+    touch(root / "data" / "fFjv93ACGo8.mp4")
+    report = videomme.load(str(root))
+    assert [q.qid for q in report.questions] == ["001-1"]
+    assert report.skipped == {"unreadable file: part-1.parquet": 1}
+
+
+def test_videomme_strip_letter():
+    assert videomme.strip_letter("B. a red car", "B") == "a red car"
+    assert videomme.strip_letter("(C) a dog", "C") == "a dog"
+    assert videomme.strip_letter("A. not my letter", "B") == "A. not my letter"
+    assert videomme.strip_letter("  no prefix ", "A") == "no prefix"
+
+
+def test_videomme_root_without_annotations(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no Video-MME parquet"):
+        videomme.load(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------------------- MLVU
+
+
+@pytest.fixture
+def mlvu_root(tmp_path):
+    root = tmp_path / "MVLU" / "MLVU"
+    plot = {
+        "video": "movie101_66.mp4",
+        "duration": 246,
+        "question": "What color is the main character's shirt?",
+        "candidates": ["Yellow", "Red", "Green", "Blue"],
+        "answer": "Red",
+        "question_type": "plotQA",
+    }
+    write_json(
+        root / "json" / "1_plotQA.json",
+        [
+            plot,
+            {**plot, "answer": "Purple"},
+            {**plot, "video": "gone.mp4"},
+        ],
+    )
+    count = {
+        "video": "count_1.mp4",
+        "duration": 400,
+        "question": "How many times does the man jump?",
+        "candidates": ["1", "2", "3", "4"],
+        "answer": "3",
+        "question_type": "count",
+    }
+    write_json(root / "json" / "4_count.json", [count, {**count, "candidates": "1, 2, 3, 4"}, ["not", "a", "row"]])
+    write_json(
+        root / "json" / "9_summary.json",
+        [
+            {
+                "video": "summary_1.mp4",
+                "duration": 900,
+                "question": "Please summarize this video.",
+                "answer": "A man cooks dinner.",
+                "question_type": "summary",
+            },
+        ],
+    )
+    (root / "json" / "10_broken.json").write_text("{not json")
+    touch(root / "video" / "1_plotQA" / "movie101_66.mp4")
+    touch(root / "video" / "4_count" / "count_1.mp4")
+    touch(root / "video" / "9_summary" / "summary_1.mp4")
+    return root
+
+
+def test_mlvu_answer_letter_is_index_of_answer_text(mlvu_root):
+    report = mlvu.load(mlvu_root)
+    assert [(q.qid, q.answer) for q in report.questions] == [("1_plotQA/0", "B"), ("4_count/0", "C")]
+    assert report.skipped == {
+        "malformed row: answer not among options": 1,
+        "missing video": 1,
+        "malformed row: candidates has wrong type": 1,
+        "malformed row: not an object": 1,
+        "open-ended question (no candidates)": 1,
+        "unreadable file: 10_broken.json": 1,
+    }
+    plot = report.questions[0]
+    assert plot.video_id == "1_plotQA/movie101_66.mp4"
+    assert plot.video_path == str((mlvu_root / "video" / "1_plotQA" / "movie101_66.mp4").resolve())
+    assert plot.options == ("Yellow", "Red", "Green", "Blue")
+    assert plot.meta == {"duration": 246, "task_type": "plotQA", "source_file": "1_plotQA.json"}
+    assert build_prompt(plot) == (
+        "What color is the main character's shirt?\n(A) Yellow\n(B) Red\n(C) Green\n(D) Blue\n"
+        "Only give the best option.\nBest option: ("
+    )
+
+
+def test_mlvu_accepts_the_repo_root_above_the_mlvu_folder(mlvu_root):
+    assert [q.qid for q in mlvu.load(mlvu_root.parent, limit=1).questions] == ["1_plotQA/0"]
+    with pytest.raises(FileNotFoundError, match="no MLVU annotation folder"):
+        mlvu.load(mlvu_root / "video")
+
+
+# ------------------------------------------------------------------------------------------------- LongVideoBench
+
+
+def lvb_row(qid, video="86CxyhFV9MI", **fields):
+    row = {
+        "id": qid,
+        "video_id": video,
+        "video_path": f"{video}.mp4",
+        "question": "What is the man holding?",
+        "duration_group": 600,
+        "question_category": "TOS",
+        "topic_category": "NP-News-Programs",
+        "level": "L2-Relation",
+        "duration": 527.3,
+        "correct_choice": 0,
+    }
+    row.update(fields)
+    return row
+
+
+@pytest.fixture
+def lvb_root(tmp_path):
+    root = tmp_path / "LongVideoBench"
+    options = {"option0": "a cup", "option1": "N/A", "option2": "a phone", "option3": "a book", "option4": "N/A"}
+    write_json(
+        root / "lvb_val.json",
+        [
+            lvb_row("86CxyhFV9MI_0", **options, correct_choice=3),
+            lvb_row("xjh2Y_kOLv8_1", video="xjh2Y_kOLv8", candidates=["red", "green", "blue", "white", "black"]),
+            lvb_row("86CxyhFV9MI_2", **options, correct_choice=1),
+            lvb_row("86CxyhFV9MI_3", candidates=["red", "green"], correct_choice="1"),
+            lvb_row("86CxyhFV9MI_4", candidates=["red", "green"], correct_choice=True),
+            lvb_row("86CxyhFV9MI_5", candidates=["red", "green"], correct_choice=7),
+            lvb_row("86CxyhFV9MI_6", video="gone", candidates=["red", "green"]),
+            lvb_row("86CxyhFV9MI_7"),
+            "not a row",
+        ],
+    )
+    touch(root / "videos" / "86CxyhFV9MI.mp4")
+    touch(root / "videos" / "xjh2Y_kOLv8.mp4")
+    return root
+
+
+def test_longvideobench_drops_na_options_and_recomputes_the_letter(lvb_root):
+    report = longvideobench.load(lvb_root)
+    assert [(q.qid, q.answer) for q in report.questions] == [("86CxyhFV9MI_0", "C"), ("xjh2Y_kOLv8_1", "A")]
+    assert report.skipped == {
+        "malformed row: answer is N/A": 1,
+        "malformed row: correct_choice has wrong type": 2,
+        "malformed row: answer not among options": 1,
+        "missing video": 1,
+        "malformed row: no options": 1,
+        "malformed row: not an object": 1,
+    }
+    first, second = report.questions
+    assert first.options == ("a cup", "a phone", "a book")
+    assert second.options == ("red", "green", "blue", "white", "black")
+    assert first.video_id == "86CxyhFV9MI"
+    assert first.video_path == str((lvb_root / "videos" / "86CxyhFV9MI.mp4").resolve())
+    assert first.meta == {
+        "duration_group": 600,
+        "question_category": "TOS",
+        "topic_category": "NP-News-Programs",
+        "level": "L2-Relation",
+        "duration": 527.3,
+    }
+    assert build_prompt(first) == (
+        "What is the man holding?\nA. a cup\nB. a phone\nC. a book\n"
+        "Answer with the option's letter from the given choices directly.\n"
+    )
+
+
+def test_longvideobench_finds_the_annotation_file_below_root(lvb_root):
+    report = longvideobench.load(lvb_root.parent)  # videos/ is looked up next to the lvb_val.json found
+    assert [(q.qid, q.answer) for q in report.questions] == [("86CxyhFV9MI_0", "C"), ("xjh2Y_kOLv8_1", "A")]
+    with pytest.raises(FileNotFoundError, match="no LongVideoBench annotation file"):
+        longvideobench.load(lvb_root / "videos")
+
+
+def test_longvideobench_unreadable_annotation_is_counted(tmp_path):
+    (tmp_path / "lvb_val.json").write_text('{"not": "a list"}')
+    report = longvideobench.load(tmp_path)
+    assert report.questions == [] and report.skipped == {"unreadable file: lvb_val.json": 1}
+
+
+# ------------------------------------------------------------------------------------------------------ registry
+
+
+@pytest.mark.parametrize("name", ["videomme", "mlvu", "longvideobench"])
+def test_missing_root_is_one_clear_line(name, tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError) as error:
+        load_dataset(name, missing)
+    assert str(error.value) == f"dataset root for {name} not found: {missing}"
+
+
+def test_registry_names_and_unknown_dataset(videomme_root):
+    assert set(DATASETS) == {"videomme", "mlvu", "longvideobench", "synthetic"}
+    assert load_dataset("videomme", videomme_root, limit=1).questions == videomme.load(videomme_root, 1).questions
+    known = "known: longvideobench, mlvu, synthetic, videomme"
+    with pytest.raises(ValueError, match=f"unknown dataset 'egoschema'; {known}"):
+        load_dataset("egoschema", videomme_root)
+
+
+def test_synthetic_is_resolved_when_called(monkeypatch, tmp_path):
+    calls = []
+    fake = types.ModuleType("autotune.data.synthetic")
+    fake.load = lambda root, limit=None: calls.append((root, limit)) or "report"
+    monkeypatch.setitem(sys.modules, "autotune.data.synthetic", fake)
+    assert load_dataset("synthetic", tmp_path, limit=3) == "report"
+    assert calls == [(tmp_path, 3)]
+
+
+def test_importing_the_data_package_pulls_in_neither_torch_nor_transformers():
+    code = (
+        "import sys, autotune.data; autotune.data.load_dataset; "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
