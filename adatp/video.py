@@ -75,7 +75,7 @@ def decode_frames(path: str | os.PathLike, num_frames: int, *, timeout_s: float 
     Every failure raises :class:`VideoError` with a one-line reason naming the file. decord is native code and is known
     to hang or crash on some broken files (dmlc/decord#269, #373); with ``timeout_s`` set, decoding runs in a child
     process that is killed after that many seconds, so neither a hang nor a crash can take this process down
-    (costs ~0.2 s of process start per video). The frames are identical either way.
+    (costs ~0.1 s of interpreter start per video). The frames are identical either way.
     """
     path = Path(path)
     if num_frames < 1:
@@ -190,15 +190,19 @@ def preprocess_frames(
     3. Fused rescale + normalise: ``(x.float() - mean * 255) / (std * 255)`` with ``mean / std`` built as float32
        tensors times ``1 / rescale_factor``, exactly ``_fuse_mean_std_and_rescale_factor`` + ``tvF.normalize``.
 
-    So, with the same torch build, the output is meant to equal the processor's bit for bit on the same device;
-    the processor resizes on CPU unless called with ``device=``, so keep ``frames`` on CPU here to match its
-    default (decode_frames returns CPU tensors). What we could check without torchvision (tests/test_video.py):
-    the CPU uint8 resize is within 1 uint8 level of PIL's ``Image.resize(BICUBIC)`` (the LLaVA-NeXT / lmms-eval
-    path), with <0.4% of values differing, on random and smooth frames, for 2x up, 2x down and 1080p->384;
-    the non-CPU float path differs from PIL by up to 19 levels on random 2x upsampling (1 level for smooth
-    1080p->384) because it clamps only once, after both passes. A constant frame of value c maps to
-    ``(c / 255 - mean) / std`` within 1 float32 ulp. A numeric comparison against torchvision itself is left to a
-    session that has it.
+    So, with the same torch build, the output is meant to equal the processor's bit for bit on the same device
+    (same ``F.interpolate`` call on the same uint8 tensor, same float32 normalisation ops). The processor resizes
+    on CPU unless called with ``device=``: keep ``frames`` on CPU here to match its default (decode_frames returns
+    CPU tensors), and move the float32 result to the GPU afterwards.
+
+    What we checked without torchvision (torchvision has no CPU build here; tests/test_video.py, torch 2.13 CPU,
+    AVX512): the CPU uint8 resize is within 1 uint8 level of PIL's ``Image.resize(BICUBIC)``, with 0.01-0.4% of
+    values differing, on random and smooth frames for 2x up, 2x down, 480x640->384 and 1080x1920->384. PIL is
+    also what LLaVA-NeXT's own SigLIP image processor (lmms-eval's llava_onevision path) resizes with, so we are
+    within 1 level (2/255 after normalising) of that pipeline too. The non-CPU float path is looser, as it is in
+    torchvision: up to 19 levels from PIL on random 2x upsampling, 4 on smooth 360x640->384, 1 on smooth
+    1080x1920->384 (it clamps once, after both passes). A constant frame of value c maps to
+    ``(c / 255 - mean) / std`` within 1e-6. Bit-equality with torchvision itself is left to a session that has it.
     """
     pixels = torch.as_tensor(frames)
     if pixels.dtype != torch.uint8 or pixels.ndim != 4:

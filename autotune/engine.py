@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -85,10 +86,10 @@ class Engine:
         ).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left"
-        self.preprocess = preprocess_config_from(model)
-        self.frames = frames or self.preprocess.get("num_frames") or 32
+        self.preprocess = preprocess_config_from(model) if Path(model).is_dir() else {}
+        self.frames = frames or _saved_num_frames(model) or 32
         vision = self.model.config.vision_config
-        self.tokens_per_frame = -(-(vision.image_size // vision.patch_size) // 2) ** 2
+        self.tokens_per_frame = math.ceil(vision.image_size // vision.patch_size / 2) ** 2
         self.n_visual = self.frames * self.tokens_per_frame
         self.video_token_id = self.model.config.video_token_id
         self.cache = FeatureCache(Path(cache_dir) / "features" if cache_dir else None)
@@ -104,8 +105,7 @@ class Engine:
     def _compute_features(self, video_path: str, seconds: dict[str, float]) -> torch.Tensor:
         start = time.perf_counter()
         frames = decode_frames(video_path, self.frames)
-        pixels = preprocess_frames(frames, size=self.preprocess["size"], mean=self.preprocess["image_mean"],
-                                   std=self.preprocess["image_std"])
+        pixels = preprocess_frames(frames, **self.preprocess)
         seconds["decode"] += time.perf_counter() - start
         start = time.perf_counter()
         with torch.no_grad():
@@ -237,3 +237,12 @@ class Engine:
 
 def _new_seconds() -> dict[str, float]:
     return {"decode": 0.0, "vision": 0.0, "prefill": 0.0, "selection": 0.0}
+
+
+def _saved_num_frames(model: str) -> int | None:
+    """`num_frames` from a local model's video_preprocessor_config.json, if it records one."""
+    path = Path(model) / "video_preprocessor_config.json"
+    if path.is_file():
+        value = json.loads(path.read_text()).get("num_frames")
+        return int(value) if value else None
+    return None

@@ -90,7 +90,7 @@ def test_event_frames_show_the_answer_colour_and_other_frames_do_not(dataset):
             event_frames.update(event["frames"])
         for f in set(range(FRAMES)) - event_frames:
             saturation = frames[f].max(axis=-1) - frames[f].min(axis=-1)
-            assert saturation.max() <= 40, f  # plain frames are low-contrast grey (measured <= 25)
+            assert saturation.max() <= 60, f  # plain frames stay greyish (measured <= 25 with h264, 39 mpeg4)
 
 
 def test_kinds_are_distinct_at_token_granularity(dataset):

@@ -163,7 +163,9 @@ def test_corrupted_videos_never_crash_the_process(tmp_path, grey_ramp):
         print(json.dumps(outcomes))
         """
     )
-    done = subprocess.run([sys.executable, "-c", script, json.dumps(paths)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(paths)], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     outcomes = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(outcomes) == 40 and set(outcomes) <= {"frames", "VideoError"}

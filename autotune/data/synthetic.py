@@ -255,9 +255,12 @@ def _pick_codec() -> str:
 def _write_mp4(path: Path, video: np.ndarray, codec: str) -> None:
     import av
 
-    options = {"crf": "18", "preset": "veryfast", "threads": "1"} if codec == "libx264" else {"qscale": "2"}
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=_FPS, options=options)
+        if codec == "libx264":
+            stream = container.add_stream(codec, rate=_FPS, options={"crf": "18", "preset": "veryfast", "threads": "1"})
+        else:  # MPEG-4 part 2 fallback: a high bit rate, else colours ghost into the plain frames
+            stream = container.add_stream(codec, rate=_FPS)
+            stream.bit_rate = 4_000_000
         stream.width, stream.height = video.shape[2], video.shape[1]
         stream.pix_fmt = "yuv420p"
         for frame in video:
