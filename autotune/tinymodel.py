@@ -9,6 +9,7 @@ Reproduce the shipped checkpoint (assets/tiny-llava-ov-synthetic) with:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import time
@@ -22,7 +23,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 import adatp
 from adatp.video import decode_frames, preprocess_frames
 from autotune.data import synthetic
-from autotune.data.protocol import Question, build_prompt
+from autotune.data.protocol import Question
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny-llava-ov-synthetic"
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "<video>", "<image>"]
@@ -54,7 +55,7 @@ def train_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
 
 
 def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlavaOnevisionForConditionalGeneration:
-    vocab = (len(tokenizer) + 7) // 8 * 8
+    vocab = (max(tokenizer.get_vocab().values()) + 1 + 7) // 8 * 8  # the trainer's ids can have gaps
     config = LlavaOnevisionConfig(
         vision_config=dict(model_type="siglip_vision_model", hidden_size=64, intermediate_size=128,
                            num_hidden_layers=2, num_attention_heads=2, image_size=IMAGE_SIZE,
@@ -94,19 +95,31 @@ def _video_features(model, tower: torch.Tensor) -> torch.Tensor:
     return torch.cat([projected, inner.image_newline[None, None].expand(batch, 1, -1)], dim=1)
 
 
+OPEN_QUESTION = "{question} Answer with one word."
+
+
+def _open_question(question: Question) -> Question:
+    """The same question without options, answered by the colour word: an auxiliary training format that
+    teaches the visual binding (which object, which colour) before the letter matching of the MCQ format."""
+    return dataclasses.replace(question, options=("x", "y"), answer="A", dataset="synthetic-open",
+                               question=OPEN_QUESTION.format(question=question.question))
+
+
 def train(out: Path, data_root: Path, videos: int = 600, steps: int = 3000, batch: int = 16, seed: int = 0,
-          prune_augment: float = 0.5, log=print) -> dict:
+          prune_augment: float = 0.3, open_share: float = 0.5, lr: float = 2e-3, log=print) -> dict:
     """Train on synthetic videos (seeded apart from the demo's), save model + tokenizer + preprocessing to `out`.
 
     prune_augment: share of steps run under random visual-token pruning at a random retention (so, like real
     Video LLMs, the model still answers from a subset of tokens when the right ones survive).
+    open_share: share of steps in the open format ("... Answer with one word." -> the colour word).
     """
     from autotune.engine import prompt_ids, render_prompt
 
     started = time.time()
     synthetic.generate(data_root, videos, seed=10_000 + seed, frames=FRAMES)
     questions = synthetic.load(data_root).questions
-    corpus = [render_prompt(None, q, template=CHAT_TEMPLATE) + " " + q.answer for q in questions]
+    open_questions = [_open_question(q) for q in questions]
+    corpus = [render_prompt(None, q, template=CHAT_TEMPLATE) + " " + q.answer for q in questions + open_questions]
     tokenizer = train_tokenizer(corpus)
     model = build_model(tokenizer, seed)
     model.model.vision_tower.requires_grad_(False)
@@ -118,14 +131,21 @@ def train(out: Path, data_root: Path, videos: int = 600, steps: int = 3000, batc
     tower = _tower_outputs(model, questions, FRAMES)
     tokens_per_frame = (IMAGE_SIZE // PATCH_SIZE // 2) ** 2
     n_video_tokens = FRAMES * tokens_per_frame + 1
-    encoded = [prompt_ids(tokenizer, q, model.config.video_token_id, n_video_tokens) for q in questions]
-    letter_ids = torch.tensor([tokenizer.convert_tokens_to_ids(q.answer) for q in questions])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.05)
+    formats = {
+        "mcq": ([prompt_ids(tokenizer, q, model.config.video_token_id, n_video_tokens) for q in questions],
+                torch.tensor([tokenizer.convert_tokens_to_ids(q.answer) for q in questions])),
+        "open": ([prompt_ids(tokenizer, q, model.config.video_token_id, n_video_tokens) for q in open_questions],
+                 torch.tensor([tokenizer.convert_tokens_to_ids(q.meta["colour"]) for q in questions])),
+    }
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
     rng = random.Random(seed)
     model.train()
     history = []
     for step in range(steps):
+        kind = "open" if rng.random() < open_share else "mcq"
+        encoded, targets = formats[kind]
         chosen = rng.sample(range(len(questions)), batch)
         width = max(len(encoded[i]) for i in chosen)
         input_ids = torch.full((batch, width), tokenizer.pad_token_id)
@@ -144,18 +164,18 @@ def train(out: Path, data_root: Path, videos: int = 600, steps: int = 3000, batc
                            mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=video)}).logits[:, -1]
         finally:
             adatp.disable(model)
-        loss = torch.nn.functional.cross_entropy(logits, letter_ids[chosen])
+        loss = torch.nn.functional.cross_entropy(logits, targets[chosen])
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        accuracy = (logits.argmax(-1) == letter_ids[chosen]).float().mean().item()
-        history.append((loss.item(), accuracy))
+        accuracy = (logits.argmax(-1) == targets[chosen]).float().mean().item()
+        history.append((kind, loss.item(), accuracy))
         if (step + 1) % 100 == 0:
-            recent = history[-100:]
-            log(f"step {step + 1}/{steps} loss {sum(h[0] for h in recent) / 100:.3f} "
-                f"acc {sum(h[1] for h in recent) / 100:.3f} ({time.time() - started:.0f}s)")
+            log(f"step {step + 1}/{steps} " + " ".join(
+                f"{name} loss {_mean(history[-100:], name, 1):.3f} acc {_mean(history[-100:], name, 2):.3f}"
+                for name in formats) + f" ({time.time() - started:.0f}s)")
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
@@ -164,10 +184,16 @@ def train(out: Path, data_root: Path, videos: int = 600, steps: int = 3000, batc
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
         resample=3, rescale_factor=1 / 255, num_frames=FRAMES), indent=2) + "\n")
     summary = dict(videos=videos, questions=len(questions), steps=steps, batch=batch, seed=seed,
-                   prune_augment=prune_augment, seconds=round(time.time() - started, 1),
-                   final_train_accuracy=sum(h[1] for h in history[-100:]) / min(100, len(history)))
+                   prune_augment=prune_augment, open_share=open_share, lr=lr,
+                   seconds=round(time.time() - started, 1),
+                   final_train_accuracy={name: _mean(history[-200:], name, 2) for name in formats})
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _mean(history: list[tuple], kind: str, field: int) -> float:
+    values = [entry[field] for entry in history if entry[0] == kind]
+    return sum(values) / len(values) if values else float("nan")
 
 
 def main() -> None:

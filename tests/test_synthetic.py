@@ -78,12 +78,14 @@ def test_event_frames_show_the_answer_colour_and_other_frames_do_not(dataset):
         event_frames = set()
         for event in events:
             mask = object_mask(event["kind"], event["cells"], SIZE)
-            inner = erode(mask)
+            # Textures are a quarter cell fine: the codec blurs their edges, so they get no erosion and a wider
+            # tolerance (measured <= 4.5 for block, <= 31 for stripes and checker over 60 events).
+            inner, tolerance = (erode(mask), 12) if event["kind"] == "block" else (mask, 40)
             colour = np.array(COLOURS[event["colour"]])
             for f in range(FRAMES):
                 mean = frames[f][inner].mean(axis=0)
                 if f in event["frames"]:
-                    assert np.abs(mean - colour).max() <= 12, (event, f, mean)  # measured <= 3 over 200 videos
+                    assert np.abs(mean - colour).max() <= tolerance, (event, f, mean)
                 else:
                     # The object's region holds grey background or another event's different colour, never it.
                     assert np.abs(mean - colour).max() >= 60, (event, f, mean)
@@ -94,25 +96,32 @@ def test_event_frames_show_the_answer_colour_and_other_frames_do_not(dataset):
 
 
 def test_kinds_are_distinct_at_token_granularity(dataset):
-    """At 32x32 input split into 4x4 tokens (the demo model's view), an event changes exactly its cells' tokens
-    (square 1, bar 4 in a row, border the 12 edge ones) against the nearest plain frame, and square and bar
-    tokens carry the colour itself."""
+    """At 32x32 input split into 4x4 tokens (the demo model's view), an event changes exactly its 2x2 cells'
+    tokens against the nearest plain frame, and each token's own pixels say the kind: block flat, stripes
+    varying by row only, checker varying by pixel but not by row or column."""
     for events, frames in videos_of(dataset).values():
         pixels = torch.from_numpy(frames.astype(np.uint8))
         small = preprocess_frames(pixels, size=(32, 32), mean=(0, 0, 0), std=(1, 1, 1), rescale_factor=1.0)
-        tokens = small.reshape(FRAMES, 3, GRID, 8, GRID, 8).mean(dim=(3, 5)).permute(0, 2, 3, 1).numpy()
+        patches = small.reshape(FRAMES, 3, GRID, 8, GRID, 8).permute(0, 2, 4, 3, 5, 1).numpy()  # f, r, c, y, x, rgb
+        tokens = patches.mean(axis=(3, 4))
         plain = sorted(set(range(FRAMES)) - {f for e in events for f in e["frames"]})
         for event in events:
-            assert len(event["cells"]) == {"square": 1, "bar": GRID, "border": 4 * GRID - 4}[event["kind"]]
+            assert len(event["cells"]) == 4
             cells = np.zeros((GRID, GRID), dtype=bool)
             cells[tuple(np.array(event["cells"]).T)] = True
             for f in event["frames"]:
                 reference = min(plain, key=lambda p, f=f: abs(p - f))
                 change = np.abs(tokens[f] - tokens[reference]).max(axis=-1)
                 assert np.array_equal(change >= 25, cells), (event, f, change.round())
-                if event["kind"] != "border":  # whole-token objects: the token is the colour (measured <= 12.4)
-                    deviation = np.abs(tokens[f][cells] - np.array(COLOURS[event["colour"]])).max()
-                    assert deviation <= 20, (event, f, deviation)
+                for row, col in event["cells"]:
+                    token = patches[f, row, col].max(axis=-1)  # [8, 8] brightest channel
+                    spread, by_row, by_col = token.std(), token.mean(1).std(), token.mean(0).std()
+                    if event["kind"] == "block":
+                        assert spread < 15, (event, spread)
+                    elif event["kind"] == "stripes":
+                        assert spread > 40 and by_row > 40 and by_col < 15, (event, spread, by_row, by_col)
+                    else:
+                        assert spread > 40 and by_row < 15 and by_col < 15, (event, spread, by_row, by_col)
 
 
 def test_deterministic_and_seed_dependent(tmp_path, dataset):

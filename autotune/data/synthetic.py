@@ -8,11 +8,13 @@ the question's words say which ones, so pruning that keeps the wrong frames (or 
 accuracy.
 
 Geometry is on a 4x4 grid of cells, each ``size // 4`` pixels square: at the default 64x64 one cell is 16x16 px,
-i.e. exactly one 8x8-px visual token once frames are resized to 32x32 and split into 4x4 pooled tokens.
+i.e. exactly one 8x8-px visual token once frames are resized to 32x32 and split into 4x4 pooled tokens. Every
+object fills a 2x2-cell region (4 tokens) at a random place; its kind is a texture, so that each of its tokens
+alone says which kind it belongs to (a tiny model can then find "the stripes" token by token):
 
-- ``square``: one cell, filled, at a random cell (1 token).
-- ``bar``: a full-width band one cell high, at a random row (4 tokens in a row).
-- ``border``: a frame around the image edge, half a cell thick (12 edge tokens, each half or 3/4 covered).
+- ``block``: the region filled.
+- ``stripes``: horizontal stripes, a quarter cell thick (4 px at 64x64), colour and background alternating.
+- ``checker``: a checkerboard of quarter-cell squares.
 
 Colours are saturated RGB so that yuv420p h264 keeps them apart (see COLOURS). Layout on disk::
 
@@ -47,10 +49,11 @@ from autotune.data.protocol import (
 )
 
 DATASET = "synthetic"
-GENERATOR_VERSION = "synthetic-v1"
+GENERATOR_VERSION = "synthetic-v2"
 GRID = 4  # cells per side; one cell = one pooled visual token at 32x32 input
 N_OPTIONS = 4
-KINDS = ("square", "bar", "border")
+KINDS = ("block", "stripes", "checker")
+OBJECT_CELLS = 2  # objects cover OBJECT_CELLS x OBJECT_CELLS cells
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (255, 0, 0),
     "green": (0, 255, 0),
@@ -156,14 +159,8 @@ def _draw_events(rng: np.random.Generator, frames: int) -> list[dict[str, Any]]:
     for j in range(count):
         start += int(gaps[j]) + (1 if j else 0)
         kind = kinds[j]
-        if kind == "square":
-            row, col = (int(v) for v in rng.integers(0, GRID, size=2))
-            cells = [[row, col]]
-        elif kind == "bar":
-            row = int(rng.integers(0, GRID))
-            cells = [[row, col] for col in range(GRID)]
-        else:
-            cells = [[r, c] for r in range(GRID) for c in range(GRID) if r in (0, GRID - 1) or c in (0, GRID - 1)]
+        top, left = (int(v) for v in rng.integers(0, GRID - OBJECT_CELLS + 1, size=2))
+        cells = [[top + r, left + c] for r in range(OBJECT_CELLS) for c in range(OBJECT_CELLS)]
         frame_list = list(range(start, start + lengths[j]))
         events.append({"kind": kind, "colour": colours[j], "frames": frame_list, "cells": cells})
         start += lengths[j]
@@ -172,18 +169,17 @@ def _draw_events(rng: np.random.Generator, frames: int) -> list[dict[str, Any]]:
 
 def object_mask(kind: str, cells: list[list[int]], size: int) -> np.ndarray:
     """Boolean [size, size] mask of the pixels an object of ``kind`` covers (``cells`` as in the questions' meta)."""
-    cell = size // GRID
-    mask = np.zeros((size, size), dtype=bool)
-    if kind == "border":
-        thickness = cell // 2
-        mask[:thickness, :] = mask[-thickness:, :] = True
-        mask[:, :thickness] = mask[:, -thickness:] = True
-    elif kind in ("square", "bar"):
-        for row, col in cells:
-            mask[row * cell : (row + 1) * cell, col * cell : (col + 1) * cell] = True
-    else:
+    if kind not in KINDS:
         raise ValueError(f"unknown object kind {kind!r}; known: {', '.join(KINDS)}")
-    return mask
+    cell = size // GRID
+    stripe = max(1, cell // 4)
+    rows, cols = np.meshgrid(np.arange(size) // stripe, np.arange(size) // stripe, indexing="ij")
+    texture = {"block": np.ones((size, size), dtype=bool), "stripes": rows % 2 == 0,
+               "checker": (rows + cols) % 2 == 0}[kind]
+    region = np.zeros((size, size), dtype=bool)
+    for row, col in cells:
+        region[row * cell : (row + 1) * cell, col * cell : (col + 1) * cell] = True
+    return region & texture
 
 
 def _smooth_field(rng: np.random.Generator, size: int, channels: int) -> np.ndarray:
