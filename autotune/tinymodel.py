@@ -18,9 +18,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, PreTrainedTokenizerFast
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-import adatp
 from adatp.video import decode_frames, preprocess_frames
 from autotune.data import synthetic
 from autotune.data.protocol import Question
@@ -105,8 +103,8 @@ def _open_question(question: Question) -> Question:
                                question=OPEN_QUESTION.format(question=question.question))
 
 
-def train(out: Path, data_root: Path, videos: int = 600, steps: int = 3000, batch: int = 16, seed: int = 0,
-          prune_augment: float = 0.3, open_share: float = 0.5, lr: float = 2e-3, log=print) -> dict:
+def train(out: Path, data_root: Path, videos: int = 600, steps: int = 6000, batch: int = 16, seed: int = 0,
+          prune_augment: float = 0.5, open_share: float = 0.5, lr: float = 1e-3, log=print) -> dict:
     """Train on synthetic videos (seeded apart from the demo's), save model + tokenizer + preprocessing to `out`.
 
     prune_augment: share of steps run under random visual-token pruning at a random retention (so, like real
@@ -139,31 +137,35 @@ def train(out: Path, data_root: Path, videos: int = 600, steps: int = 3000, batc
     }
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.02,
+                                                   anneal_strategy="cos", div_factor=10, final_div_factor=20)
     rng = random.Random(seed)
+    object_tokens = [_object_tokens(q, tokens_per_frame) for q in questions]
+    target_tokens = [_object_tokens(q, tokens_per_frame, only_asked=True) for q in questions]
     model.train()
     history = []
     for step in range(steps):
         kind = "open" if rng.random() < open_share else "mcq"
         encoded, targets = formats[kind]
         chosen = rng.sample(range(len(questions)), batch)
-        width = max(len(encoded[i]) for i in chosen)
-        input_ids = torch.full((batch, width), tokenizer.pad_token_id)
-        mask = torch.zeros(batch, width, dtype=torch.long)
-        for row, i in enumerate(chosen):
-            input_ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[row, width - len(encoded[i]):] = 1
+        # Distractor curriculum (a tiny model from scratch does not find 4 object tokens among 256 otherwise):
+        # first only the asked object's tokens (learn to read a colour), then every object's tokens (learn to
+        # pick the asked kind), then a growing share of background, then whole videos; in that last stage some
+        # steps keep a random share of all tokens, like random pruning.
+        progress = step / steps
+        background = min(1.0, max(0.0, (progress - 0.45) / 0.3))
+        random_share = rng.uniform(0.05, 1.0) if progress >= 0.75 and rng.random() < prune_augment else None
+        rows = []
+        for i in chosen:
+            visual = torch.rand(n_video_tokens - 1, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
+            if random_share is not None:
+                keep = visual < random_share
+            else:
+                keep = visual < background
+                keep[object_tokens[i] if progress >= 0.05 else target_tokens[i]] = True
+            rows.append(keep)
         video = _video_features(model, torch.stack([tower[questions[i].video_id] for i in chosen]))
-        config = None
-        if rng.random() < prune_augment:
-            config = adatp.AdaTPConfig(method="random", retention=rng.uniform(0.05, 1.0), prune_layer=0,
-                                       score="norm", seed=rng.randrange(2**31))
-            adatp.enable(model, config)
-        try:
-            logits = model(input_ids=input_ids, attention_mask=mask, logits_to_keep=1,
-                           mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=video)}).logits[:, -1]
-        finally:
-            adatp.disable(model)
+        logits = _forward_kept(model, [encoded[i] for i in chosen], video, rows, tokenizer.pad_token_id)
         loss = torch.nn.functional.cross_entropy(logits, targets[chosen])
         optimizer.zero_grad()
         loss.backward()
@@ -191,6 +193,44 @@ def train(out: Path, data_root: Path, videos: int = 600, steps: int = 3000, batc
     return summary
 
 
+def _object_tokens(question: Question, tokens_per_frame: int, only_asked: bool = False) -> torch.Tensor:
+    """Flat visual-token indices (f * N + row * 4 + col) of every event's object in the question's video (or of
+    the asked object only)."""
+    side = int(tokens_per_frame**0.5)
+    events = [e for e in question.meta["events"] if not only_asked or e["kind"] == question.meta["kind"]]
+    return torch.tensor([frame * tokens_per_frame + row * side + col for event in events
+                         for frame in event["frames"] for row, col in event["cells"]], dtype=torch.long)
+
+
+def _forward_kept(model, prompts: list[list[int]], video: torch.Tensor, keep: list[torch.Tensor],
+                  pad_id: int) -> torch.Tensor:
+    """Last-position logits with only `keep` [F*N] visual tokens of each row, at their original positions (the
+    same computation as pruning at layer 0); rows are re-packed with left padding."""
+    inner = model.model
+    video_token = model.config.video_token_id
+    sequences, positions = [], []
+    for ids, features, kept in zip(prompts, video, keep, strict=True):
+        ids = torch.tensor(ids)
+        embeds = inner.get_input_embeddings()(ids)
+        is_video = ids == video_token
+        embeds = embeds.masked_scatter(is_video[:, None], features.to(embeds.dtype))
+        keep_row = torch.ones(len(ids), dtype=torch.bool)
+        columns = is_video.nonzero()[:, 0]
+        keep_row[columns[:-1]] = kept  # the last video token is image_newline: always kept
+        sequences.append(embeds[keep_row])
+        positions.append(torch.arange(len(ids))[keep_row])
+    width = max(len(x) for x in sequences)
+    hidden = video.new_zeros(len(sequences), width, video.shape[-1])
+    position_ids = torch.zeros(len(sequences), width, dtype=torch.long)
+    mask = torch.zeros(len(sequences), width, dtype=torch.long)
+    for row, (embeds, where) in enumerate(zip(sequences, positions, strict=True)):
+        hidden[row, width - len(embeds) :] = embeds
+        position_ids[row, width - len(embeds) :] = where
+        mask[row, width - len(embeds) :] = 1
+    output = inner.language_model(inputs_embeds=hidden, attention_mask=mask, position_ids=position_ids)
+    return model.lm_head(output.last_hidden_state[:, -1])
+
+
 def _mean(history: list[tuple], kind: str, field: int) -> float:
     values = [entry[field] for entry in history if entry[0] == kind]
     return sum(values) / len(values) if values else float("nan")
@@ -201,7 +241,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--data", type=Path, default=Path("runs/synthetic-train"))
     parser.add_argument("--videos", type=int, default=600)
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -62,10 +62,11 @@ def main() -> None:
         pure_runs.append(pure_prefill_seconds(engine, questions, trial_config, args.batch_size))
     warm_total = statistics.median(r.seconds["total"] for r in warm_runs)
     pure = statistics.median(pure_runs)
-    split = {key: statistics.median(r.seconds[key] for r in warm_runs) for key in ("decode", "vision", "selection",
-                                                                                  "prefill")}
+    parts = ("decode", "vision", "selection", "prefill")
+    split = {key: statistics.median(r.seconds[key] for r in warm_runs) for key in parts}
     rows = [
-        dict(trial="cold", questions=len(questions), **{k: cold.seconds[k] for k in split}, total=cold.seconds["total"]),
+        dict(trial="cold", questions=len(questions), **{k: cold.seconds[k] for k in parts},
+             total=cold.seconds["total"]),
         dict(trial="warm (median)", questions=len(questions), **split, total=warm_total),
     ]
     result = dict(
