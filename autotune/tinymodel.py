@@ -97,8 +97,8 @@ OPEN_QUESTION = "{question} Answer with one word."
 
 
 def _open_question(question: Question) -> Question:
-    """The same question without options, answered by the colour word: an auxiliary training format that
-    teaches the visual binding (which object, which colour) before the letter matching of the MCQ format."""
+    """The same question without options, answered by the kind word: an auxiliary training format for the
+    visual binding (which object, which texture) beside the MCQ format."""
     return dataclasses.replace(question, options=("x", "y"), answer="A", dataset="synthetic-open",
                                question=OPEN_QUESTION.format(question=question.question))
 
@@ -109,7 +109,7 @@ def train(out: Path, data_root: Path, videos: int = 600, steps: int = 6000, batc
 
     prune_augment: share of steps run under random visual-token pruning at a random retention (so, like real
     Video LLMs, the model still answers from a subset of tokens when the right ones survive).
-    open_share: share of steps in the open format ("... Answer with one word." -> the colour word).
+    open_share: share of steps in the open format ("... Answer with one word." -> the kind word).
     """
     from autotune.engine import prompt_ids, render_prompt
 
@@ -133,7 +133,7 @@ def train(out: Path, data_root: Path, videos: int = 600, steps: int = 6000, batc
         "mcq": ([prompt_ids(tokenizer, q, model.config.video_token_id, n_video_tokens) for q in questions],
                 torch.tensor([tokenizer.convert_tokens_to_ids(q.answer) for q in questions])),
         "open": ([prompt_ids(tokenizer, q, model.config.video_token_id, n_video_tokens) for q in open_questions],
-                 torch.tensor([tokenizer.convert_tokens_to_ids(q.meta["colour"]) for q in questions])),
+                 torch.tensor([tokenizer.convert_tokens_to_ids(q.meta["kind"]) for q in questions])),
     }
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01)
@@ -197,7 +197,7 @@ def _object_tokens(question: Question, tokens_per_frame: int, only_asked: bool =
     """Flat visual-token indices (f * N + row * 4 + col) of every event's object in the question's video (or of
     the asked object only)."""
     side = int(tokens_per_frame**0.5)
-    events = [e for e in question.meta["events"] if not only_asked or e["kind"] == question.meta["kind"]]
+    events = [e for e in question.meta["events"] if not only_asked or e["colour"] == question.meta["colour"]]
     return torch.tensor([frame * tokens_per_frame + row * side + col for event in events
                          for frame in event["frames"] for row, col in event["cells"]], dtype=torch.long)
 

@@ -59,12 +59,13 @@ def test_layout_and_rows(dataset):
         events = row["meta"]["events"]
         assert 2 <= len(events) <= 3
         assert len({e["kind"] for e in events}) == len(events) and len({e["colour"] for e in events}) == len(events)
-        assert row["question"] == f"What colour was the {row['meta']['kind']}?"
-        assert len(row["options"]) == len(set(row["options"])) == 4 and set(row["options"]) <= set(COLOURS)
-        assert row["options"]["ABCD".index(row["answer"])] == row["meta"]["colour"]
-        # The other events' colours are the distractors.
-        assert {e["colour"] for e in events} <= set(row["options"])
-        target = next(e for e in events if e["kind"] == row["meta"]["kind"])
+        assert row["question"] == f"Which pattern did the {row['meta']['colour']} object have?"
+        assert row["options"] == list(KINDS)
+        assert row["options"]["ABC".index(row["answer"])] == row["meta"]["kind"]
+        # The other events' kinds are the distractors.
+        assert {e["kind"] for e in events} <= set(row["options"])
+        target = next(e for e in events if e["colour"] == row["meta"]["colour"])
+        assert target["kind"] == row["meta"]["kind"]
         assert target["frames"] == row["meta"]["target_frames"] and 2 <= len(target["frames"]) <= 4
         assert target["frames"] == list(range(target["frames"][0], target["frames"][-1] + 1))
         # Events never overlap and are at least one plain frame apart.
@@ -158,11 +159,11 @@ def test_load_counts_and_letters(dataset):
         assert isinstance(question, Question) and question.dataset == "synthetic"
         row = rows[question.qid]
         assert question.options == tuple(row["options"]) and question.answer == row["answer"]
-        assert question.options[question.answer_index] == question.meta["colour"]
+        assert question.options[question.answer_index] == question.meta["kind"]
         assert question.video_path == str(dataset / row["video"]) and question.meta["kind"] in KINDS
     assert [q.qid for q in load(dataset, limit=5).questions] == [q.qid for q in report.questions[:5]]
     # Answers are spread over the letters, not stuck on one.
-    assert len({q.answer for q in load(generate(dataset.parent / "many", 40, seed=0)).questions}) == 4
+    assert len({q.answer for q in load(generate(dataset.parent / "many", 40, seed=0)).questions}) == 3
 
 
 def test_load_skips_missing_videos_and_malformed_rows(tmp_path):

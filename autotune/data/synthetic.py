@@ -2,8 +2,9 @@
 
 Each video is a slowly drifting, low-contrast grey texture. At 2 or 3 random times an *event* shows one object
 for 2-4 consecutive frames; events never overlap, are separated by at least one plain frame, and have different
-kinds and different colours. A question asks "What colour was the {kind}?" with the 4 palette colours as options,
-always in palette order (so the other events' colours are always among them). The answer lives in a few frames and
+kinds and different colours. A question asks "Which pattern did the {colour} object have?" with the 3 kinds as
+options, always in the same order (so the other events' kinds are always among them). The answer lives in a few
+frames and
 the question's words say which ones, so pruning that keeps the wrong frames (or the wrong tokens in them) costs
 accuracy.
 
@@ -49,14 +50,13 @@ from autotune.data.protocol import (
 )
 
 DATASET = "synthetic"
-GENERATOR_VERSION = "synthetic-v3"
+GENERATOR_VERSION = "synthetic-v4"
 GRID = 4  # cells per side; one cell = one pooled visual token at 32x32 input
-N_OPTIONS = 4
 KINDS = ("block", "stripes", "checker")
 OBJECT_CELLS = 2  # objects cover OBJECT_CELLS x OBJECT_CELLS cells
-# Exactly N_OPTIONS colours, always offered in this order: a colour's letter is fixed (red is always A), so the
-# task is "find the asked object, read its colour" and not also "find that colour among shuffled options", a hop
-# a tiny model trained on CPU for minutes does not learn. Which object is asked still decides the answer.
+# Questions name a colour and ask for the kind, offered always in KINDS order (block is always A): the task is
+# "find the object of that colour, read its texture", not also "find the answer among shuffled options", a hop a
+# tiny model trained on CPU for minutes does not learn. Which object is asked still decides the answer.
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (255, 0, 0),
     "green": (0, 255, 0),
@@ -64,7 +64,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "yellow": (255, 255, 0),
 }
 EVENT_LENGTHS = (2, 3, 4)  # consecutive frames per event
-QUESTION_TEMPLATE = "What colour was the {kind}?"
+QUESTION_TEMPLATE = "Which pattern did the {colour} object have?"
 _FPS = 8
 _TEXTURE_CELLS = 8  # background texture resolution before smooth upsampling
 
@@ -218,15 +218,15 @@ def _questions(
     rows = []
     for number, event_index in enumerate(sorted(int(i) for i in asked)):
         target = events[event_index]
-        options = list(COLOURS)
+        options = list(KINDS)
         rows.append(
             {
                 "qid": f"{video_id}-q{number}",
                 "video_id": video_id,
                 "video": f"videos/{video_id}.mp4",
-                "question": QUESTION_TEMPLATE.format(kind=target["kind"]),
+                "question": QUESTION_TEMPLATE.format(colour=target["colour"]),
                 "options": options,
-                "answer": letters(N_OPTIONS)[options.index(target["colour"])],
+                "answer": letters(len(options))[options.index(target["kind"])],
                 "meta": {
                     "kind": target["kind"],
                     "colour": target["colour"],
