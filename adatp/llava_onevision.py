@@ -164,7 +164,7 @@ def _record_video(module, args, kwargs):
     pixels = kwargs.get("pixel_values_videos")
     pixels = state.pending_pixels if pixels is None else pixels
     state.pending_pixels = None
-    if state.siglip is not None and pixels is not None and state.video_mask is not None:
+    if state.siglip is not None and pixels is not None and state.video_mask is not None and input_ids is not None:
         last_video = video.long().cumsum(-1).argmax(-1, keepdim=True)
         after = torch.arange(video.shape[1], device=video.device)[None] > last_video
         texts = state.tokenizer.batch_decode(input_ids.masked_fill(~after, state.tokenizer.pad_token_id or 0),
