@@ -44,13 +44,11 @@ def video_batch(batch: int = 1, frames: int = 6, pads: tuple[int, ...] = (), see
     n_video = frames * TOKENS_PER_FRAME + 1
     rows, masks = [], []
     pads = pads or (0,) * batch
-    width = max(pads) + 3 + n_video + question_len
-    for _, pad_count in zip(range(batch), pads, strict=True):
+    assert len(pads) == batch
+    for pad in pads:  # rows differ in question length, so each row gets its own amount of left padding
         prefix = torch.randint(1, 200, (3,), generator=generator)
-        question = torch.randint(1, 200, (question_len,), generator=generator)
+        question = torch.randint(1, 200, (question_len + max(pads) - pad,), generator=generator)
         body = torch.cat([prefix, torch.full((n_video,), VIDEO_TOKEN), question])
-        pad = width - body.numel()
-        assert pad >= pad_count
         rows.append(torch.cat([torch.full((pad,), PAD_TOKEN), body]))
         masks.append(torch.cat([torch.zeros(pad, dtype=torch.long), torch.ones(body.numel(), dtype=torch.long)]))
     pixels = torch.randn(batch, frames, 3, 32, 32, generator=generator)
