@@ -140,7 +140,7 @@ def uniform_indices(batch: int, frames: int, per_frame: int, kept: int, device=N
     return _keep_to_indices(keep, kept)
 
 
-def _generator(seed: int, device) -> torch.Generator:
+def _generator(seed: int) -> torch.Generator:
     generator = torch.Generator(device="cpu")
     generator.manual_seed(seed)
     return generator
@@ -148,7 +148,7 @@ def _generator(seed: int, device) -> torch.Generator:
 
 def random_indices(batch: int, total: int, kept: int, seed: int, device=None) -> torch.Tensor:
     """Baseline: `kept` tokens drawn uniformly without replacement, seeded (CPU generator, reproducible anywhere)."""
-    draw = torch.rand(batch, total, generator=_generator(seed, device))
+    draw = torch.rand(batch, total, generator=_generator(seed))
     return _top_k_indices(draw, kept).to(device)
 
 
@@ -188,7 +188,7 @@ def select_visual_tokens(
     segments = segment_ids(frame_features, config.tau_s)
     counts = segment_counts(segments)
     if config.method == "adatp_random_segments":
-        draw = torch.rand(batch, frames, generator=_generator(config.seed, device), dtype=torch.float64)
+        draw = torch.rand(batch, frames, generator=_generator(config.seed), dtype=torch.float64)
         relevance = draw.to(counts.device)
     else:
         if question is None:
