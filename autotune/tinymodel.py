@@ -61,7 +61,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlavaOnevi
         text_config=dict(model_type="qwen2", hidden_size=128, intermediate_size=256, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
                          max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id,
-                         tie_word_embeddings=False),
+                         tie_word_embeddings=True),
         video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-1, vision_feature_select_strategy="full",
@@ -103,13 +103,16 @@ def _open_question(question: Question) -> Question:
                                question=OPEN_QUESTION.format(question=question.question))
 
 
-def train(out: Path, data_root: Path, videos: int = 600, steps: int = 6000, batch: int = 16, seed: int = 0,
+def train(out: Path, data_root: Path, videos: int = 600, steps: int = 16000, batch: int = 16, seed: int = 0,
           prune_augment: float = 0.5, open_share: float = 0.5, lr: float = 1e-3, log=print) -> dict:
     """Train on synthetic videos (seeded apart from the demo's), save model + tokenizer + preprocessing to `out`.
 
     prune_augment: share of steps run under random visual-token pruning at a random retention (so, like real
     Video LLMs, the model still answers from a subset of tokens when the right ones survive).
-    open_share: share of steps in the open format ("... Answer with one word." -> the kind word).
+    Three prompt formats share the steps: 30% "What colour was the {kind} object? ..." -> the colour word (ties the
+    colour words, whose embeddings are tied input/output, to the visual colours the questions route by), then of the
+    rest `open_share` in the open format ("... Answer with one word." -> the kind word) and the others in the
+    benchmark's own MCQ format (-> the option letter, which is what the engine scores).
     """
     from autotune.engine import prompt_ids, render_prompt
 
@@ -117,7 +120,10 @@ def train(out: Path, data_root: Path, videos: int = 600, steps: int = 6000, batc
     synthetic.generate(data_root, videos, seed=10_000 + seed, frames=FRAMES)
     questions = synthetic.load(data_root).questions
     open_questions = [_open_question(q) for q in questions]
-    corpus = [render_prompt(None, q, template=CHAT_TEMPLATE) + " " + q.answer for q in questions + open_questions]
+    colour_questions = [dataclasses.replace(q, question=f"What colour was the {q.meta['kind']} object? Answer with "
+                                            "one word.", options=("x", "y"), answer="A") for q in questions]
+    corpus = [render_prompt(None, q, template=CHAT_TEMPLATE) + " " + q.answer
+              for q in questions + open_questions + colour_questions]
     tokenizer = train_tokenizer(corpus)
     model = build_model(tokenizer, seed)
     model.model.vision_tower.requires_grad_(False)
@@ -130,6 +136,8 @@ def train(out: Path, data_root: Path, videos: int = 600, steps: int = 6000, batc
     tokens_per_frame = (IMAGE_SIZE // PATCH_SIZE // 2) ** 2
     n_video_tokens = FRAMES * tokens_per_frame + 1
     formats = {
+        "colour": ([prompt_ids(tokenizer, q, model.config.video_token_id, n_video_tokens) for q in colour_questions],
+                   torch.tensor([tokenizer.convert_tokens_to_ids(q.meta["colour"]) for q in questions])),
         "mcq": ([prompt_ids(tokenizer, q, model.config.video_token_id, n_video_tokens) for q in questions],
                 torch.tensor([tokenizer.convert_tokens_to_ids(q.answer) for q in questions])),
         "open": ([prompt_ids(tokenizer, q, model.config.video_token_id, n_video_tokens) for q in open_questions],
@@ -145,7 +153,8 @@ def train(out: Path, data_root: Path, videos: int = 600, steps: int = 6000, batc
     model.train()
     history = []
     for step in range(steps):
-        kind = "open" if rng.random() < open_share else "mcq"
+        draw = rng.random()
+        kind = "colour" if draw < 0.3 else "open" if draw < 0.3 + open_share * 0.7 else "mcq"
         encoded, targets = formats[kind]
         chosen = rng.sample(range(len(questions)), batch)
         # Distractor curriculum (a tiny model from scratch does not find 4 object tokens among 256 otherwise):
@@ -241,7 +250,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--data", type=Path, default=Path("runs/synthetic-train"))
     parser.add_argument("--videos", type=int, default=600)
-    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--steps", type=int, default=16000)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
