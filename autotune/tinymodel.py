@@ -40,9 +40,10 @@ def train_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over the prompts' words (every option letter is its own token)."""
     tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    letters = [chr(ord("A") + i) for i in range(26)]
-    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS + letters + ["user", "assistant", "system"])
-    tokenizer.train_from_iterator(corpus, trainer)
+    # Option letters and role names are ordinary words (special tokens would vanish from decoded answers).
+    words = " ".join([chr(ord("A") + i) for i in range(26)] + ["user", "assistant", "system"])
+    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS)
+    tokenizer.train_from_iterator([*corpus, words], trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>", eos_token="<|im_end|>",
         additional_special_tokens=["<|im_start|>", "<video>", "<image>"],

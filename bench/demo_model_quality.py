@@ -24,19 +24,25 @@ HELD_OUT_SEED = 20_000  # training used seeds 10_000 + seed; the demo uses its o
 
 
 def settings(engine: Engine, question, budget: float) -> dict[str, adatp.AdaTPConfig | None]:
-    """The compared settings; budgets become retentions for this prompt length (prune_layer 2, or 0)."""
+    """The compared settings. A budget becomes a retention for this prompt length; with the demo's 4 layers and
+    ~80 text tokens only prune_layer 0 reaches 0.3 (prune_layer 1 bottoms out near 0.43), so the budgeted rows
+    prune before the LM with pre-LLM scores, and one row shows attention scores (prune_layer 1) at 0.5."""
     n_text = len(engine._prompt(question)) - engine.n_visual
     text_config = engine.model.config.text_config
-    at_budget = adatp.retention_for_budget(text_config, engine.n_visual, n_text, budget, 2)
-    at_budget_0 = adatp.retention_for_budget(text_config, engine.n_visual, n_text, budget, 0)
+    at_budget = adatp.retention_for_budget(text_config, engine.n_visual, n_text, budget, 0)
+    at_half = adatp.retention_for_budget(text_config, engine.n_visual, n_text, 0.5, 1)
+    before_lm = dict(prune_layer=0, score="norm")
     return {
         "vanilla": None,
-        "uniform r=0.10": adatp.AdaTPConfig(method="uniform", retention=0.10),
-        "random r=0.10": adatp.AdaTPConfig(method="random", retention=0.10),
-        f"uniform b={budget}": adatp.AdaTPConfig(method="uniform", retention=at_budget_0, prune_layer=0,
-                                                 score="norm"),
-        f"fastv b={budget}": adatp.AdaTPConfig(method="fastv", retention=at_budget),
-        f"adatp b={budget}": adatp.AdaTPConfig(retention=at_budget),
+        "uniform r=0.10": adatp.AdaTPConfig(method="uniform", retention=0.10, **before_lm),
+        "random r=0.10": adatp.AdaTPConfig(method="random", retention=0.10, **before_lm),
+        f"uniform b={budget}": adatp.AdaTPConfig(method="uniform", retention=at_budget, **before_lm),
+        f"random b={budget}": adatp.AdaTPConfig(method="random", retention=at_budget, **before_lm),
+        f"fastv-norm b={budget}": adatp.AdaTPConfig(method="fastv", retention=at_budget, **before_lm),
+        f"adatp-norm b={budget}": adatp.AdaTPConfig(retention=at_budget, **before_lm),
+        f"adatp-textsim b={budget}": adatp.AdaTPConfig(retention=at_budget, prune_layer=0, score="text_sim"),
+        "fastv K=1 b=0.5": adatp.AdaTPConfig(method="fastv", retention=at_half, prune_layer=1),
+        "adatp K=1 b=0.5": adatp.AdaTPConfig(retention=at_half, prune_layer=1),
     }
 
 
@@ -65,9 +71,9 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"demo model on {len(questions)} held-out synthetic questions ({args.videos} videos)")
-    print(f"{'setting':16} {'accuracy':>8} {'flops':>6} {'kept':>5}")
+    print(f"{'setting':22} {'accuracy':>8} {'flops':>6} {'kept':>5}")
     for row in rows:
-        print(f"{row['setting']:16} {row['accuracy']:>8.3f} {row['flops_ratio']:>6.3f} {row['kept_tokens']:>5}")
+        print(f"{row['setting']:22} {row['accuracy']:>8.3f} {row['flops_ratio']:>6.3f} {row['kept_tokens']:>5}")
     print(f"logits vs generate agreement {agreement:.3f} (generate accuracy {generated.accuracy:.3f})")
     print(f"wrote {args.out}")
 
