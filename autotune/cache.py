@@ -52,6 +52,7 @@ class FeatureCache:
         self._memory_used = 0
         self._digests: dict[tuple[str, int, int], str] = {}
         self.hits = self.misses = self.computed = 0
+        self._disk_used: int | None = None  # bytes of .pt files on disk (other processes may add more)
 
     def video_key(self, model_key: str, video_path: str, frames: int) -> str:
         """Content-hash key; the file digest is memoised per (path, size, mtime)."""
@@ -90,7 +91,12 @@ class FeatureCache:
             partial = path.with_suffix(f".{os.getpid()}.tmp")
             torch.save(tensor, partial)
             os.replace(partial, path)
-            self._evict_disk()
+            if self._disk_used is None:  # measured once; afterwards kept up to date without rescanning
+                self._disk_used = sum(p.stat().st_size for p in self.directory.glob("*/*.pt"))
+            else:
+                self._disk_used += path.stat().st_size
+            if self._disk_used > self.disk_bytes:
+                self._evict_disk()
 
     def get_or_compute(self, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         tensor = self.get(key)
@@ -118,6 +124,7 @@ class FeatureCache:
                 break
             path.unlink(missing_ok=True)
             total -= size
+        self._disk_used = total
 
     def clear_memory(self) -> None:
         self._memory.clear()
