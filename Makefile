@@ -31,5 +31,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(VPY) bench/prune_overhead.py
 
-demo:
-	@echo "make demo: not yet — arrives with issue 3/5 (autotune service)"
+# The demo: tune on the synthetic set with the shipped tiny model (CPU, offline), then export presets/.
+# Resumable: a second run reuses .autotune/demo (delete it to start over). DEMO_ARGS="n_trials=10" overrides.
+DEMO_SPEC ?= studies/demo.yaml
+DEMO_ARGS ?=
+demo: $(STAMP)
+	$(VENV)/bin/autotune study $(DEMO_SPEC) $(DEMO_ARGS)
+	$(VENV)/bin/autotune export $(DEMO_SPEC) $(DEMO_ARGS)

@@ -24,7 +24,7 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from adatp.config import AdaTPConfig, ConfigError
-from adatp.select import select_visual_tokens
+from adatp.select import select_visual_tokens, true_columns
 
 
 @dataclasses.dataclass
@@ -179,17 +179,19 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def attention_scores(
-    layer, hidden: torch.Tensor, position_embeddings, query_rows: torch.Tensor, key_mask: torch.Tensor
+    layer, hidden: torch.Tensor, position_embeddings, query_rows: torch.Tensor, key_mask: torch.Tensor,
+    rows: int | None = None,
 ) -> torch.Tensor:
     """Attention of the query rows to every key in `layer`, averaged over heads and query rows -> [B, L].
 
     Only the T last rows are projected to queries (T = most query rows in a batch row), so the cost is
     T x L per head, never L x L. hidden: the layer's input (residual stream) [B, L, D]; query_rows [B, L] bool
-    (the text after the video); key_mask [B, L] bool (padding).
+    (the text after the video); key_mask [B, L] bool (padding). rows: T when the caller knows it (saves a
+    host-device synchronisation in the middle of the forward).
     """
     attn = layer.self_attn
     batch, length, _ = hidden.shape
-    rows = int(query_rows.sum(-1).max())
+    rows = int(query_rows.sum(-1).max()) if rows is None else rows
     normed = layer.input_layernorm(hidden)
     head_dim = attn.head_dim
     query = attn.q_proj(normed[:, length - rows :]).view(batch, rows, -1, head_dim).transpose(1, 2)
@@ -303,18 +305,21 @@ def _pruned_forward(
 def _pruned_prefill(lm, state, embeds, mask_2d, position_ids, cache, use_cache, video_mask, external, kwargs):
     config = state.config
     batch, length, width = embeds.shape
-    counts = video_mask.sum(-1)
-    if bool((counts != counts[0]).any()):
-        raise ValueError(f"adatp: every batch row must hold the same number of video tokens, got {counts.tolist()}")
-    video_columns = video_mask.nonzero()[:, 1].view(batch, -1)
+    # Our one host-device synchronisation in the prefill, before any layer runs: every shape after it is known.
+    positions = torch.arange(length, device=embeds.device)
+    last_video = torch.where(video_mask, positions, -1).max(-1).values
+    query_rows = (positions[None] > last_video[:, None]) & mask_2d[:, -length:]
+    counts, query_counts = torch.stack([video_mask.sum(-1), query_rows.sum(-1)]).tolist()
+    if len(set(counts)) != 1:
+        raise ValueError(f"adatp: every batch row must hold the same number of video tokens, got {counts}")
+    video_columns = true_columns(video_mask, counts[0])
+    query_count = max(query_counts)
     visual_columns = video_columns[:, :-1]  # the last video token is image_newline: never pruned
     n_visual, per_frame = visual_columns.shape[1], state.tokens_per_frame
     if n_visual == 0 or n_visual % per_frame:
         raise ValueError(f"adatp: {n_visual} visual tokens is not a whole number of {per_frame}-token frames")
     frames = n_visual // per_frame
     prune_layer = config.prune_layer
-    after_video = torch.arange(length, device=embeds.device)[None] > video_columns[:, -1:]
-    query_rows = after_video & mask_2d[:, -length:]
 
     visual = _gather_rows(embeds, visual_columns).view(batch, frames, per_frame, width)
     if external is not None:
@@ -338,7 +343,8 @@ def _pruned_prefill(lm, state, embeds, mask_2d, position_ids, cache, use_cache, 
                              use_cache, kwargs)
         if config.uses_scores and config.score == "attention":
             with _timer(state, embeds.device):
-                per_key = attention_scores(lm.layers[prune_layer - 1], hidden, full_embeddings, query_rows, mask_2d)
+                per_key = attention_scores(lm.layers[prune_layer - 1], hidden, full_embeddings, query_rows, mask_2d,
+                                           rows=query_count)
                 scores = per_key.gather(1, visual_columns).view(batch, frames, per_frame)
         hidden = _run_layers(lm, hidden, [prune_layer - 1], masks, full_embeddings, position_ids, cache,
                              use_cache, kwargs)
@@ -352,7 +358,7 @@ def _pruned_prefill(lm, state, embeds, mask_2d, position_ids, cache, use_cache, 
     keep = torch.ones(batch, length, dtype=torch.bool, device=embeds.device)
     keep.scatter_(1, visual_columns, False)
     keep.scatter_(1, visual_columns.gather(1, kept), True)
-    keep_columns = keep.nonzero()[:, 1].view(batch, -1)
+    keep_columns = true_columns(keep, length - n_visual + kept.shape[1])
 
     hidden = _gather_rows(hidden, keep_columns)
     kept_mask = mask_2d.gather(1, keep_columns)

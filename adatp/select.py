@@ -119,9 +119,17 @@ def spatial_cap_keep(
     return rank_in_segment < budgets.gather(-1, token_segment)
 
 
+def true_columns(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """[B, T] bool with exactly `count` True per row -> [B, count] their column indices, ascending.
+
+    A stable sort instead of `nonzero()`: the output shape is known ahead, so the host never waits for the GPU.
+    """
+    return mask.to(torch.uint8).argsort(dim=-1, descending=True, stable=True)[:, :count]
+
+
 def _keep_to_indices(keep: torch.Tensor, kept: int) -> torch.Tensor:
     """[B, T] bool with exactly `kept` True per row -> [B, kept] sorted flat indices."""
-    return keep.nonzero()[:, 1].view(keep.shape[0], kept)
+    return true_columns(keep, kept)
 
 
 def _top_k_indices(scores: torch.Tensor, kept: int) -> torch.Tensor:

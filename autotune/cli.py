@@ -1,27 +1,105 @@
-"""The `autotune` command line. Exit codes: 0 ok, 2 bad input, 1 internal error."""
+"""The `autotune` command line. Exit codes: 0 ok, 2 bad input (one line, no traceback), 1 internal error,
+130 interrupted (run the same command again to resume).
+
+    autotune study studies/demo.yaml n_trials=12      # create the studies (one per budget), then run trials here
+    autotune worker studies/demo.yaml                 # join existing studies from another process or machine
+    autotune status studies/demo.yaml                 # trials by state, best so far per budget
+    autotune export studies/demo.yaml                 # test-split evaluation of each budget's best -> presets
+    autotune pareto studies/demo.yaml                 # cross-budget Pareto table and plots
+    autotune ui studies/demo.yaml                     # MLflow UI for the spec's store on 127.0.0.1
+"""
 
 from __future__ import annotations
 
-import platform
-from importlib import metadata
+import functools
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True)
+from autotune.versions import package_versions
 
-# Reported by `autotune version`: the packages whose versions change results.
-REPORTED_PACKAGES = ("adatp-autotune", "torch", "transformers", "optuna", "mlflow")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+
+SPEC_ARG = typer.Argument(..., help="study spec YAML, e.g. studies/demo.yaml", show_default=False)
+OVERRIDES_ARG = typer.Argument(None, help="key=value overrides, e.g. n_trials=10 dataset.limit=40",
+                               show_default=False)
 
 
-def package_versions() -> dict[str, str]:
-    """Installed versions of the packages that matter for reproducing a result (read from metadata, no imports)."""
-    versions = {"python": platform.python_version()}
-    for name in REPORTED_PACKAGES:
+class BadInput(Exception):
+    """Raised by commands for bad input not caught by the spec itself."""
+
+
+def _bad_input_types() -> tuple[type[BaseException], ...]:
+    from adatp import ConfigError
+    from autotune.spec import SpecError
+    from autotune.study import StudyError
+
+    return (SpecError, StudyError, ConfigError, BadInput)
+
+
+def guarded(command: Callable) -> Callable:
+    """Map exceptions to exit codes and one-line messages; AUTOTUNE_DEBUG=1 re-raises for the traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        debug = os.environ.get("AUTOTUNE_DEBUG") == "1"
         try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+            return command(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:
+            typer.echo("\ninterrupted: the running trial is recorded as FAIL (interrupted) and queued again; "
+                       "run the same command to resume", err=True)
+            raise typer.Exit(130) from None
+        except Exception as error:
+            if debug:
+                raise
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            if isinstance(error, _bad_input_types()):
+                typer.echo(f"error: {first}", err=True)
+                raise typer.Exit(2) from None
+            typer.echo(f"internal error: {type(error).__name__}: {first} (AUTOTUNE_DEBUG=1 shows the traceback)",
+                       err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _spec(path: str, overrides: list[str] | None):
+    from autotune.spec import load_spec
+
+    return load_spec(path, overrides or [])
+
+
+def _workspace(spec, echo: bool = True):
+    from autotune.study import Workspace
+
+    workspace = Workspace.open(spec)
+    if echo:
+        typer.echo(f"{workspace.report.summary()}; split by video: {len(workspace.tune)} tune, "
+                   f"{len(workspace.test)} test questions")
+    return workspace
+
+
+def _quiet_libraries() -> None:
+    import logging
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 @app.callback()
@@ -34,6 +112,237 @@ def version() -> None:
     """Print the versions of adatp-autotune and the packages it runs on."""
     for name, value in package_versions().items():
         typer.echo(f"{name} {value}")
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (docker stop, a scheduler) stop the run at the next safe point (`autotune.interrupt`):
+    the running trial is FAIL (interrupted) and queued again. A second signal stops at once."""
+    from autotune.interrupt import STOP
+
+    STOP.install()
+
+
+@app.command()
+@guarded
+def study(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
+          workers: int = typer.Option(0, min=0, help="start N worker processes here instead of running trials "
+                                                     "in this process"),
+          gpus: str = typer.Option("", help="comma-separated CUDA device ids: one worker process per GPU "
+                                            "(sets model.device=cuda:ID for each)"),
+          progress: bool = typer.Option(True, help="show progress bars")) -> None:
+    """Create the spec's studies (one per budget) if needed, then run trials until each has n_trials."""
+    from autotune.spec import mask_url
+    from autotune.study import create_studies, run_studies
+
+    spec = _spec(spec_path, overrides)
+    devices = [item.strip() for item in gpus.split(",") if item.strip()]
+    if devices and not all(item.isdigit() for item in devices):
+        raise BadInput(f"--gpus: expected comma-separated device ids like 0,1,2, got {gpus!r}")
+    _quiet_libraries()
+    _stop_on_signals()
+    workspace = _workspace(spec)
+    studies = create_studies(workspace)
+    typer.echo(f"studies in {mask_url(spec.storage)}: " + ", ".join(
+        f"{s.study_name} (retention {s.user_attrs['autotune']['retention']:.4f})" for s in studies.values()))
+    if devices or workers:
+        extra = [[f"model.device=cuda:{device}"] for device in devices] or [[] for _ in range(workers)]
+        _run_worker_processes(spec_path, list(overrides or []), extra, spec, studies, progress)
+    else:
+        run_studies(workspace, studies, progress=progress, echo=typer.echo)
+    _print_status(spec)
+    _pareto(spec)
+
+
+def _run_worker_processes(spec_path: str, overrides: list[str], extra: list[list[str]], spec, studies,
+                          progress: bool) -> None:
+    """One `autotune worker` process per entry of `extra`; a progress bar polls the shared storage."""
+    import time
+
+    from autotune.study import finished_count
+
+    commands = [[sys.executable, "-m", "autotune.cli", "worker", spec_path, *overrides, *more, "--no-progress"]
+                for more in extra]
+    from autotune.interrupt import STOP
+
+    # Own sessions: a Ctrl-C in the terminal reaches only this process, which passes each signal on once.
+    children = [subprocess.Popen(command, start_new_session=True) for command in commands]
+    typer.echo(f"started {len(children)} workers: pids " + " ".join(str(child.pid) for child in children))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=spec.n_trials * len(studies), desc="trials (all workers)", unit="trial")
+    forwarded, polled = 0, 0.0
+    try:
+        with STOP.deferred(force_on_second=False):
+            while any(child.poll() is None for child in children):
+                for _ in range(STOP.signals - forwarded):  # the workers stop themselves; a second one forces
+                    for child in children:
+                        if child.poll() is None:
+                            child.send_signal(signal.SIGINT)
+                forwarded = STOP.signals
+                if bar is not None and time.monotonic() - polled > 2:
+                    bar.n = sum(min(spec.n_trials, finished_count(study)) for study in studies.values())
+                    bar.refresh()
+                    polled = time.monotonic()
+                time.sleep(0.2)
+    finally:
+        if bar is not None:
+            bar.close()
+    STOP.check()
+    failed = [child.returncode for child in children if child.returncode != 0]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(children)} workers exited with codes {failed}")
+
+
+@app.command()
+@guarded
+def worker(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
+           progress: bool = typer.Option(True, help="show progress bars")) -> None:
+    """Join the spec's existing studies (created by `autotune study`) and run trials until each has n_trials."""
+    from autotune.study import open_studies, run_studies
+
+    spec = _spec(spec_path, overrides)
+    _quiet_libraries()
+    _stop_on_signals()
+    workspace = _workspace(spec)
+    run_studies(workspace, open_studies(workspace), progress=progress, echo=typer.echo)
+    _print_status(spec)
+
+
+def _print_status(spec) -> bool:
+    from rich.console import Console
+    from rich.table import Table
+
+    from autotune.study import ATTR, best_feasible, finished_count, load_studies
+
+    studies = load_studies(spec)
+    table = Table(title=f"{spec.name}: {spec.n_trials} trials planned per budget")
+    for column in ("budget", "study", "retention", "done", "COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING",
+                   f"best tune {spec.objective}", "trial", "FLOPs ratio"):
+        table.add_column(column, justify="left" if column == "study" else "right")
+    any_study = False
+    for budget, found in studies.items():
+        if found is None:
+            table.add_row(f"{budget:.2f}", spec.study_name(budget), "-", "not created", *["-"] * 8)
+            continue
+        any_study = True
+        trials = found.get_trials(deepcopy=False)
+        states = [trial.state.name for trial in trials]
+        best = best_feasible(found)
+        counts = {state: str(states.count(state)) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
+        rungs = Counter(t.user_attrs.get("rung") for t in trials if t.state.name == "PRUNED")
+        if rungs:  # where pruned trials stopped: rung index -> count
+            counts["PRUNED"] += " (" + ", ".join(f"r{rung}: {n}" for rung, n in sorted(rungs.items())) + ")"
+        table.add_row(
+            f"{budget:.2f}", found.study_name, f"{found.user_attrs.get(ATTR, {}).get('retention', float('nan')):.4f}",
+            f"{finished_count(found)}/{spec.n_trials}", *counts.values(),
+            f"{best.value:.4f}" if best else "-", str(best.number) if best else "-",
+            f"{best.user_attrs['flops_ratio']:.4f}" if best else "-",
+        )
+    Console(width=200).print(table)
+    return any_study
+
+
+@app.command()
+@guarded
+def status(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG) -> None:
+    """Trials by state and the best feasible trial so far, per budget (opens no model)."""
+    spec = _spec(spec_path, overrides)
+    if not _print_status(spec):
+        typer.echo(f"no study of {spec.name} exists yet: run `autotune study {spec_path}`")
+
+
+def _pareto(spec, log: bool = True) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from autotune.export import summarise_pareto
+
+    directory = Path(spec.workdir) / "pareto"
+    points, front, volume = summarise_pareto(spec, directory, log=log)
+    table = Table(title=f"{spec.name}: Pareto front across budgets ({len(front)} of {len(points)} feasible trials; "
+                        f"hypervolume {volume:.4f})")
+    names = list(spec.space)
+    for column in ("budget", "trial", "FLOPs ratio", f"tune {spec.objective}", *names):
+        table.add_column(column, justify="right")
+    for point in front:
+        table.add_row(f"{point.budget:.2f}", str(point.trial), f"{point.flops_ratio:.4f}", f"{point.accuracy:.4f}",
+                      *[f"{(point.params or {}).get(name, float('nan')):.3f}" for name in names])
+    Console(width=160).print(table)
+    typer.echo(f"Pareto plots: {directory / 'pareto.png'}  {directory / 'pareto.html'}")
+
+
+@app.command()
+@guarded
+def pareto(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
+           log: bool = typer.Option(True, help="also log the plots to the spec's MLflow summary run")) -> None:
+    """Cross-budget Pareto front (table and plots) from all feasible trials; hypervolume."""
+    spec = _spec(spec_path, overrides)
+    _quiet_libraries()
+    _pareto(spec, log=log)
+
+
+@app.command()
+@guarded
+def export(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
+           progress: bool = typer.Option(True, help="show progress bars")) -> None:
+    """Evaluate each budget's best config once on the test split; write presets (and log them to MLflow)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from autotune.export import export_presets
+
+    spec = _spec(spec_path, overrides)
+    _quiet_libraries()
+    workspace = _workspace(spec)
+    exported = export_presets(workspace, progress=progress, echo=typer.echo)
+    table = Table(title=f"{spec.name}: held-out test split ({len(workspace.test)} questions)")
+    for column in ("budget", "trial", "FLOPs ratio", "tune", "test [95% CI]", "vanilla", "default",
+                   "test - default [95% CI]", "preset"):
+        table.add_column(column, justify="left" if column == "preset" else "right")
+    for item in exported:
+        if item.preset is None:
+            continue
+        results = item.preset.results
+        test, paired = results["test_accuracy"], results["paired"]
+        tune = results.get("tune_accuracy", {}).get("value", paired.get("tune_fidelity"))
+        low, high = paired["test_minus_default_ci95"]
+        table.add_row(f"{item.budget:.2f}", str(item.preset.provenance["trial"]), f"{results['flops_ratio']:.4f}",
+                      f"{tune:.3f}", f"{test['value']:.3f} [{test['ci95'][0]:.3f}, {test['ci95'][1]:.3f}]",
+                      f"{results['vanilla_accuracy']['value']:.3f}", f"{results['default_accuracy']['value']:.3f}",
+                      f"{paired['test_minus_default']:+.3f} [{low:+.3f}, {high:+.3f}]", str(item.path))
+    Console(width=200).print(table)
+    for item in exported:
+        typer.echo(item.message)
+    if not any(item.path for item in exported):
+        typer.echo("error: no preset written: no budget has a feasible trial", err=True)
+        raise typer.Exit(1)
+    typer.echo("presets: " + " ".join(str(item.path) for item in exported if item.path))
+    typer.echo(f"MLflow UI: autotune ui {spec_path}")
+
+
+@app.command()
+@guarded
+def ui(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
+       port: int = typer.Option(5000, help="port on 127.0.0.1"),
+       host: str = typer.Option("127.0.0.1", help="interface to bind (127.0.0.1 keeps it local)")) -> None:
+    """Serve the MLflow UI for the spec's tracking store (Ctrl-C stops it)."""
+    from autotune.spec import mask_url
+
+    spec = _spec(spec_path, overrides)
+    uri = spec.tracking_uri
+    if uri.startswith("http"):
+        raise BadInput(f"tracking_uri: {mask_url(uri)} is already a server; open it in a browser")
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise BadInput(f"tracking_uri: {mask_url(uri)} does not exist yet: run `autotune study {spec_path}` first")
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
+               "--port", str(port), "--workers", "1"]
+    typer.echo(f"MLflow UI for {spec.name} ({mask_url(uri)}): http://{host}:{port}  (Ctrl-C stops it)")
+    try:
+        raise typer.Exit(subprocess.call(command))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jinja2
@@ -136,8 +136,12 @@ class Engine:
 
     # -- evaluation -----------------------------------------------------------------------------------------
     def evaluate(self, questions: Sequence[Question], config: adatp.AdaTPConfig | None = None,
-                 batch_size: int = 8, mode: str = "logits", progress: bool = False) -> EvalResult:
-        """Score `config` (None: the unpruned model) on `questions`."""
+                 batch_size: int = 8, mode: str = "logits", progress: bool = False,
+                 before_batch: Callable[[], None] | None = None) -> EvalResult:
+        """Score `config` (None: the unpruned model) on `questions`.
+
+        `before_batch` runs before each batch and may raise to stop (e.g. a deferred Ctrl-C) between batches.
+        """
         if mode not in ("logits", "generate"):
             raise ValueError(f"mode must be 'logits' or 'generate', got {mode!r}")
         seconds = _new_seconds()
@@ -153,6 +157,8 @@ class Engine:
 
                 batches = tqdm(batches, desc="questions", unit="batch", leave=False)
             for start in batches:
+                if before_batch is not None:
+                    before_batch()
                 ready, features = [], []
                 for question in questions[start : start + batch_size]:
                     try:

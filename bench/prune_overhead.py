@@ -30,14 +30,20 @@ FRAMES, PER_FRAME, PREFIX, QUESTION = 32, 196, 14, 50
 VIDEO_TOKEN = 1000
 
 
-def build(layers: int, device: str, dtype: torch.dtype) -> LlavaOnevisionForConditionalGeneration:
+# The Qwen2 LM widths of LLaVA-OneVision-7B.
+QWEN2_7B = dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4)
+
+
+def random_llava_ov(text: dict, device: str, dtype: torch.dtype) -> LlavaOnevisionForConditionalGeneration:
+    """A LLaVA-OneVision with a Qwen2 LM of the given `text` config fields and random weights (no download).
+
+    The vision tower is tiny but has LLaVA-OV's pooled grid (27x27 patches -> 14x14 = 196 tokens per frame); the
+    benchmarks hand in precomputed video features, so it never runs.
+    """
     config = LlavaOnevisionConfig(
-        # A tiny vision tower with LLaVA-OV's pooled grid: 27x27 patches -> 14x14 = 196 tokens per frame.
         vision_config=dict(model_type="siglip_vision_model", hidden_size=16, intermediate_size=32,
                            num_hidden_layers=1, num_attention_heads=1, image_size=27, patch_size=1),
-        text_config=dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=layers,
-                         num_attention_heads=28, num_key_value_heads=4, vocab_size=1024,
-                         max_position_embeddings=32768, tie_word_embeddings=False),
+        text_config=dict(model_type="qwen2", max_position_embeddings=32768, tie_word_embeddings=False, **text),
         video_token_id=VIDEO_TOKEN, image_token_id=VIDEO_TOKEN + 1, vision_feature_layer=-1,
         vision_feature_select_strategy="full",
     )
@@ -46,15 +52,19 @@ def build(layers: int, device: str, dtype: torch.dtype) -> LlavaOnevisionForCond
     with torch.device("meta"):
         model = LlavaOnevisionForConditionalGeneration(config)
     model = model.to_empty(device=device).to(dtype).eval()
-    generator = torch.Generator(device="cpu").manual_seed(0)
+    torch.manual_seed(0)
     with torch.no_grad():
         for param in model.parameters():
-            param.copy_((torch.randn(param.shape, generator=generator) * 0.02).to(dtype))
+            param.normal_(0.0, 0.02)
         for name, buffer in model.named_buffers():
             if name.endswith("inv_freq") or name.endswith("original_inv_freq"):
                 dim = buffer.shape[0] * 2
-                buffer.copy_(1.0 / (1e6 ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)))
+                buffer.copy_(1.0 / (1e6 ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim)))
     return model
+
+
+def build(layers: int, device: str, dtype: torch.dtype) -> LlavaOnevisionForConditionalGeneration:
+    return random_llava_ov(dict(QWEN2_7B, num_hidden_layers=layers, vocab_size=1024), device, dtype)
 
 
 def timed(fn, repeats: int, device: str, warmup: bool = True) -> float:

@@ -1,0 +1,193 @@
+"""Held-out export and the cross-budget Pareto summary.
+
+`export_presets`: each budget's best feasible trial (chosen on the tune split only) is evaluated once on the test
+split, together with the default config at the same retention and the unpruned model, on the same questions:
+95% bootstrap CI of its accuracy and paired differences against both. The result is an `adatp-preset/v1` file in
+the presets dir, also logged as an artifact of the study's parent MLflow run.
+
+`summarise_pareto`: the front across budgets from every feasible COMPLETE trial, its hypervolume, a PNG and an
+interactive HTML plot, logged to the spec's summary run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from pathlib import Path
+from typing import Any
+
+import adatp
+from autotune.pareto import Point, front_table, hypervolume, pareto_front, plot_html, plot_png
+from autotune.stats import accuracy_summary, paired_difference
+from autotune.study import ATTR, StudyError, Workspace, best_feasible, default_params, load_studies, study_points
+from autotune.versions import package_versions
+
+BOOTSTRAP_SAMPLES = 2000
+
+
+@dataclasses.dataclass
+class Exported:
+    """What `export` did for one budget: a preset path, or the reason there is none."""
+
+    budget: float
+    study: str
+    path: Path | None = None
+    preset: adatp.Preset | None = None
+    message: str = ""
+
+
+def preset_path(workspace: Workspace, budget: float) -> Path:
+    spec = workspace.spec
+    return Path(spec.presets_dir) / f"{spec.name}-{spec.dataset.name}-b{budget:.2f}.yaml"
+
+
+def _require_studies(spec) -> dict:
+    studies = load_studies(spec)
+    missing = [spec.study_name(budget) for budget, study in studies.items() if study is None]
+    if missing:
+        raise StudyError(f"study {missing[0]} does not exist yet: run `autotune study {spec.source or spec.name}`")
+    return studies
+
+
+def export_presets(workspace: Workspace, progress: bool = False, echo=print) -> list[Exported]:
+    """Evaluate each budget's best config on the test split and write its preset (see the module docstring)."""
+    spec = workspace.spec
+    studies = _require_studies(spec)
+    engine = workspace.engine
+    tracker = workspace.tracker
+    vanilla = workspace.vanilla(workspace.test)
+    by_qid = {q.qid: q for q in workspace.test}
+    exported = []
+    for budget, study in studies.items():
+        settings = study.user_attrs[ATTR]
+        trials = study.get_trials(deepcopy=False)
+        best = best_feasible(study)
+        if best is None:
+            states = ", ".join(f"{state}: {sum(t.state.name == state for t in trials)}"
+                               for state in ("COMPLETE", "PRUNED", "FAIL"))
+            exported.append(Exported(budget, study.study_name, message=(
+                f"b{budget:.2f}: no feasible COMPLETE trial among {len(trials)} ({states}); no preset written. "
+                f"Run more trials (n_trials=...) or check the budget.")))
+            continue
+        retention = settings["retention"]
+        chosen = spec.config_for(retention, best.params)
+        default = spec.config_for(retention, default_params(spec))
+        if progress:
+            echo(f"b{budget:.2f}: evaluating trial {best.number} and the default config on "
+                 f"{len(workspace.test)} test questions")
+        tuned = engine.evaluate(workspace.test, chosen, batch_size=spec.batch_size, progress=progress)
+        baseline = engine.evaluate(workspace.test, default, batch_size=spec.batch_size, progress=progress)
+        qids = [q.qid for q in workspace.test
+                if q.qid in tuned.predictions and q.qid in baseline.predictions and vanilla.get(q.qid) is not None]
+        tuned_correct = [tuned.correct[qid] for qid in qids]
+        default_correct = [baseline.correct[qid] for qid in qids]
+        vanilla_correct = [vanilla[qid] == by_qid[qid].answer for qid in qids]
+        versus_vanilla = paired_difference(tuned_correct, vanilla_correct, n_boot=BOOTSTRAP_SAMPLES)
+        versus_default = paired_difference(tuned_correct, default_correct, n_boot=BOOTSTRAP_SAMPLES)
+        tune_answered = len(workspace.tune) - best.user_attrs.get("skipped", 0)
+        results: dict[str, Any] = {
+            "flops_ratio": round(tuned.flops_ratio, 6),
+            "test_accuracy": accuracy_summary(tuned_correct, n_boot=BOOTSTRAP_SAMPLES),
+            "vanilla_accuracy": accuracy_summary(vanilla_correct, n_boot=BOOTSTRAP_SAMPLES),
+            "default_accuracy": accuracy_summary(default_correct, n_boot=BOOTSTRAP_SAMPLES),
+            "paired": {
+                "test_minus_vanilla": versus_vanilla["value"], "test_minus_vanilla_ci95": versus_vanilla["ci95"],
+                "test_minus_default": versus_default["value"], "test_minus_default_ci95": versus_default["ci95"],
+                "wins_losses_vs_default": [versus_default["wins"], versus_default["losses"]],
+            },
+        }
+        if spec.objective == "accuracy":
+            results["tune_accuracy"] = {"value": round(best.value, 4), "n": tune_answered}
+        else:
+            results["paired"]["tune_fidelity"] = round(best.value, 4)
+        preset = adatp.Preset(
+            config=chosen,
+            target={"model": model_label(spec.model.path), "dataset": spec.dataset.name, "frames": engine.frames,
+                    "flops_budget": budget},
+            results=results,
+            provenance={"study": study.study_name, "trial": best.number,
+                        "mlflow_run_id": study.user_attrs.get("mlflow_run_id"),
+                        "versions": {**package_versions(), "protocol": settings["protocol"]},
+                        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")},
+        )
+        path = adatp.save_preset(preset, preset_path(workspace, budget))
+        run_id = study.user_attrs["mlflow_run_id"]
+        tracker.artifact(run_id, path, artifact_path="preset")
+        tracker.log(run_id, metrics={
+            "test_accuracy": results["test_accuracy"]["value"],
+            "test_accuracy_ci95_low": results["test_accuracy"]["ci95"][0],
+            "test_accuracy_ci95_high": results["test_accuracy"]["ci95"][1],
+            "vanilla_test_accuracy": results["vanilla_accuracy"]["value"],
+            "default_test_accuracy": results["default_accuracy"]["value"],
+            "test_minus_default": versus_default["value"], "test_minus_vanilla": versus_vanilla["value"],
+            "test_flops_ratio": tuned.flops_ratio,
+        }, tags={"preset": str(path)})
+        exported.append(Exported(budget, study.study_name, path=path, preset=adatp.load_preset(path),
+                                 message=verdict(budget, versus_default)))
+    return exported
+
+
+def model_label(path: str) -> str:
+    """A hub id as is; a local directory relative to the working directory when inside it (portable presets)."""
+    local = Path(path)
+    if not local.is_dir():
+        return path
+    try:
+        return str(local.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(local)
+
+
+def verdict(budget: float, versus_default: dict) -> str:
+    """One honest line: does the tuned config beat the default on the test split?"""
+    value, (low, high) = versus_default["value"], versus_default["ci95"]
+    change = f"{value:+.3f} (95% CI [{low:+.3f}, {high:+.3f}], {versus_default['n']} test questions)"
+    if low > 0:
+        return f"b{budget:.2f}: the tuned config beats the default config on the test split by {change}"
+    if value > 0:
+        return f"b{budget:.2f}: the tuned config is ahead of the default by {change}, but the CI includes 0"
+    return f"b{budget:.2f}: the tuned config does NOT improve on the default config on the test split: {change}"
+
+
+def summarise_pareto(spec, directory: Path, log: bool = True) -> tuple[list[Point], list[Point], float]:
+    """Cross-budget points, front and hypervolume; writes pareto.png/.html/.csv under `directory` and (if `log`)
+    to the spec's MLflow summary run."""
+    import csv
+
+    studies = _require_studies(spec)
+    points: list[Point] = []
+    references: dict[str, Point] = {}
+    for budget, study in studies.items():
+        feasible = study_points(study)
+        points.extend(feasible)
+        default = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("warm_start") == "default"),
+                       None)
+        reference = next((p for p in feasible if default is not None and p.trial == default.number), None)
+        if reference is not None:
+            label = f"default b{budget:.2f}"
+            references[label] = Point(reference.flops_ratio, reference.accuracy, label=label, budget=budget,
+                                      trial=reference.trial)
+    front = pareto_front(points)
+    volume = hypervolume(points)
+    directory.mkdir(parents=True, exist_ok=True)
+    title = f"{spec.name}: tune {spec.objective} vs FLOPs ratio, all budgets"
+    png = plot_png(points, directory / "pareto.png", title=title, references=references)
+    page = plot_html(points, directory / "pareto.html", title=title, references=references)
+    table = directory / "pareto_front.csv"
+    rows = front_table(front)
+    with table.open("w", newline="") as handle:
+        fields = list(dict.fromkeys(key for row in rows for key in row)) or ["flops_ratio", "accuracy"]
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    if log:
+        from autotune.study import open_tracker
+
+        tracker = open_tracker(spec)
+        run_id = tracker.summary_run(spec.name, tags={"autotune.spec": spec.name})
+        tracker.log(run_id, metrics={"hypervolume": volume, "front_size": len(front), "points": len(points)},
+                    params={"budgets": list(spec.budgets), "objective": spec.objective})
+        for path in (png, page, table):
+            tracker.artifact(run_id, path, artifact_path="pareto")
+        tracker.finish(run_id)
+    return points, front, volume

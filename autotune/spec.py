@@ -1,0 +1,724 @@
+"""Study specs: one YAML file per tuning study, validated in full before anything heavy starts.
+
+    from autotune.spec import load_spec
+    spec = load_spec("studies/demo.yaml", overrides=["n_trials=5", "dataset.limit=40"])
+    spec.study_name(0.3)                      # 'demo-synthetic-b0.30'
+    spec.config_for(0.41, {"tau_s": 0.85})    # AdaTPConfig with the base's fixed fields
+
+Every problem raises `SpecError` with one line that starts with the field's dotted path, e.g.
+`budgets[1]: must be in (0, 1], got 1.5` or `dataset.root: /data/mlvu does not exist`.
+
+String values may use `${VAR}` and `${VAR:-default}`. Relative paths (and `sqlite:///relative.db` URLs)
+resolve against the current working directory at load time.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+
+from adatp.config import AdaTPConfig, ConfigError
+from autotune.data import DATASETS
+
+
+class SpecError(ValueError):
+    """A bad study spec or override. The message is one line starting with the field's path."""
+
+
+THRESHOLDS = ("tau_s", "tau_t", "alpha_boost", "gamma_cap")
+# Searched ranges when a spec has no `space:`; each contains AdaTPConfig's default for that threshold.
+DEFAULT_SPACE = {"tau_s": (0.7, 1.0), "tau_t": (0.0, 1.0), "alpha_boost": (1.0, 4.0), "gamma_cap": (0.1, 1.0)}
+# AdaTPConfig's valid range per threshold: (low, high, low_is_open).
+_THRESHOLD_LIMITS = {
+    "tau_s": (-1.0, 1.0, False),
+    "tau_t": (0.0, 1.0, False),
+    "alpha_boost": (1.0, 100.0, False),
+    "gamma_cap": (0.0, 1.0, True),
+}
+
+DTYPES = ("float32", "bfloat16", "float16")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+OBJECTIVES = ("accuracy", "fidelity")
+SAMPLERS = ("tpe", "random", "nsga2", "gp")
+PRUNERS = ("successive_halving", "hyperband", "median", "none")
+
+_SLUG = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+_DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# Top-level spec keys, in the order a spec file usually lists them.
+_TOP_KEYS = tuple(
+    "name model dataset budgets objective base space warm_start sampler pruner n_trials batch_size storage "
+    "tracking_uri artifact_location presets_dir cache_dir workdir heartbeat".split()
+)
+_SQL_URL = re.compile(r"(sqlite:///|journal:///|(postgresql|mysql)(\+\w+)?://).+")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """The model to tune on.
+
+    path: local `save_pretrained` directory (absolute after loading; must hold config.json) or a hub id
+        "org/name" that is already in the local Hugging Face cache (nothing is downloaded).
+    dtype: float32 | bfloat16 | float16.
+    device: cpu | cuda | cuda:N | mps.
+    attn_implementation: sdpa | eager | flash_attention_2.
+    trust_remote_code: passed to `from_pretrained`; off unless the spec asks.
+    """
+
+    path: str
+    dtype: str = "float32"
+    device: str = "cpu"
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """The local dataset copy and its tune/test split.
+
+    name: a key of `autotune.data.DATASETS` (videomme, mlvu, longvideobench, synthetic).
+    root: absolute path of the local copy.
+    frames: frames per video, >= 1; None uses the model's saved num_frames.
+    test_fraction: share of videos held out for the test split, in (0, 1).
+    split_seed: seed of the split by video, >= 0.
+    limit: at most this many questions (>= 1); None reads all.
+    synthetic: generator parameters {n_videos: >= 1, seed: >= 0, questions_per_video: >= 1}, only for the
+        synthetic dataset; when given, a missing root is generated rather than an error.
+    """
+
+    name: str
+    root: str
+    frames: int | None = None
+    test_fraction: float = 0.5
+    split_seed: int = 0
+    limit: int | None = None
+    synthetic: dict | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+    """Optuna sampler. name: tpe | random | nsga2 | gp; seed >= 0; n_startup_trials >= 0 (tpe and gp)."""
+
+    name: str = "tpe"
+    seed: int = 0
+    n_startup_trials: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class PrunerSpec:
+    """Optuna pruner over nested question rungs.
+
+    name: successive_halving | hyperband | median | none.
+    rungs: >= 1; a trial reports after 1/2^(rungs-1), ..., 1/2 and all of the tune split's questions.
+    reduction_factor: >= 2 (successive_halving, hyperband).
+    n_startup_trials: >= 0 (median).
+    """
+
+    name: str = "successive_halving"
+    rungs: int = 4
+    reduction_factor: int = 2
+    n_startup_trials: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class HeartbeatSpec:
+    """Optuna storage heartbeats: a worker beats every `interval` s; a RUNNING trial silent for `grace` s is failed
+    by the next worker that starts a trial, and re-run once. The beat runs in a thread, so long GPU trials need no
+    longer interval; `grace` (> interval) absorbs database or network stalls."""
+
+    interval: int = 60      # seconds, >= 1
+    grace: int = 600        # seconds, > interval
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StudySpec:
+    """A validated study spec: one Optuna study per budget, all tracked in one MLflow experiment.
+
+    name: slug [a-z0-9][a-z0-9_.-]*, used in study names and as the MLflow experiment.
+    budgets: FLOPs ratios (pruned prefill / unpruned prefill), each in (0, 1], sorted ascending, unique.
+    objective: `accuracy` (labelled answers) or `fidelity` (agreement with the unpruned model).
+    base: fixed values of everything not searched, and the default thresholds (the warm-start point);
+        its retention is unused (each budget sets its own).
+    space: searched threshold -> (low, high), low < high, inside AdaTPConfig's valid range.
+    warm_start: extra threshold points enqueued once per study, inside the space.
+    n_trials: trials per budget, >= 1.  batch_size: questions per forward batch, >= 1.
+    storage: Optuna storage URL (SQLAlchemy); tracking_uri: MLflow tracking URI.
+    artifact_location, presets_dir, cache_dir, workdir: absolute paths.
+    source: the spec file it was loaded from, None when built from a dict.
+    """
+
+    name: str
+    model: ModelSpec
+    dataset: DatasetSpec
+    budgets: tuple[float, ...]
+    objective: str = "accuracy"
+    base: AdaTPConfig = dataclasses.field(default_factory=AdaTPConfig)
+    space: dict[str, tuple[float, float]] = dataclasses.field(default_factory=lambda: dict(DEFAULT_SPACE))
+    warm_start: tuple[dict[str, float], ...] = ()
+    sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
+    n_trials: int = 30
+    batch_size: int = 8
+    storage: str
+    tracking_uri: str
+    artifact_location: str
+    presets_dir: str
+    cache_dir: str
+    workdir: str
+    heartbeat: HeartbeatSpec = HeartbeatSpec()
+    source: str | None = None
+
+    def study_name(self, budget: float) -> str:
+        """Optuna study name for one budget, e.g. 'demo-synthetic-b0.30'."""
+        return f"{self.name}-{self.dataset.name}-b{budget:.2f}"
+
+    def config_for(self, retention: float, params: Mapping[str, float] | None = None) -> AdaTPConfig:
+        """The base config with `retention` and the thresholds in `params` (absent ones keep base values)."""
+        params = dict(params or {})
+        for key in params:
+            if key not in THRESHOLDS:
+                raise SpecError(f"params.{key}: not a threshold (thresholds: {', '.join(THRESHOLDS)})")
+        return self.base.replace(retention=retention, **params)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-safe dict of the resolved spec, with passwords in URLs masked.
+
+        Without `source`, and without `base.retention` (unused), so that it loads back with `spec_from_dict`.
+        """
+        base = self.base.to_dict()
+        del base["retention"]
+        return {
+            "name": self.name,
+            "model": dataclasses.asdict(self.model),
+            "dataset": dataclasses.asdict(self.dataset),
+            "budgets": list(self.budgets),
+            "objective": self.objective,
+            "base": base,
+            "space": {key: list(bounds) for key, bounds in self.space.items()},
+            "warm_start": [dict(point) for point in self.warm_start],
+            "sampler": dataclasses.asdict(self.sampler),
+            "pruner": dataclasses.asdict(self.pruner),
+            "n_trials": self.n_trials,
+            "batch_size": self.batch_size,
+            "storage": mask_url(self.storage),
+            "tracking_uri": mask_url(self.tracking_uri),
+            "artifact_location": self.artifact_location,
+            "presets_dir": self.presets_dir,
+            "cache_dir": self.cache_dir,
+            "workdir": self.workdir,
+            "heartbeat": dataclasses.asdict(self.heartbeat),
+        }
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by `***`: 'postgresql://u:secret@h/db' -> 'postgresql://u:***@h/db'.
+
+    Also masks `password=` / `passwd=` / `pwd=` query parameters. URLs without a password come back unchanged.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find(ch) for ch in "/?#") if i != -1), default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
+    tail = re.sub(r"([?&](?:password|passwd|pwd)=)[^&#]*", r"\1***", tail, flags=re.IGNORECASE)
+    return f"{scheme}://{netloc}{tail}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'dataset.limit=40' -> (['dataset', 'limit'], 40); the value is parsed as YAML ('[0.3, 0.5]' is a list)."""
+    key, sep, raw = text.partition("=")
+    keys = key.strip().split(".")
+    if not sep or not key.strip() or any(not part for part in keys):
+        raise SpecError(f"override {text!r}: expected key=value")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        reason = str(error).splitlines()[0]
+        raise SpecError(f"override {text!r}: cannot parse the value as YAML ({reason})") from None
+    return keys, value
+
+
+def load_spec(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> StudySpec:
+    """Read, override and validate the spec file at `path`; SpecError on any problem."""
+    for text in overrides:
+        parse_override(text)  # syntax errors first, so they are not blamed on the file
+    source = os.path.abspath(os.fspath(path))
+    where = os.path.basename(source)
+    try:
+        with open(source, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise SpecError(f"{os.fspath(path)}: no such spec file") from None
+    except IsADirectoryError:
+        raise SpecError(f"{os.fspath(path)}: is a directory, not a spec file") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise SpecError(f"{where}: not valid YAML{line}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{where}: must be a YAML mapping of spec fields, got {type(data).__name__}")
+    try:
+        return spec_from_dict(data, overrides, source=source)
+    except SpecError as error:
+        raise SpecError(f"{error} (in {where})") from None
+
+
+def spec_from_dict(
+    data: Mapping, overrides: Sequence[str] = (), source: str | None = None, check_paths: bool = True
+) -> StudySpec:
+    """Validate a spec mapping (after applying `overrides`) into a StudySpec; SpecError on any problem.
+
+    check_paths=False skips the filesystem checks of model.path, dataset.root and base.siglip_path.
+    """
+    if not isinstance(data, Mapping):
+        raise SpecError(f"spec: must be a mapping, got {type(data).__name__}")
+    raw = _plain(data)
+    for text in overrides:
+        _apply_override(raw, text)
+    raw = _expand_env(raw, "")
+    return _build(raw, source, check_paths)
+
+
+# --- raw mapping helpers ---------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """Deep copy with every Mapping turned into a dict and every tuple into a list."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return copy.deepcopy(value)
+
+
+def _apply_override(raw: dict, text: str) -> None:
+    keys, value = parse_override(text)
+    node = raw
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if child is None:  # e.g. `dataset.synthetic.n_videos=10` onto `synthetic: null`
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            path = ".".join(keys[: depth + 1])
+            raise SpecError(f"override {text!r}: {path} is not a mapping (it holds {child!r})")
+        node = child
+    node[keys[-1]] = value
+
+
+def _expand_env(value: Any, where: str) -> Any:
+    if isinstance(value, dict):
+        return {key: _expand_env(item, _join(where, key)) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(item, f"{where}[{index}]") for index, item in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        current = os.environ.get(name)
+        if current:
+            return current
+        if default is not None:  # like the shell's ${VAR:-default}: also used when VAR is empty
+            return default
+        if current is not None:
+            return current
+        raise SpecError(f"{where or 'spec'}: environment variable {name} is not set")
+
+    return _ENV_VAR.sub(substitute, value)
+
+
+def _join(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _section(raw: dict, key: str, allowed: Sequence[str]) -> dict:
+    """The mapping at raw[key] ({} when absent or null), with unknown keys rejected."""
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpecError(f"{key}: must be a mapping, got {type(value).__name__} {value!r}")
+    _known_keys(value, key, allowed)
+    return value
+
+
+def _known_keys(mapping: dict, where: str, allowed: Sequence[str]) -> None:
+    for key in mapping:
+        if key not in allowed:
+            raise SpecError(f"{_join(where, key)}: unknown key (allowed: {', '.join(allowed)})")
+
+
+# --- value checks ----------------------------------------------------------------------------------------------
+
+
+def _number(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpecError(f"{where}: must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise SpecError(f"{where}: must be finite, got {value!r}")
+    return float(value)
+
+
+def _integer(where: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{where}: must be an integer, got {type(value).__name__} {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise SpecError(f"{where}: must be {bound}, got {value}")
+    return value
+
+
+def _optional_integer(where: str, value: Any, minimum: int) -> int | None:
+    return None if value is None else _integer(where, value, minimum)
+
+
+def _string(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        shown = f"{type(value).__name__} {value!r}" if not isinstance(value, str) else "an empty string"
+        raise SpecError(f"{where}: must be a non-empty string, got {shown}")
+    return value
+
+
+def _choice(where: str, value: Any, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise SpecError(f"{where}: must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _required(raw: dict, key: str, where: str) -> Any:
+    if raw.get(key) is None:
+        raise SpecError(f"{_join(where, key)}: required")
+    return raw[key]
+
+
+def _abspath(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _path_or_uri(value: str) -> str:
+    """An artifact URI (mlflow-artifacts:/x, s3://b/x, file:///x) as is; a local path made absolute."""
+    return value if re.match(r"[a-z][a-z0-9+.-]+:/", value) else _abspath(value)
+
+
+def _resolve_sqlite(url: str) -> str:
+    """'sqlite:///rel.db' -> 'sqlite:////<cwd>/rel.db'; absolute and in-memory URLs unchanged."""
+    path = url[len("sqlite:///") :]
+    if path.startswith("/") or path.startswith(":memory:") or not path:
+        return url
+    file, sep, query = path.partition("?")
+    return f"sqlite:///{_abspath(file)}{sep}{query}"
+
+
+# --- sections --------------------------------------------------------------------------------------------------
+
+
+def _build(raw: dict, source: str | None, check_paths: bool) -> StudySpec:
+    _known_keys(raw, "", _TOP_KEYS)
+
+    name = _string("name", _required(raw, "name", ""))
+    if not _SLUG.fullmatch(name):
+        raise SpecError(f"name: must match [a-z0-9][a-z0-9_.-]* (lowercase slug), got {name!r}")
+
+    model = _model(raw, check_paths)
+    dataset = _dataset(raw, check_paths)
+    budgets = _budgets(raw)
+    objective = _choice("objective", raw.get("objective", "accuracy"), OBJECTIVES)
+    base = _base(raw, budgets, check_paths)
+    space = _space(raw, base)
+    warm_start = _warm_start(raw, space)
+    sampler = _sampler(raw)
+    pruner = _pruner(raw)
+    n_trials = _integer("n_trials", raw.get("n_trials", 30), 1)
+    batch_size = _integer("batch_size", raw.get("batch_size", 8), 1)
+
+    workdir = _abspath(_string("workdir", raw.get("workdir", os.path.join(".autotune", name))))
+    storage = _storage(raw.get("storage", f"sqlite:///{workdir}/optuna.db"))
+    tracking_uri = _tracking_uri(raw.get("tracking_uri", f"sqlite:///{workdir}/mlflow.db"))
+    paths = {
+        key: _path_or_uri(_string(key, raw.get(key, default)))
+        for key, default in (
+            ("artifact_location", os.path.join(workdir, "mlartifacts")),
+            ("presets_dir", "presets"),
+            ("cache_dir", os.path.join(workdir, "cache")),
+        )
+    }
+    return StudySpec(
+        name=name,
+        model=model,
+        dataset=dataset,
+        budgets=budgets,
+        objective=objective,
+        base=base,
+        space=space,
+        warm_start=warm_start,
+        sampler=sampler,
+        pruner=pruner,
+        n_trials=n_trials,
+        batch_size=batch_size,
+        storage=storage,
+        tracking_uri=tracking_uri,
+        workdir=workdir,
+        heartbeat=_heartbeat(raw),
+        source=source,
+        **paths,
+    )
+
+
+def _model(raw: dict, check_paths: bool) -> ModelSpec:
+    if raw.get("model") is None:
+        raise SpecError("model.path: required")
+    section = _section(raw, "model", [field.name for field in dataclasses.fields(ModelSpec)])
+    path = _string("model.path", _required(section, "path", "model"))
+    is_hub_id = bool(_HUB_ID.fullmatch(path)) and not os.path.isdir(path)
+    if not is_hub_id:
+        path = _abspath(path)
+    if check_paths:
+        if is_hub_id:
+            if not _in_hub_cache(path):
+                raise SpecError(f"model.path: {path} is not a local directory and not in the Hugging Face cache")
+        elif not os.path.isdir(path):
+            raise SpecError(f"model.path: {path} is not a local directory")
+        elif not os.path.isfile(os.path.join(path, "config.json")):
+            raise SpecError(f"model.path: {path} has no config.json (not a saved model directory)")
+    trust = section.get("trust_remote_code", False)
+    if not isinstance(trust, bool):
+        raise SpecError(f"model.trust_remote_code: must be true or false, got {trust!r}")
+    device = section.get("device", "cpu")
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise SpecError(f"model.device: must be cpu, cuda, cuda:N or mps, got {device!r}")
+    return ModelSpec(
+        path=path,
+        dtype=_choice("model.dtype", section.get("dtype", "float32"), DTYPES),
+        device=device,
+        attn_implementation=_choice(
+            "model.attn_implementation", section.get("attn_implementation", "sdpa"), ATTN_IMPLEMENTATIONS
+        ),
+        trust_remote_code=trust,
+    )
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the hub model's config.json is in the local Hugging Face cache (never downloads)."""
+    import huggingface_hub
+
+    try:
+        found = huggingface_hub.try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # HFValidationError: not a valid repo id
+        return False
+    return isinstance(found, str)
+
+
+def _dataset(raw: dict, check_paths: bool) -> DatasetSpec:
+    if raw.get("dataset") is None:
+        raise SpecError("dataset.name: required")
+    section = _section(raw, "dataset", [field.name for field in dataclasses.fields(DatasetSpec)])
+    name = _required(section, "name", "dataset")
+    if name not in DATASETS:
+        raise SpecError(f"dataset.name: unknown dataset {name!r} (known: {', '.join(sorted(DATASETS))})")
+    root = _abspath(_string("dataset.root", _required(section, "root", "dataset")))
+    test_fraction = _number("dataset.test_fraction", section.get("test_fraction", 0.5))
+    if not 0.0 < test_fraction < 1.0:
+        raise SpecError(f"dataset.test_fraction: must be in (0, 1), got {section['test_fraction']!r}")
+    synthetic = _synthetic(section.get("synthetic"), name)
+    if check_paths and synthetic is None:
+        if not os.path.exists(root):
+            hint = " (or give dataset.synthetic parameters to generate it)" if name == "synthetic" else ""
+            raise SpecError(f"dataset.root: {root} does not exist{hint}")
+        if not os.path.isdir(root):
+            raise SpecError(f"dataset.root: {root} is not a directory")
+    return DatasetSpec(
+        name=name,
+        root=root,
+        frames=_optional_integer("dataset.frames", section.get("frames"), 1),
+        test_fraction=test_fraction,
+        split_seed=_integer("dataset.split_seed", section.get("split_seed", 0), 0),
+        limit=_optional_integer("dataset.limit", section.get("limit"), 1),
+        synthetic=synthetic,
+    )
+
+
+def _synthetic(value: Any, dataset_name: str) -> dict | None:
+    where = "dataset.synthetic"
+    if value is None:
+        return None
+    if dataset_name != "synthetic":
+        raise SpecError(f"{where}: only for dataset 'synthetic', not {dataset_name!r}")
+    if not isinstance(value, dict):
+        raise SpecError(f"{where}: must be a mapping, got {type(value).__name__} {value!r}")
+    _known_keys(value, where, ["n_videos", "seed", "questions_per_video"])
+    from autotune.data.synthetic import KINDS  # numpy only; one question per pattern kind at most
+
+    return {
+        "n_videos": _integer(f"{where}.n_videos", _required(value, "n_videos", where), 1),
+        "seed": _integer(f"{where}.seed", value.get("seed", 0), 0),
+        "questions_per_video": _integer(
+            f"{where}.questions_per_video", value.get("questions_per_video", 2), 1, len(KINDS)
+        ),
+    }
+
+
+def _budgets(raw: dict) -> tuple[float, ...]:
+    value = _required(raw, "budgets", "")
+    if not isinstance(value, list) or not value:
+        raise SpecError(f"budgets: must be a non-empty list of FLOPs ratios in (0, 1], got {value!r}")
+    seen: dict[str, tuple[int, float]] = {}  # study-name label -> (index, budget)
+    for index, item in enumerate(value):
+        where = f"budgets[{index}]"
+        budget = _number(where, item)
+        if not 0.0 < budget <= 1.0:
+            raise SpecError(f"{where}: must be in (0, 1], got {item!r}")
+        label = f"{budget:.2f}"
+        if label in seen:
+            first, other = seen[label]
+            if other == budget:
+                raise SpecError(f"{where}: duplicate of budgets[{first}] ({item!r})")
+            # Study names carry the budget to 2 decimals; two budgets must not share a study.
+            raise SpecError(f"{where}: {item!r} and budgets[{first}] = {other!r} both round to {label}")
+        seen[label] = (index, budget)
+    return tuple(sorted(float(item) for item in value))
+
+
+def _base(raw: dict, budgets: tuple[float, ...], check_paths: bool) -> AdaTPConfig:
+    value = raw.get("base")
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise SpecError(f"base: must be a mapping of AdaTP settings, got {type(value).__name__} {value!r}")
+    if "retention" in value:
+        shown = ", ".join(f"{budget:g}" for budget in budgets)
+        raise SpecError(f"base.retention: not allowed; retention comes from each budget (budgets: {shown})")
+    value = dict(value)
+    siglip_path = value.get("siglip_path")
+    if isinstance(siglip_path, str) and siglip_path:
+        value["siglip_path"] = _abspath(siglip_path)
+        if check_paths and not os.path.isdir(value["siglip_path"]):
+            raise SpecError(f"base.siglip_path: {value['siglip_path']} is not a local directory")
+    try:
+        return AdaTPConfig.from_dict(value, where="base")
+    except ConfigError as error:
+        raise SpecError(str(error)) from None
+
+
+def _space(raw: dict, base: AdaTPConfig) -> dict[str, tuple[float, float]]:
+    value = raw.get("space")
+    if value is None:
+        value = DEFAULT_SPACE
+    if not isinstance(value, Mapping):
+        raise SpecError(f"space: must be a mapping of threshold -> [low, high], got {type(value).__name__}")
+    if not value:
+        raise SpecError(f"space: must search at least one threshold of {', '.join(THRESHOLDS)}")
+    for key in value:
+        if key not in THRESHOLDS:
+            raise SpecError(f"space.{key}: unknown threshold (allowed: {', '.join(THRESHOLDS)})")
+    space: dict[str, tuple[float, float]] = {}
+    for key in (key for key in THRESHOLDS if key in value):  # canonical order
+        where = f"space.{key}"
+        bounds = value[key]
+        if not isinstance(bounds, list | tuple) or len(bounds) != 2:
+            raise SpecError(f"{where}: must be a [low, high] pair, got {bounds!r}")
+        low, high = _number(f"{where}[0]", bounds[0]), _number(f"{where}[1]", bounds[1])
+        if not low < high:
+            raise SpecError(f"{where}: low must be < high, got [{bounds[0]!r}, {bounds[1]!r}]")
+        limit_low, limit_high, open_low = _THRESHOLD_LIMITS[key]
+        if (low <= limit_low if open_low else low < limit_low) or high > limit_high:
+            valid = f"{'(' if open_low else '['}{limit_low:g}, {limit_high:g}]"
+            raise SpecError(f"{where}: must lie within {key}'s valid range {valid}, got [{low:g}, {high:g}]")
+        base_value = getattr(base, key)
+        if not low <= base_value <= high:
+            raise SpecError(
+                f"base.{key}: {base_value:g} is outside the searched range space.{key} = [{low:g}, {high:g}]"
+            )
+        space[key] = (low, high)
+    return space
+
+
+def _warm_start(raw: dict, space: dict[str, tuple[float, float]]) -> tuple[dict[str, float], ...]:
+    value = raw.get("warm_start")
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise SpecError(f"warm_start: must be a list of threshold mappings, got {type(value).__name__} {value!r}")
+    points = []
+    for index, point in enumerate(value):
+        where = f"warm_start[{index}]"
+        if not isinstance(point, dict) or not point:
+            raise SpecError(f"{where}: must be a non-empty mapping of searched thresholds, got {point!r}")
+        checked = {}
+        for key, item in point.items():
+            if key not in space:
+                raise SpecError(f"{where}.{key}: not a searched threshold (searched: {', '.join(space)})")
+            number = _number(f"{where}.{key}", item)
+            low, high = space[key]
+            if not low <= number <= high:
+                raise SpecError(f"{where}.{key}: must be inside space.{key} = [{low:g}, {high:g}], got {item!r}")
+            checked[key] = number
+        points.append(checked)
+    return tuple(points)
+
+
+def _sampler(raw: dict) -> SamplerSpec:
+    section = _section(raw, "sampler", [field.name for field in dataclasses.fields(SamplerSpec)])
+    return SamplerSpec(
+        name=_choice("sampler.name", section.get("name", "tpe"), SAMPLERS),
+        seed=_integer("sampler.seed", section.get("seed", 0), 0),
+        n_startup_trials=_integer("sampler.n_startup_trials", section.get("n_startup_trials", 8), 0),
+    )
+
+
+def _pruner(raw: dict) -> PrunerSpec:
+    section = _section(raw, "pruner", [field.name for field in dataclasses.fields(PrunerSpec)])
+    return PrunerSpec(
+        name=_choice("pruner.name", section.get("name", "successive_halving"), PRUNERS),
+        rungs=_integer("pruner.rungs", section.get("rungs", 4), 1),
+        reduction_factor=_integer("pruner.reduction_factor", section.get("reduction_factor", 2), 2),
+        n_startup_trials=_integer("pruner.n_startup_trials", section.get("n_startup_trials", 4), 0),
+    )
+
+
+def _heartbeat(raw: dict) -> HeartbeatSpec:
+    section = _section(raw, "heartbeat", [field.name for field in dataclasses.fields(HeartbeatSpec)])
+    interval = _integer("heartbeat.interval", section.get("interval", 60), 1)
+    grace = _integer("heartbeat.grace", section.get("grace", 600), 1)
+    if grace <= interval:
+        raise SpecError(f"heartbeat.grace: must exceed heartbeat.interval ({interval}), got {grace}")
+    return HeartbeatSpec(interval=interval, grace=grace)
+
+
+def _storage(value: Any) -> str:
+    url = _string("storage", value)
+    if not _SQL_URL.fullmatch(url):
+        raise SpecError(
+            f"storage: must be a SQLAlchemy URL (sqlite:///path.db, postgresql://user@host:5432/db or "
+            f"mysql://...) or an Optuna journal file (journal:///path.log), got {mask_url(url)!r}"
+        )
+    if url.startswith("journal:///"):  # an Optuna journal file: 'journal:///rel/optuna.log' -> absolute
+        return "journal:///" + _abspath(url[len("journal:///") :]).lstrip("/")
+    return _resolve_sqlite(url) if url.startswith("sqlite:///") else url
+
+
+def _tracking_uri(value: Any) -> str:
+    uri = _string("tracking_uri", value)
+    if uri.startswith("sqlite:///"):
+        return _resolve_sqlite(uri)
+    if re.match(r"(postgresql|mysql)(\+\w+)?://.+|https?://.+|file:///.+", uri):
+        return uri
+    if "://" in uri or uri.startswith("file:"):
+        raise SpecError(
+            f"tracking_uri: must be sqlite:///path.db, postgresql://..., http(s)://..., file:///path or a local "
+            f"path, got {mask_url(uri)!r}"
+        )
+    return _abspath(uri)

@@ -1,0 +1,340 @@
+"""The tuning service end to end on the shipped demo model and a small synthetic set: `autotune study`, `status`,
+`export`, `pareto`, `worker` and `ui`, with the Optuna study and the MLflow store checked against each other."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+import adatp
+from autotune.cli import app
+from autotune.export import model_label
+from autotune.spec import load_spec
+from autotune.study import (
+    ATTR,
+    INTERRUPTED,
+    Workspace,
+    counts_toward_plan,
+    create_studies,
+    load_studies,
+    make_sampler,
+    rung_sizes,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "assets" / "tiny-llava-ov-synthetic"
+N_TRIALS = 5
+
+
+def write_spec(directory: Path, **changes) -> Path:
+    spec = {
+        "name": "svc",
+        "model": {"path": str(MODEL)},
+        "dataset": {"name": "synthetic", "root": str(directory / "data"), "frames": 16,
+                    "synthetic": {"n_videos": 16, "seed": 30000}},
+        "budgets": [0.3, 0.5],
+        "base": {"method": "adatp", "score": "norm", "prune_layer": 0},
+        "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
+        "pruner": {"name": "successive_halving", "rungs": 3, "reduction_factor": 2},
+        "n_trials": N_TRIALS,
+        "workdir": str(directory / "work"),
+        "presets_dir": str(directory / "presets"),
+    }
+    spec.update(changes)
+    path = directory / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def invoke(*args):
+    result = CliRunner().invoke(app, [str(arg) for arg in args])
+    return result
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """One study + export run shared by the checks below."""
+    directory = tmp_path_factory.mktemp("service")
+    path = write_spec(directory)
+    studied = invoke("study", path, "--no-progress")
+    assert studied.exit_code == 0, studied.output
+    exported = invoke("export", path, "--no-progress")
+    assert exported.exit_code == 0, exported.output
+    return path, load_spec(path), studied.output, exported.output
+
+
+def mlflow_runs(spec, kind, study_name=None):
+    client = MlflowClient(spec.tracking_uri)
+    experiment = client.get_experiment_by_name(spec.name)
+    text = f"tags.`autotune.kind` = '{kind}'"
+    if study_name:
+        text += f" and tags.`autotune.study` = '{study_name}'"
+    return client, client.search_runs([experiment.experiment_id], filter_string=text, max_results=1000)
+
+
+def test_each_budget_has_its_planned_trials_and_one_child_run_per_trial(done):
+    _, spec, output, _ = done
+    studies = load_studies(spec)
+    assert set(studies) == {0.3, 0.5}
+    for budget, study in studies.items():
+        trials = study.get_trials()
+        assert sum(map(counts_toward_plan, trials)) == N_TRIALS
+        client, children = mlflow_runs(spec, "trial", study.study_name)
+        by_number = {int(run.data.tags["optuna.trial_number"]): run for run in children}
+        assert sorted(by_number) == [t.number for t in trials]
+        parent_id = study.user_attrs["mlflow_run_id"]
+        for trial in trials:
+            run = by_number[trial.number]
+            assert run.data.tags["optuna.state"] == trial.state.name
+            assert run.data.tags["mlflow.parentRunId"] == parent_id
+            assert run.info.status == ("FINISHED" if trial.state.name in ("COMPLETE", "PRUNED") else "FAILED")
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "tune_accuracy")]
+            assert steps == study.user_attrs[ATTR]["rungs"][: trial.user_attrs["rung"] + 1]
+            if trial.state == optuna.trial.TrialState.PRUNED:
+                assert int(run.data.tags["optuna.rung"]) == trial.user_attrs["rung"] < len(steps) + 1
+                assert trial.user_attrs["rung"] < len(study.user_attrs[ATTR]["rungs"]) - 1
+            if trial.state == optuna.trial.TrialState.COMPLETE:
+                # The achieved FLOPs ratio is the constraint (ratio - budget <= 0) and matches the budget closely.
+                assert trial.constraints["flops"] == pytest.approx(trial.user_attrs["flops_ratio"] - budget)
+                assert budget - 0.02 < trial.user_attrs["flops_ratio"] <= budget
+                assert run.data.metrics["tune_accuracy"] == pytest.approx(trial.value)
+        artifacts = {a.path for a in client.list_artifacts(parent_id)}
+        assert {"trials.csv", "pareto.png", "pareto.html", "preset"} <= artifacts
+        assert client.get_run(parent_id).data.tags["protocol"].startswith("adatp-mcq/")
+
+
+def test_default_config_is_enqueued_once_and_rerun_adds_nothing(done):
+    path, spec, _, _ = done
+    before = {b: len(s.get_trials()) for b, s in load_studies(spec).items()}
+    again = invoke("study", path, "--no-progress")
+    assert again.exit_code == 0, again.output
+    for budget, study in load_studies(spec).items():
+        trials = study.get_trials()
+        assert len(trials) == before[budget]
+        defaults = [t for t in trials if t.user_attrs.get("warm_start") == "default"]
+        assert len(defaults) == 1 and defaults[0].number == 0
+        assert defaults[0].params == {name: getattr(spec.base, name) for name in spec.space}
+        assert len(mlflow_runs(spec, "trial", study.study_name)[1]) == len(trials)
+    assert len(mlflow_runs(spec, "study")[1]) == 2
+    assert len(mlflow_runs(spec, "summary")[1]) == 1
+
+
+def test_exported_presets_load_and_hold_the_test_split_numbers(done):
+    _, spec, _, output = done
+    workspace = Workspace.open(spec)
+    for budget in spec.budgets:
+        path = Path(spec.presets_dir) / f"svc-synthetic-b{budget:.2f}.yaml"
+        preset = adatp.load_preset(path)
+        assert preset.target == {"model": model_label(str(MODEL)), "dataset": "synthetic", "frames": 16,
+                                 "flops_budget": budget}
+        assert preset.flops_ratio <= budget
+        results = preset.results
+        # Recompute the test accuracy of the exported config directly with the engine.
+        direct = workspace.engine.evaluate(workspace.test, preset.config)
+        assert results["test_accuracy"]["value"] == pytest.approx(direct.accuracy, abs=1e-4)
+        assert results["test_accuracy"]["n"] == len(workspace.test)
+        low, high = results["test_accuracy"]["ci95"]
+        assert low <= direct.accuracy <= high
+        paired = results["paired"]
+        expected = results["test_accuracy"]["value"] - results["default_accuracy"]["value"]
+        assert paired["test_minus_default"] == pytest.approx(expected, abs=2e-4)
+        assert paired["test_minus_vanilla"] == pytest.approx(
+            results["test_accuracy"]["value"] - results["vanilla_accuracy"]["value"], abs=2e-4)
+        study = load_studies(spec)[budget]
+        assert preset.provenance["study"] == study.study_name
+        assert preset.provenance["mlflow_run_id"] == study.user_attrs["mlflow_run_id"]
+        assert study.trials[preset.provenance["trial"]].params == {
+            name: getattr(preset.config, name) for name in spec.space}
+        assert str(path) in output
+    assert "test split" in output
+
+
+def test_status_and_pareto_report_the_studies(done):
+    path, spec, _, _ = done
+    status = invoke("status", path)
+    assert status.exit_code == 0, status.output
+    assert "svc-synthetic-b0.30" in status.output and f"{N_TRIALS}/{N_TRIALS}" in status.output
+    for study in load_studies(spec).values():
+        pruned = [t.user_attrs["rung"] for t in study.get_trials() if t.state.name == "PRUNED"]
+        if pruned:  # the status table says where pruned trials stopped
+            rung = min(pruned)
+            assert f"r{rung}: {pruned.count(rung)}" in status.output
+    pareto = invoke("pareto", path)
+    assert pareto.exit_code == 0, pareto.output
+    assert "hypervolume" in pareto.output
+    client, summaries = mlflow_runs(spec, "summary")
+    (summary,) = summaries
+    assert 0 < summary.data.metrics["hypervolume"] <= 1
+    assert {a.path for a in client.list_artifacts(summary.info.run_id, "pareto")} == {
+        "pareto/pareto.png", "pareto/pareto.html", "pareto/pareto_front.csv"}
+
+
+@pytest.mark.parametrize("override, field", [
+    ("colour=blue", "colour"),
+    ("space.tau_t=[0.5, 2.0]", "space.tau_t"),
+    ("budgets=[0.0, 0.5]", "budgets[0]"),
+    ("budgets=[1.5]", "budgets[0]"),
+    ("dataset.synthetic=null", "dataset.root"),
+    ("sampler.name=grid", "sampler.name"),
+])
+def test_bad_specs_exit_2_with_one_line_naming_the_field(tmp_path, override, field):
+    path = write_spec(tmp_path)
+    for command in ("study", "status", "export"):
+        result = CliRunner().invoke(app, [command, str(path), override])
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {field}"), lines
+        assert "Traceback" not in result.output
+
+
+def test_unreachable_budget_and_worker_before_study_exit_2(tmp_path):
+    path = write_spec(tmp_path)
+    worker = invoke("worker", path, "--no-progress")
+    assert worker.exit_code == 2 and "does not exist yet" in worker.stderr
+    low = invoke("study", path, "budgets=[0.1]", "--no-progress")
+    assert low.exit_code == 2 and low.stderr.startswith("error: budgets[0]: 0.1 is below"), low.stderr
+
+
+def test_export_without_a_feasible_trial_says_so(tmp_path):
+    path = write_spec(tmp_path, budgets=[0.5])
+    spec = load_spec(path)
+    studies = create_studies(Workspace.open(spec))
+    study = studies[0.5]
+    for _ in range(2):
+        trial = study.ask()
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    result = invoke("export", path, "--no-progress")
+    assert result.exit_code == 1
+    assert "b0.50: no feasible COMPLETE trial among 2 (COMPLETE: 0, PRUNED: 0, FAIL: 2)" in result.output
+    assert not (tmp_path / "presets").exists() or not list((tmp_path / "presets").iterdir())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _cli(*args, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "autotune.cli", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_then_rerun_finishes_the_plan_without_duplicate_runs(tmp_path, stop):
+    path = write_spec(tmp_path, budgets=[0.3], n_trials=8, pruner={"name": "none"})
+    spec = load_spec(path)
+    process = _cli("study", path, "--no-progress")
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        time.sleep(0.2)
+        studies = load_studies(spec) if Path(spec.storage.removeprefix("sqlite:///")).exists() else {}
+        study = studies.get(0.3) if studies else None
+        if study is not None and ATTR in study.user_attrs:
+            if sum(t.state.name == "COMPLETE" for t in study.get_trials()) >= 2:
+                break
+    process.send_signal(stop)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "interrupted" in output and "Traceback" not in output
+    interrupted = load_studies(spec)[0.3].get_trials()
+    finished_before = {t.number for t in interrupted if counts_toward_plan(t)}
+    assert 2 <= len(finished_before) < 8
+    rerun = invoke("study", path, "--no-progress")
+    assert rerun.exit_code == 0, rerun.output
+    trials = load_studies(spec)[0.3].get_trials()
+    assert sum(map(counts_toward_plan, trials)) == 8
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert all(t.user_attrs["fail_reason"] == INTERRUPTED for t in failed)
+    for trial in failed:  # the thresholds the interrupted trial had drawn (all, or some if cut short) ran again
+        assert any(t.user_attrs.get("retry_of") == trial.number and t.state.name in ("COMPLETE", "PRUNED")
+                   and all(t.params[name] == value for name, value in trial.params.items()) for t in trials)
+    _, children = mlflow_runs(spec, "trial", spec.study_name(0.3))
+    numbers = [int(run.data.tags["optuna.trial_number"]) for run in children]
+    assert sorted(numbers) == [t.number for t in trials]  # one run per trial, none duplicated
+    states = {int(run.data.tags["optuna.trial_number"]): run.data.tags["optuna.state"] for run in children}
+    assert states == {t.number: t.state.name for t in trials}
+
+
+def test_ui_serves_the_spec_store(done):
+    path, spec, _, _ = done
+    port = _free_port()
+    process = _cli("ui", path, "--port", port)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if time.time() > deadline or process.poll() is not None:
+                    raise AssertionError(process.stdout.read() if process.poll() is not None else "no UI") from None
+                time.sleep(0.5)
+        with urllib.request.urlopen(f"{base}/", timeout=10) as response:
+            assert b"<html" in response.read().lower()
+        query = urllib.parse.urlencode({"experiment_name": spec.name})
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?{query}", timeout=10) as response:
+            experiment_id = yaml.safe_load(response.read())["experiment"]["experiment_id"]
+        _, summaries = mlflow_runs(spec, "summary")
+        query = urllib.parse.urlencode({"path": "pareto/pareto.png", "run_uuid": summaries[0].info.run_id})
+        with urllib.request.urlopen(f"{base}/get-artifact?{query}", timeout=10) as response:
+            assert response.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert experiment_id
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.mark.parametrize("sampler, pruner", [("random", "hyperband"), ("nsga2", "median"), ("gp", "none")])
+def test_other_samplers_and_pruners_run_the_plan(tmp_path, sampler, pruner):
+    path = write_spec(tmp_path, budgets=[0.5], n_trials=4,
+                      sampler={"name": sampler, "seed": 3, "n_startup_trials": 2} if sampler != "random"
+                      else {"name": sampler, "seed": 3},
+                      pruner={"name": pruner, "n_startup_trials": 1} if pruner == "median" else {"name": pruner})
+    result = invoke("study", path, "--no-progress")
+    assert result.exit_code == 0, result.output
+    study = load_studies(load_spec(path))[0.5]
+    assert sum(map(counts_toward_plan, study.get_trials())) == 4
+    assert study.user_attrs[ATTR]["sampler"]["name"] == sampler and study.user_attrs[ATTR]["sampler_seed"] == 3
+    assert type(make_sampler(load_spec(path), 3)).__name__ == {"random": "RandomSampler", "nsga2": "NSGAIISampler",
+                                           "gp": "GPSampler"}[sampler]
+
+
+@pytest.mark.parametrize("n, rungs, factor, expected", [
+    (120, 4, 2, [15, 30, 60, 120]),
+    (100, 4, 2, [13, 26, 52, 100]),
+    (5, 4, 2, [1, 2, 4, 5]),
+    (90, 3, 3, [10, 30, 90]),
+    (7, 1, 2, [7]),
+])
+def test_rungs_are_geometric_prefixes_ending_at_all_questions(n, rungs, factor, expected):
+    assert rung_sizes(n, rungs, factor) == expected
+
+
+def test_journal_file_storage_runs_the_plan(tmp_path):
+    path = write_spec(tmp_path, budgets=[0.5], n_trials=3, storage=f"journal:///{tmp_path}/optuna.log")
+    result = invoke("study", path, "--no-progress")
+    assert result.exit_code == 0, result.output
+    spec = load_spec(path)
+    assert spec.storage == "journal://" + str(tmp_path / "optuna.log")
+    assert (tmp_path / "optuna.log").stat().st_size > 0
+    study = load_studies(spec)[0.5]
+    assert sum(map(counts_toward_plan, study.get_trials())) == 3
+    _, children = mlflow_runs(spec, "trial", study.study_name)
+    assert len(children) == len(study.get_trials())
