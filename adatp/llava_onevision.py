@@ -24,6 +24,7 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from adatp.config import AdaTPConfig, ConfigError
+from adatp.graphs import GRAPHED_METHODS, SelectionGraphs
 from adatp.select import select_visual_tokens, true_columns
 
 
@@ -55,6 +56,7 @@ class PruningState:
     pending_pixels: torch.Tensor | None = None  # pixels seen by get_video_features (relevance: siglip)
     profile: bool = False  # when True, selection_seconds accumulates scoring + selection time (synchronised)
     selection_seconds: float = 0.0
+    graphs: SelectionGraphs | None = None  # CUDA-graph replay of the selection (None: always eager)
 
 
 @contextlib.contextmanager
@@ -78,11 +80,13 @@ def _multimodal(model):
     return inner
 
 
-def enable(model, config: AdaTPConfig, tokenizer=None, profile: bool = False) -> PruningState:
+def enable(model, config: AdaTPConfig, tokenizer=None, profile: bool = False,
+           cuda_graphs: bool = True) -> PruningState:
     """Turn AdaTP on for `model` (forward and generate). Re-enabling replaces the config.
 
     tokenizer: the model's tokenizer, needed only for `relevance: siglip` (to recover the question text).
     profile: accumulate the time spent scoring and selecting in `state.selection_seconds`.
+    cuda_graphs: on a CUDA device, replay the selection from a CUDA graph (`adatp.graphs`; same indices).
     """
     if not isinstance(config, AdaTPConfig):
         raise TypeError(f"config must be an AdaTPConfig, got {type(config).__name__}")
@@ -100,6 +104,7 @@ def enable(model, config: AdaTPConfig, tokenizer=None, profile: bool = False) ->
         video_token_id=inner.config.video_token_id,
         tokenizer=tokenizer,
         profile=profile,
+        graphs=SelectionGraphs() if cuda_graphs else None,
     )
     if config.relevance == "siglip":
         from adatp.relevance import SiglipRelevance
@@ -350,10 +355,7 @@ def _pruned_prefill(lm, state, embeds, mask_2d, position_ids, cache, use_cache, 
                              use_cache, kwargs)
 
     with _timer(state, embeds.device):
-        kept = select_visual_tokens(
-            config, frames, per_frame, batch=batch, scores=scores, frame_features=frame_features,
-            question=question, device=embeds.device,
-        )
+        kept = _select(state, frames, per_frame, batch, scores, frame_features, question, embeds.device)
     state.kept_indices, state.frames = kept, frames
     keep = torch.ones(batch, length, dtype=torch.bool, device=embeds.device)
     keep.scatter_(1, visual_columns, False)
@@ -374,6 +376,20 @@ def _pruned_prefill(lm, state, embeds, mask_2d, position_ids, cache, use_cache, 
     embeddings = lm.rotary_emb(hidden, kept_positions)
     return _run_layers(lm, hidden, range(prune_layer, len(lm.layers)), masks, embeddings, kept_positions, cache,
                        use_cache, kwargs)
+
+
+def _select(state, frames, per_frame, batch, scores, frame_features, question, device) -> torch.Tensor:
+    config = state.config
+
+    def select(**tensors):
+        return select_visual_tokens(config, frames, per_frame, batch=batch, device=device, **tensors)
+
+    if state.graphs is None or device.type != "cuda" or config.method not in GRAPHED_METHODS:
+        return select(scores=scores, frame_features=frame_features, question=question)
+    inputs = {"scores": scores}
+    if config.method != "fastv":
+        inputs.update(frame_features=frame_features, question=question)
+    return state.graphs.run((config, frames, per_frame, batch), select, inputs)
 
 
 def _pruned_decode(lm, state, embeds, mask_2d, position_ids, cache, use_cache, kwargs):

@@ -44,8 +44,9 @@ class FeatureCache:
     """
 
     def __init__(self, directory: str | os.PathLike[str] | None = None, memory_bytes: int = 2 << 30,
-                 disk_bytes: int = 20 << 30) -> None:
+                 disk_bytes: int = 20 << 30, pin_memory: bool = False) -> None:
         self.directory = Path(directory) if directory is not None else None
+        self.pin_memory = pin_memory  # page-locked host copies: faster, asynchronous copies to a GPU
         self.memory_bytes = memory_bytes
         self.disk_bytes = disk_bytes
         self._memory: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
@@ -110,6 +111,8 @@ class FeatureCache:
         size = tensor.numel() * tensor.element_size()
         if key in self._memory:
             return
+        if self.pin_memory:
+            tensor = tensor.pin_memory()
         self._memory[key] = tensor
         self._memory_used += size
         while self._memory_used > self.memory_bytes and len(self._memory) > 1:

@@ -78,21 +78,39 @@ class Engine:
                  trust_remote_code: bool = False) -> None:
         if not (Path(model).is_dir() or "/" in model):
             raise FileNotFoundError(f"model {model!r}: not a local directory or a hub id")
-        self.model_path = model
-        self.device = torch.device(device)
-        self.model = LlavaOnevisionForConditionalGeneration.from_pretrained(
+        loaded = LlavaOnevisionForConditionalGeneration.from_pretrained(
             model, dtype=getattr(torch, dtype), attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
-        ).to(self.device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+        )
+        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+        preprocess = preprocess_config_from(model) if Path(model).is_dir() else {}
+        self._attach(loaded, tokenizer, device, frames or _saved_num_frames(model) or 32, cache_dir, preprocess,
+                     model_path=model)
+
+    @classmethod
+    def from_model(cls, model: LlavaOnevisionForConditionalGeneration, tokenizer, device: str = "cpu",
+                   frames: int = 32, cache_dir: str | os.PathLike[str] | None = None,
+                   preprocess: dict | None = None) -> Engine:
+        """An engine around a model already in memory (e.g. built from config for a GPU benchmark)."""
+        engine = cls.__new__(cls)
+        engine._attach(model, tokenizer, device, frames, cache_dir, preprocess or {}, model_path="<in memory>")
+        return engine
+
+    def _attach(self, model, tokenizer, device: str, frames: int, cache_dir, preprocess: dict,
+                model_path: str) -> None:
+        self.model_path = model_path
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
-        self.preprocess = preprocess_config_from(model) if Path(model).is_dir() else {}
-        self.frames = frames or _saved_num_frames(model) or 32
+        self.preprocess = preprocess
+        self.frames = frames
         vision = self.model.config.vision_config
         self.tokens_per_frame = math.ceil(vision.image_size // vision.patch_size / 2) ** 2
         self.n_visual = self.frames * self.tokens_per_frame
         self.video_token_id = self.model.config.video_token_id
-        self.cache = FeatureCache(Path(cache_dir) / "features" if cache_dir else None)
+        self.cache = FeatureCache(Path(cache_dir) / "features" if cache_dir else None,
+                                  pin_memory=self.device.type == "cuda")
         self.cache_dir = Path(cache_dir) if cache_dir else None
         inner = self.model.model
         weights = [*inner.vision_tower.parameters(), *inner.multi_modal_projector.parameters(), inner.image_newline]
@@ -200,7 +218,8 @@ class Engine:
         for row, ids in enumerate(encoded):
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             mask[row, width - len(ids) :] = 1
-        video = torch.stack(features).to(self.device, self.model.dtype)
+        # Copied one by one from (pinned) host memory and stacked on the device: no host-side stack of the batch.
+        video = torch.stack([f.to(self.device, self.model.dtype, non_blocking=True) for f in features])
         return dict(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
                     mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=video)})
 

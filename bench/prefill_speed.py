@@ -34,9 +34,10 @@ FRAMES, PER_FRAME, PREFIX, QUESTION = 32, 196, 14, 64
 # Qwen2 LM shapes of LLaVA-OneVision 7B and 0.5B (hidden, intermediate, layers, heads, kv heads).
 SHAPES = {"7b": (3584, 18944, 28, 28, 4), "0.5b": (896, 4864, 24, 14, 2)}
 BUDGETS = (0.2, 0.3, 0.5)
-# (label, method, prune_layer, score)
-METHODS = (("adatp@0", "adatp", 0, "norm"), ("adatp@2", "adatp", 2, "attention"), ("fastv@2", "fastv", 2, "attention"),
-           ("uniform@0", "uniform", 0, "norm"), ("uniform@2", "uniform", 2, "attention"))
+# (label, method, prune_layer, score, selection replayed from a CUDA graph)
+METHODS = (("adatp@0", "adatp", 0, "norm", True), ("adatp@2", "adatp", 2, "attention", True),
+           ("adatp@2 eager selection", "adatp", 2, "attention", False), ("fastv@2", "fastv", 2, "attention", True),
+           ("uniform@0", "uniform", 0, "norm", True), ("uniform@2", "uniform", 2, "attention", True))
 
 
 def build(shape: str, device: str) -> LlavaOnevisionForConditionalGeneration:
@@ -56,14 +57,15 @@ def inputs(model, device: str) -> dict:
                 mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=video)})
 
 
-def measure(model, batch: dict, config: adatp.AdaTPConfig | None, reps: int, warmup: int) -> dict:
+def measure(model, batch: dict, config: adatp.AdaTPConfig | None, reps: int, warmup: int,
+            cuda_graphs: bool = True) -> dict:
     """Median latency (ms, CUDA events) and peak memory above the weights (MiB); selection ms with profile=True."""
 
     def forward():
         with torch.inference_mode():
             return model(**batch, logits_to_keep=1, use_cache=False).logits
 
-    state = adatp.enable(model, config) if config is not None else None
+    state = adatp.enable(model, config, cuda_graphs=cuda_graphs) if config is not None else None
     try:
         for _ in range(warmup):
             forward()
@@ -86,16 +88,17 @@ def measure(model, batch: dict, config: adatp.AdaTPConfig | None, reps: int, war
             adatp.disable(model)
     selection = None
     if config is not None:
-        state = adatp.enable(model, config, profile=True)
+        state = adatp.enable(model, config, profile=True, cuda_graphs=cuda_graphs)
         try:
             for _ in range(reps):
                 forward()
             torch.cuda.synchronize()
             selection = state.selection_seconds * 1000 / reps
+            kept = state.kept_indices
         finally:
             adatp.disable(model)
     return {"latency_ms": statistics.median(samples), "latency_ms_all": samples, "peak_mib": peak,
-            "selection_ms": selection}
+            "selection_ms": selection, "kept_indices": None if config is None else kept}
 
 
 def main() -> None:
@@ -115,14 +118,24 @@ def main() -> None:
     rows = [{"setting": "vanilla", "budget": 1.0, "retention": 1.0, "kept": n_visual, "flops_ratio": 1.0,
              **vanilla, "latency_ratio": 1.0}]
     for budget in BUDGETS:
-        for label, method, prune_layer, score in METHODS:
+        for label, method, prune_layer, score, graphs in METHODS:
             retention = adatp.retention_for_budget(text_config, n_visual, n_text, budget, prune_layer)
             config = adatp.AdaTPConfig(method=method, prune_layer=prune_layer, score=score, retention=retention)
-            result = measure(model, batch, config, args.reps, args.warmup)
+            result = measure(model, batch, config, args.reps, args.warmup, cuda_graphs=graphs)
             ratio = flops_ratio(text_config, n_visual, n_text, retention, prune_layer)
             rows.append({"setting": label, "budget": budget, "retention": retention,
                          "kept": kept_count(n_visual, retention), "flops_ratio": ratio, **result,
                          "latency_ratio": result["latency_ms"] / vanilla["latency_ms"]})
+    # The graph replays the eager selection: same kept tokens (same input, so this checks the capture).
+    by_key = {(row["setting"], row["budget"]): row.pop("kept_indices") for row in rows}
+    for row in rows:
+        if row["setting"] == "adatp@2":
+            row["graph_matches_eager"] = bool(torch.equal(by_key[("adatp@2", row["budget"])],
+                                                          by_key[("adatp@2 eager selection", row["budget"])]))
+        uniform = next((r for r in rows if r["setting"] == f"uniform@{row['setting'].split('@')[-1][:1]}"
+                        and r["budget"] == row["budget"]), None)
+        row["over_uniform_ms"] = (row["latency_ms"] - uniform["latency_ms"]) if uniform and row is not uniform \
+            else None
     hidden, _, layers, heads, _ = SHAPES[args.shape]
     length = n_visual + n_text
     full_matrix_mib = heads * length * length * 2 / 2**20
@@ -133,8 +146,8 @@ def main() -> None:
           f"{vanilla_tflop / vanilla['latency_ms'] * 1000:.0f} TFLOP/s; a full attention matrix at one layer would "
           f"be {full_matrix_mib:.0f} MiB\n")
     print("| setting | budget | kept | FLOPs ratio | latency ms | latency ratio | ratio / FLOPs ratio | selection ms "
-          "| selection share | peak MiB above weights |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| selection share | ms over uniform | peak MiB above weights |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         selection = row["selection_ms"]
         share = selection / row["latency_ms"] if selection is not None else None
@@ -142,9 +155,12 @@ def main() -> None:
         row["ratio_over_flops"] = row["latency_ratio"] / row["flops_ratio"]
         selection_text = "-" if selection is None else f"{selection:.2f}"
         share_text = "-" if share is None else f"{share:.2%}"
+        over = "-" if row.get("over_uniform_ms") is None else f"{row['over_uniform_ms']:+.1f}"
         print(f"| {row['setting']} | {row['budget']:.2f} | {row['kept']} | {row['flops_ratio']:.3f} | "
               f"{row['latency_ms']:.1f} | {row['latency_ratio']:.3f} | {row['ratio_over_flops']:.2f} | "
-              f"{selection_text} | {share_text} | {row['peak_mib']:.0f} |")
+              f"{selection_text} | {share_text} | {over} | {row['peak_mib']:.0f} |")
+    matches = [row["graph_matches_eager"] for row in rows if "graph_matches_eager" in row]
+    print(f"\nCUDA-graph selection keeps the eager selection's tokens: {all(matches)} ({len(matches)} budgets)")
     out = Path(args.out or Path(__file__).parent / "results" / f"prefill_speed_{args.shape}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({

@@ -34,17 +34,18 @@ VIDEO_TOKEN = 1000
 QWEN2_7B = dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4)
 
 
-def random_llava_ov(text: dict, device: str, dtype: torch.dtype) -> LlavaOnevisionForConditionalGeneration:
+def random_llava_ov(text: dict, device: str, dtype: torch.dtype,
+                    video_token_id: int = VIDEO_TOKEN) -> LlavaOnevisionForConditionalGeneration:
     """A LLaVA-OneVision with a Qwen2 LM of the given `text` config fields and random weights (no download).
 
     The vision tower is tiny but has LLaVA-OV's pooled grid (27x27 patches -> 14x14 = 196 tokens per frame); the
-    benchmarks hand in precomputed video features, so it never runs.
+    prefill benchmarks hand in precomputed video features; trial_cost runs it on 27x27 frames.
     """
     config = LlavaOnevisionConfig(
         vision_config=dict(model_type="siglip_vision_model", hidden_size=16, intermediate_size=32,
                            num_hidden_layers=1, num_attention_heads=1, image_size=27, patch_size=1),
         text_config=dict(model_type="qwen2", max_position_embeddings=32768, tie_word_embeddings=False, **text),
-        video_token_id=VIDEO_TOKEN, image_token_id=VIDEO_TOKEN + 1, vision_feature_layer=-1,
+        video_token_id=video_token_id, image_token_id=video_token_id + 1, vision_feature_layer=-1,
         vision_feature_select_strategy="full",
     )
     config._attn_implementation = config.text_config._attn_implementation = "sdpa"
@@ -60,6 +61,8 @@ def random_llava_ov(text: dict, device: str, dtype: torch.dtype) -> LlavaOnevisi
             if name.endswith("inv_freq") or name.endswith("original_inv_freq"):
                 dim = buffer.shape[0] * 2
                 buffer.copy_(1.0 / (1e6 ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim)))
+            elif name.endswith("position_ids"):  # the vision embeddings' patch positions
+                buffer.copy_(torch.arange(buffer.shape[-1], device=device).expand_as(buffer))
     return model
 
 

@@ -1,13 +1,20 @@
 """Per-trial time split (decode, vision, selection, LM prefill) with a cold and a warm feature cache.
 
-On the synthetic set with the demo's tiny LLaVA-OneVision (or --model). A warm trial should cost little more than
-its pure pruned prefill: the same batches pushed through the pruned model with nothing else around them.
-Prints a table and writes bench/results/trial_cost.json.
+`--shape demo` (default): the synthetic set with the demo's tiny LLaVA-OneVision (or --model), CPU or GPU.
+`--shape 7b` / `--shape 0.5b` (GPU): the Qwen2 LM of LLaVA-OneVision 7B / 0.5B with random weights built from config
+in bf16 with SDPA (no download), 32 frames x 196 visual tokens, a tiny vision tower on 27x27 frames (its output is
+cached after the cold trial, as in a study), the demo tokenizer; the engine runs it in memory.
+
+A warm trial should cost little more than its pure pruned prefill: the same batches pushed through the pruned model
+with nothing else around them (inputs prepared beforehand). On GPU the model FLOP utilisation (MFU) of the pure
+prefill is reported against the dense bf16 peak of the device. Prints a table and writes
+bench/results/trial_cost.json (demo) or trial_cost_<shape>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import platform
@@ -18,20 +25,45 @@ from pathlib import Path
 
 import torch
 import transformers
+from transformers import AutoTokenizer
 
 import adatp
+from adatp.flops import prefill_flops
 from autotune.data import synthetic
 from autotune.engine import Engine
 from autotune.tinymodel import DEFAULT_DIR
 
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendor data sheets, by device-name substring.
+PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12}
 
-def pure_prefill_seconds(engine: Engine, questions, config, batch_size: int) -> float:
-    """The pruned forward alone over the same batches, inputs prepared beforehand (features already cached)."""
+
+def gpu_engine(shape: str, cache_dir: Path | None, device: str = "cuda") -> Engine:
+    from prefill_speed import SHAPES  # bench/ is on sys.path when run as a script
+    from prune_overhead import random_llava_ov
+
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_DIR)
+    hidden, intermediate, layers, heads, kv_heads = SHAPES[shape]
+    text = dict(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=152064)
+    video_token = tokenizer.convert_tokens_to_ids("<video>")
+    model = random_llava_ov(text, device, torch.bfloat16, video_token_id=video_token)
+    return Engine.from_model(model, tokenizer, device=device, frames=32, cache_dir=cache_dir,
+                             preprocess={"size": (27, 27)})
+
+
+def prepared_batches(engine: Engine, questions, batch_size: int) -> list[dict]:
     batches = []
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
         batches.append(engine._batch_inputs(chunk, [engine.video_features(q.video_path) for q in chunk]))
-    with torch.no_grad(), adatp.pruning(engine.model, config):
+    return batches
+
+
+def pure_prefill_seconds(engine: Engine, batches: list[dict], config) -> float:
+    """The (pruned) forward alone over the same batches, inputs prepared beforehand (features already cached)."""
+    pruning = adatp.pruning(engine.model, config) if config is not None else contextlib.nullcontext()
+    with torch.no_grad(), pruning:
+        engine._sync()
         start = time.perf_counter()
         for inputs in batches:
             engine.model(**inputs, logits_to_keep=1, use_cache=False)
@@ -39,27 +71,59 @@ def pure_prefill_seconds(engine: Engine, questions, config, batch_size: int) -> 
         return time.perf_counter() - start
 
 
+def batch_flops(engine: Engine, batches: list[dict], config) -> float:
+    """Analytic prefill FLOPs (2 x MACs) of the batches, padding included (the GPU computes it too)."""
+    total = 0.0
+    text_config = engine.model.config.text_config
+    for inputs in batches:
+        rows, width = inputs["input_ids"].shape
+        n_text = width - engine.n_visual
+        if config is None:
+            total += rows * 2 * prefill_flops(text_config, engine.n_visual, n_text)
+        else:
+            total += rows * 2 * prefill_flops(text_config, engine.n_visual, n_text, config.retention,
+                                              config.prune_layer)
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(DEFAULT_DIR))
-    parser.add_argument("--videos", type=int, default=40)
+    parser.add_argument("--shape", choices=("demo", "7b", "0.5b"), default="demo")
+    parser.add_argument("--model", default=str(DEFAULT_DIR), help="--shape demo only")
+    parser.add_argument("--videos", type=int, default=None, help="default 40 (demo), 32 (GPU shapes)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--budget", type=float, default=0.3, help="GPU shapes: FLOPs budget of the trial config")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "trial_cost.json"))
+    parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    name = "trial_cost" if args.shape == "demo" else f"trial_cost_{args.shape}"
+    out = Path(args.out or Path(__file__).parent / "results" / f"{name}.json")
     work = Path(tempfile.mkdtemp(prefix="trial-cost-"))
-    synthetic.generate(work / "data", args.videos, seed=777)
+    if args.shape == "demo":
+        videos = args.videos or 40
+        synthetic.generate(work / "data", videos, seed=777)
+        engine = Engine(args.model, device=args.device, cache_dir=work / "cache")
+        config = adatp.AdaTPConfig(retention=0.3, prune_layer=2)
+    else:
+        if args.device != "cuda":
+            raise SystemExit(f"--shape {args.shape} needs a CUDA device")
+        videos = args.videos or 32
+        synthetic.generate(work / "data", videos, seed=777, frames=32)
+        engine = gpu_engine(args.shape, cache_dir=None)  # features stay in (pinned) host memory
+        n_text = 80  # about the synthetic prompts' length
+        retention = adatp.retention_for_budget(engine.model.config.text_config, engine.n_visual, n_text,
+                                               args.budget, 2)
+        config = adatp.AdaTPConfig(retention=retention, prune_layer=2)
     questions = synthetic.load(work / "data").questions
-    engine = Engine(args.model, device=args.device, cache_dir=work / "cache")
-    config = adatp.AdaTPConfig(retention=0.3, prune_layer=2)
 
     cold = engine.evaluate(questions, config, args.batch_size)
+    batches = prepared_batches(engine, questions, args.batch_size)
     warm_runs, pure_runs = [], []
     for repeat in range(args.repeats):
         trial_config = config.replace(tau_s=0.5 + 0.1 * repeat)  # a new config each trial, as a study does
         warm_runs.append(engine.evaluate(questions, trial_config, args.batch_size))
-        pure_runs.append(pure_prefill_seconds(engine, questions, trial_config, args.batch_size))
+        pure_runs.append(pure_prefill_seconds(engine, batches, trial_config))
     warm_total = statistics.median(r.seconds["total"] for r in warm_runs)
     pure = statistics.median(pure_runs)
     parts = ("decode", "vision", "selection", "prefill")
@@ -70,22 +134,40 @@ def main() -> None:
         dict(trial="warm (median)", questions=len(questions), **split, total=warm_total),
     ]
     result = dict(
-        benchmark="trial_cost", date=datetime.date.today().isoformat(), device=args.device,
+        benchmark="trial_cost", shape=args.shape, date=datetime.date.today().isoformat(), device=args.device,
         cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(), torch=torch.__version__,
-        transformers=transformers.__version__, model=args.model, videos=args.videos, batch_size=args.batch_size,
-        repeats=args.repeats, config=config.to_dict(), rows=rows, pure_pruned_prefill_s=pure,
-        warm_over_pure=warm_total / pure, vision_calls=engine.vision_calls,
+        transformers=transformers.__version__, model=engine.model_path, videos=videos,
+        batch_size=args.batch_size, repeats=args.repeats, config=config.to_dict(), rows=rows,
+        pure_pruned_prefill_s=pure, warm_over_pure=warm_total / pure, vision_calls=engine.vision_calls,
+        flops_ratio=warm_runs[0].flops_ratio,
     )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"trial_cost on {args.device}: {len(questions)} questions, {args.videos} videos, batch {args.batch_size}")
+    mfu_text = ""
+    if engine.device.type == "cuda":
+        name_gpu = torch.cuda.get_device_name()
+        peak = next((value for key, value in PEAK_BF16.items() if key in name_gpu), None)
+        vanilla = statistics.median(pure_prefill_seconds(engine, batches, None) for _ in range(args.repeats))
+        pruned_flop, vanilla_flop = batch_flops(engine, batches, config), batch_flops(engine, batches, None)
+        result.update(gpu=name_gpu, peak_bf16_flops=peak, pure_vanilla_prefill_s=vanilla,
+                      pruned_tflops=pruned_flop / pure / 1e12, vanilla_tflops=vanilla_flop / vanilla / 1e12,
+                      mfu_pruned=pruned_flop / pure / peak if peak else None,
+                      mfu_vanilla=vanilla_flop / vanilla / peak if peak else None,
+                      latency_ratio=pure / vanilla, padded_flops_ratio=pruned_flop / vanilla_flop)
+        mfu_text = (f"\n{name_gpu}: pure pruned prefill {result['pruned_tflops']:.0f} TFLOP/s"
+                    + (f" (MFU {result['mfu_pruned']:.1%})" if peak else "")
+                    + f", vanilla {result['vanilla_tflops']:.0f} TFLOP/s"
+                    + (f" (MFU {result['mfu_vanilla']:.1%})" if peak else "")
+                    + f"; latency ratio {pure / vanilla:.3f} at FLOPs ratio {pruned_flop / vanilla_flop:.3f}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"trial_cost ({args.shape}) on {args.device}: {len(questions)} questions, {videos} videos, "
+          f"batch {args.batch_size}")
     print(f"{'trial':14} {'decode s':>9} {'vision s':>9} {'select s':>9} {'prefill s':>10} {'total s':>8}")
     for row in rows:
         print(f"{row['trial']:14} {row['decode']:>9.3f} {row['vision']:>9.3f} {row['selection']:>9.3f} "
               f"{row['prefill']:>10.3f} {row['total']:>8.3f}")
     print(f"pure pruned prefill {pure:.3f} s; warm trial / pure prefill = {warm_total / pure:.2f}x "
-          f"(vision tower ran {engine.vision_calls} times for {args.videos} videos)")
-    print(f"wrote {args.out}")
+          f"(vision tower ran {engine.vision_calls} times for {videos} videos){mfu_text}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
