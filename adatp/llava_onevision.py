@@ -81,12 +81,13 @@ def _multimodal(model):
 
 
 def enable(model, config: AdaTPConfig, tokenizer=None, profile: bool = False,
-           cuda_graphs: bool = True) -> PruningState:
+           cuda_graphs: bool = False) -> PruningState:
     """Turn AdaTP on for `model` (forward and generate). Re-enabling replaces the config.
 
     tokenizer: the model's tokenizer, needed only for `relevance: siglip` (to recover the question text).
     profile: accumulate the time spent scoring and selecting in `state.selection_seconds`.
-    cuda_graphs: on a CUDA device, replay the selection from a CUDA graph (`adatp.graphs`; same indices).
+    cuda_graphs: on a CUDA device, replay the selection from a CUDA graph (`adatp.graphs`; same indices). Off by
+        default until tests/test_graphs.py and bench/prefill_speed.py have run on a GPU with it.
     """
     if not isinstance(config, AdaTPConfig):
         raise TypeError(f"config must be an AdaTPConfig, got {type(config).__name__}")

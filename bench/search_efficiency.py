@@ -42,7 +42,7 @@ SPEC = Path(__file__).resolve().parent.parent / "studies" / "demo.yaml"
 RESULTS = Path(__file__).parent / "results"
 # arm -> (sampler name, successive-halving pruner on)
 ARMS = {"tpe": ("tpe", False), "random": ("random", False), "tpe+sh": ("tpe", True), "random+sh": ("random", True)}
-K_POINTS = (1, 5, 10, 20, 30)
+K_POINTS = (1, 5, 10, 20, 30, 50, 100)
 # The real study the GPU-hours estimate is for; every number here is an assumption, none is measured.
 REAL_STUDY = {
     "model": "LLaVA-OneVision-7B",
@@ -102,6 +102,45 @@ def cost_to_reach(trace: list[dict], target: float) -> int | None:
         if row["best_so_far"] is not None and row["best_so_far"] >= target - 1e-9:
             return row["cumulative_questions"]
     return None
+
+
+def trials_to_reach(trace: list[dict], target: float) -> tuple[int, int] | None:
+    """(trials run, cumulative question-evaluations) when the best COMPLETE value first reaches `target`."""
+    for row in trace:
+        if row["best_so_far"] is not None and row["best_so_far"] >= target - 1e-9:
+            return row["trial"] + 1, row["cumulative_questions"]
+    return None
+
+
+def match_random(traces: dict[str, dict[int, list[dict]]]) -> dict | None:
+    """How many trials (and question-evaluations) each arm needs to match the best of random search's trials.
+
+    The target is the median over seeds of random search's best after all its trials (100 by default); random
+    search itself is listed with its cost to first reach its own best and its full cost.
+    """
+    if "random" not in traces:
+        return None
+    random_traces = traces["random"]
+    finals = [trace[-1]["best_so_far"] for trace in random_traces.values()]
+    target = statistics.median(finals)
+    arms = {}
+    for arm, seeds in traces.items():
+        rows = []
+        for seed, trace in seeds.items():
+            reached = trials_to_reach(trace, target)
+            rows.append(dict(seed=seed, trials=reached[0] if reached else None,
+                             questions=reached[1] if reached else None, total_trials=len(trace),
+                             total_questions=trace[-1]["cumulative_questions"], final_best=trace[-1]["best_so_far"]))
+        arms[arm] = dict(per_seed=rows, reached=sum(row["trials"] is not None for row in rows), seeds=len(rows),
+                         median_trials=median([row["trials"] for row in rows]),
+                         median_questions=median([row["questions"] for row in rows]),
+                         median_total_questions=median([row["total_questions"] for row in rows]))
+    random_total = arms["random"]["median_total_questions"]
+    for arm in arms.values():
+        arm["questions_vs_random_total"] = (arm["median_questions"] / random_total
+                                            if arm["median_questions"] is not None else None)
+    return dict(target=target, random_finals=finals, random_trials=len(next(iter(random_traces.values()))),
+                arms=arms)
 
 
 def median(values: list) -> float | None:
@@ -202,7 +241,7 @@ def fmt(value, spec: str = ".3f") -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=0.3)
-    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--seeds", type=int, default=5, help="sampler seeds 0..N-1")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--workdir", default="/tmp/bench-search", help="data and feature cache of the bench")
@@ -246,6 +285,7 @@ def main() -> None:
     cpu_seconds_per_question = sum(row["seconds"] for row in all_rows) / sum(row["questions"] for row in all_rows)
     # Per-trial median too: other processes on a shared machine inflate some trials' seconds.
     cpu_median_seconds_per_question = statistics.median(row["seconds"] / row["questions"] for row in all_rows)
+    matched = match_random(traces)
     estimate = None
     if "tpe+sh" in savings:
         tpe_sh = savings["tpe+sh"]["median"]
@@ -270,6 +310,7 @@ def main() -> None:
         best_at_k=dict(k=ks, median_over_seeds={arm: [row[k] for k in ks] for arm, row in best_at_k.items()},
                        default=default.value),
         pruner_saving=savings,
+        match_random=matched,
         cpu_seconds_per_question_evaluation=dict(mean=cpu_seconds_per_question,
                                                  median_of_trials=cpu_median_seconds_per_question),
         assumptions=REAL_STUDY,
@@ -304,6 +345,18 @@ def main() -> None:
         print(f"| median | {m['target']:.3f} | {m['cost_full']:g} | {fmt(m['cost_pruned'], 'g')} "
               f"({m['reached']}/{m['seeds']} reached) | {fmt(m['saving_to_target'], '.0%')} | {m['total_full']:g} | "
               f"{m['total_pruned']:g} | {m['total_ratio']:.2f} | {m['final_pruned']:.3f} |")
+    if matched is not None:
+        print(f"\ntrials to match random search: target = median over seeds of the best after "
+              f"{matched['random_trials']} random trials = {matched['target']:.3f} (per seed: "
+              + ", ".join(f"{value:.3f}" for value in matched["random_finals"]) + ")\n")
+        print("| arm | seeds reaching it | trials (median) | question-evaluations (median) | "
+              "vs random's full run | per seed: trials |")
+        print("|---|---:|---:|---:|---:|---|")
+        for arm, row in matched["arms"].items():
+            per_seed = ", ".join("—" if r["trials"] is None else str(r["trials"]) for r in row["per_seed"])
+            print(f"| {arm} | {row['reached']}/{row['seeds']} | {fmt(row['median_trials'], 'g')} | "
+                  f"{fmt(row['median_questions'], ',.0f')} | {fmt(row['questions_vs_random_total'], '.2f')}x | "
+                  f"{per_seed} |")
     print(f"\nmeasured on this CPU: {cpu_seconds_per_question * 1000:.2f} ms per question-evaluation "
           f"(mean; median over trials {cpu_median_seconds_per_question * 1000:.2f} ms; warm feature cache, "
           f"{torch.get_num_threads()} threads, load average {load_before[0]:.1f} at start, "

@@ -50,7 +50,7 @@ def test_graph_replay_keeps_exactly_the_eager_tokens(config):
 def test_graph_cache_is_bounded_and_keyed_by_config():
     model = tiny_model(4).cuda()
     inputs = {k: v.cuda() for k, v in video_batch(2, seed=4).items()}
-    state = adatp.enable(model, CONFIGS[0])
+    state = adatp.enable(model, CONFIGS[0], cuda_graphs=True)
     try:
         with torch.no_grad():
             for step in range(6):  # six configs through one state, as a study's trials would
