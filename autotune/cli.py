@@ -158,12 +158,11 @@ def _run_worker_processes(spec_path: str, overrides: list[str], extra: list[list
     """One `autotune worker` process per entry of `extra`; a progress bar polls the shared storage."""
     import time
 
+    from autotune.interrupt import STOP
     from autotune.study import finished_count
 
     commands = [[sys.executable, "-m", "autotune.cli", "worker", spec_path, *overrides, *more, "--no-progress"]
                 for more in extra]
-    from autotune.interrupt import STOP
-
     # Own sessions: a Ctrl-C in the terminal reaches only this process, which passes each signal on once.
     children = [subprocess.Popen(command, start_new_session=True) for command in commands]
     typer.echo(f"started {len(children)} workers: pids " + " ".join(str(child.pid) for child in children))

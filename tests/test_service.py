@@ -236,14 +236,7 @@ def test_sigint_then_rerun_finishes_the_plan_without_duplicate_runs(tmp_path, st
     path = write_spec(tmp_path, budgets=[0.3], n_trials=8, pruner={"name": "none"})
     spec = load_spec(path)
     process = _cli("study", path, "--no-progress")
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        time.sleep(0.2)
-        studies = load_studies(spec) if Path(spec.storage.removeprefix("sqlite:///")).exists() else {}
-        study = studies.get(0.3) if studies else None
-        if study is not None and ATTR in study.user_attrs:
-            if sum(t.state.name == "COMPLETE" for t in study.get_trials()) >= 2:
-                break
+    _wait_for_complete(spec, 0.3, 2)
     process.send_signal(stop)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 130, output
@@ -265,6 +258,39 @@ def test_sigint_then_rerun_finishes_the_plan_without_duplicate_runs(tmp_path, st
     assert sorted(numbers) == [t.number for t in trials]  # one run per trial, none duplicated
     states = {int(run.data.tags["optuna.trial_number"]): run.data.tags["optuna.state"] for run in children}
     assert states == {t.number: t.state.name for t in trials}
+
+
+def _wait_for_complete(spec, budget: float, count: int, seconds: float = 240) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        time.sleep(0.2)
+        studies = load_studies(spec) if Path(spec.storage.removeprefix("sqlite:///")).exists() else {}
+        study = studies.get(budget) if studies else None
+        if study is not None and ATTR in study.user_attrs:
+            if sum(t.state.name == "COMPLETE" for t in study.get_trials()) >= count:
+                return
+
+
+def test_sigterm_to_the_worker_parent_stops_every_worker_and_the_plan_resumes(tmp_path):
+    path = write_spec(tmp_path, budgets=[0.3], n_trials=12, pruner={"name": "none"})
+    spec = load_spec(path)
+    process = _cli("study", path, "--workers", "2", "--no-progress")
+    _wait_for_complete(spec, 0.3, 2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "Traceback" not in output
+    pids = [int(pid) for pid in output.split("started 2 workers: pids ", 1)[1].split("\n", 1)[0].split()]
+    for pid in pids:  # every worker stopped (and was reaped by the parent)
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    trials = load_studies(spec)[0.3].get_trials()
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    assert all(t.user_attrs["fail_reason"] == INTERRUPTED for t in trials if t.state.name == "FAIL")
+    assert 2 <= sum(map(counts_toward_plan, trials)) < 12
+    rerun = invoke("study", path, "--no-progress")
+    assert rerun.exit_code == 0, rerun.output
+    assert sum(map(counts_toward_plan, load_studies(spec)[0.3].get_trials())) == 12
 
 
 def test_ui_serves_the_spec_store(done):
