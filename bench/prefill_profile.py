@@ -24,12 +24,12 @@ SYNC_OPS = ("aten::item", "aten::_local_scalar_dense", "aten::nonzero", "cudaStr
             "cudaDeviceSynchronize", "cudaMemcpyAsync")
 
 
-def profile(model, batch, config, reps: int) -> dict:
+def profile(model, batch, config, reps: int, cuda_graphs: bool = False) -> dict:
     def forward():
         with torch.inference_mode():
             model(**batch, logits_to_keep=1, use_cache=False)
 
-    state = adatp.enable(model, config) if config is not None else None
+    state = adatp.enable(model, config, cuda_graphs=cuda_graphs) if config is not None else None
     try:
         for _ in range(3):
             forward()
@@ -68,14 +68,16 @@ def main() -> None:
     batch = inputs(model, "cuda")
     text_config = model.config.text_config
     n_visual, n_text = FRAMES * PER_FRAME, PREFIX + 1 + QUESTION
-    settings = {"vanilla": None}
+    settings = {"vanilla": (None, False)}
     for label, method, layer, score in (("adatp@2", "adatp", 2, "attention"), ("fastv@2", "fastv", 2, "attention"),
                                         ("uniform@2", "uniform", 2, "attention"), ("adatp@0", "adatp", 0, "norm")):
         retention = adatp.retention_for_budget(text_config, n_visual, n_text, args.budget, layer)
-        settings[label] = adatp.AdaTPConfig(method=method, prune_layer=layer, score=score, retention=retention)
+        settings[label] = (adatp.AdaTPConfig(method=method, prune_layer=layer, score=score, retention=retention),
+                           False)
+    settings["adatp@2 graphed selection"] = (settings["adatp@2"][0], True)
     results = {}
-    for label, config in settings.items():
-        results[label] = result = profile(model, batch, config, args.reps)
+    for label, (config, graphs) in settings.items():
+        results[label] = result = profile(model, batch, config, args.reps, cuda_graphs=graphs)
         print(f"\n## {label}: {result['kernel_launches']} kernel launches, {result['device_ms_total']:.1f} ms of "
               f"kernels per forward; syncs per forward: "
               + ", ".join(f"{k} {v}" for k, v in result["syncs_per_forward"].items() if v))
