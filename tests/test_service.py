@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -235,10 +236,10 @@ def _cli(*args, **kwargs) -> subprocess.Popen:
 def test_sigint_then_rerun_finishes_the_plan_without_duplicate_runs(tmp_path, stop):
     path = write_spec(tmp_path, budgets=[0.3], n_trials=8, pruner={"name": "none"})
     spec = load_spec(path)
-    process = _cli("study", path, "--no-progress")
-    _wait_for_complete(spec, 0.3, 2)
+    process, lines = _watched("study", path, "--no-progress")
+    _wait_for_complete(spec, 0.3, 2, lines)
     process.send_signal(stop)
-    output, _ = process.communicate(timeout=120)
+    output = _finish(process, lines)
     assert process.returncode == 130, output
     assert "interrupted" in output and "Traceback" not in output
     interrupted = load_studies(spec)[0.3].get_trials()
@@ -260,12 +261,31 @@ def test_sigint_then_rerun_finishes_the_plan_without_duplicate_runs(tmp_path, st
     assert states == {t.number: t.state.name for t in trials}
 
 
-def _wait_for_complete(spec, budget: float, count: int, seconds: float = 240) -> None:
+def _watched(*args) -> tuple[subprocess.Popen, list[str]]:
+    """The CLI in a subprocess, its output collected line by line by a thread (read it while it runs)."""
+    process = _cli(*args)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)
+    reader.start()
+    process.reader = reader
+    return process, lines
+
+
+def _finish(process: subprocess.Popen, lines: list[str], timeout: float = 120) -> str:
+    process.wait(timeout=timeout)
+    process.reader.join(timeout=10)
+    return "".join(lines)
+
+
+def _wait_for_complete(spec, budget: float, count: int, lines: list[str], seconds: float = 240) -> None:
+    """Until `count` trials of the budget's study are COMPLETE. The storage is read only once the command has said
+    it created the studies: opening a SQLite store while another process creates its schema races."""
     deadline = time.time() + seconds
+    while time.time() < deadline and not any(line.startswith("studies in ") for line in lines):
+        time.sleep(0.2)
     while time.time() < deadline:
         time.sleep(0.2)
-        studies = load_studies(spec) if Path(spec.storage.removeprefix("sqlite:///")).exists() else {}
-        study = studies.get(budget) if studies else None
+        study = load_studies(spec).get(budget)
         if study is not None and ATTR in study.user_attrs:
             if sum(t.state.name == "COMPLETE" for t in study.get_trials()) >= count:
                 return
@@ -274,10 +294,10 @@ def _wait_for_complete(spec, budget: float, count: int, seconds: float = 240) ->
 def test_sigterm_to_the_worker_parent_stops_every_worker_and_the_plan_resumes(tmp_path):
     path = write_spec(tmp_path, budgets=[0.3], n_trials=12, pruner={"name": "none"})
     spec = load_spec(path)
-    process = _cli("study", path, "--workers", "2", "--no-progress")
-    _wait_for_complete(spec, 0.3, 2)
+    process, lines = _watched("study", path, "--workers", "2", "--no-progress")
+    _wait_for_complete(spec, 0.3, 2, lines)
     process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=120)
+    output = _finish(process, lines)
     assert process.returncode == 130, output
     assert "Traceback" not in output
     pids = [int(pid) for pid in output.split("started 2 workers: pids ", 1)[1].split("\n", 1)[0].split()]
