@@ -19,16 +19,14 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-import yaml
 from mlflow import MlflowClient
+from specs import REPO, spec_file
 from typer.testing import CliRunner
 
 from autotune.cli import app
 from autotune.spec import load_spec
 from autotune.study import Workspace, counts_toward_plan, create_studies, load_studies, run_studies
 
-REPO = Path(__file__).resolve().parents[1]
-MODEL = REPO / "assets" / "tiny-llava-ov-synthetic"
 PG = os.environ.get("AUTOTUNE_PG_URL", "postgresql://postgres@127.0.0.1:5432")
 SECRET = "pw-s3cret-Zq81"
 
@@ -73,23 +71,7 @@ def pg_database():
 
 
 def write_spec(directory: Path, **changes) -> Path:
-    spec = {
-        "name": "scale",
-        "model": {"path": str(MODEL)},
-        "dataset": {"name": "synthetic", "root": str(REPO / ".autotune" / "test-scale-data"), "frames": 16,
-                    "synthetic": {"n_videos": 16, "seed": 30000}},
-        "budgets": [0.5],
-        "base": {"method": "adatp", "score": "norm", "prune_layer": 0},
-        "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
-        "pruner": {"name": "none"},
-        "n_trials": 4,
-        "workdir": str(directory / "work"),
-        "presets_dir": str(directory / "presets"),
-    }
-    spec.update(changes)
-    path = directory / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    return spec_file(directory, "scale", REPO / ".autotune" / "test-scale-data", **changes)
 
 
 def child_runs(spec, study_name):

@@ -15,6 +15,7 @@ import optuna
 import pytest
 import yaml
 from mlflow import MlflowClient
+from specs import MODEL, spec_file
 from typer.testing import CliRunner
 
 import adatp
@@ -32,29 +33,13 @@ from autotune.study import (
     rung_sizes,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-MODEL = REPO / "assets" / "tiny-llava-ov-synthetic"
 N_TRIALS = 5
 
 
 def write_spec(directory: Path, **changes) -> Path:
-    spec = {
-        "name": "svc",
-        "model": {"path": str(MODEL)},
-        "dataset": {"name": "synthetic", "root": str(directory / "data"), "frames": 16,
-                    "synthetic": {"n_videos": 16, "seed": 30000}},
-        "budgets": [0.3, 0.5],
-        "base": {"method": "adatp", "score": "norm", "prune_layer": 0},
-        "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
-        "pruner": {"name": "successive_halving", "rungs": 3, "reduction_factor": 2},
-        "n_trials": N_TRIALS,
-        "workdir": str(directory / "work"),
-        "presets_dir": str(directory / "presets"),
-    }
-    spec.update(changes)
-    path = directory / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    changes = {"budgets": [0.3, 0.5], "pruner": {"name": "successive_halving", "rungs": 3, "reduction_factor": 2},
+               "n_trials": N_TRIALS, **changes}
+    return spec_file(directory, "svc", directory / "data", **changes)
 
 
 def invoke(*args):
