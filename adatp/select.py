@@ -73,9 +73,11 @@ def segment_budgets(
     first_valid = (lam <= level_sorted * (1 + 1e-12)).long().argmax(-1, keepdim=True)
     lam = lam.gather(-1, first_valid)
     ideal = torch.minimum(caps, lam * weights)
-    # Largest remainder: floor everything, then +1 to the segments with the largest fractional parts.
+    # Largest remainder: floor everything, then +1 to the segments with the largest fractional parts. Fractions equal
+    # in exact arithmetic (e.g. segments of equal length) differ in the last bits here: rounding makes them tie, and
+    # ties go to the earlier segment.
     base = ideal.floor()
-    fraction = torch.where(base < caps, ideal - base, -1.0)
+    fraction = torch.where(base < caps, (ideal - base).round(decimals=9), -1.0)
     missing = (kept - base.sum(-1, keepdim=True)).round().long()
     rank = fraction.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
     return (base + (rank < missing).double()).long()

@@ -1,6 +1,7 @@
 """Selection invariants (hypothesis) and a loop-by-loop reference of DESIGN §3 checked against the batched code."""
 
 import math
+from fractions import Fraction
 
 import torch
 from hypothesis import given, settings
@@ -77,7 +78,7 @@ def reference_proportional_topk(scores, features, kept, tau_s):
     frames, per_frame = scores.shape
     ids = reference_segments(features, tau_s)
     lengths = [ids.count(j) for j in range(max(ids) + 1)]
-    ideal = [kept * length / frames for length in lengths]
+    ideal = [Fraction(kept * length, frames) for length in lengths]  # exact: equal remainders tie
     budgets = [math.floor(x) for x in ideal]
     order = sorted(range(len(ideal)), key=lambda j: -(ideal[j] - budgets[j]))
     for j in order[: kept - sum(budgets)]:
