@@ -143,9 +143,9 @@ def disable(model) -> None:
 
 
 @contextlib.contextmanager
-def pruning(model, config: AdaTPConfig, tokenizer=None) -> Iterator[PruningState]:
+def pruning(model, config: AdaTPConfig, tokenizer=None, cuda_graphs: bool = False) -> Iterator[PruningState]:
     """`with adatp.pruning(model, config): ...` enables AdaTP inside the block only."""
-    state = enable(model, config, tokenizer=tokenizer)
+    state = enable(model, config, tokenizer=tokenizer, cuda_graphs=cuda_graphs)
     try:
         yield state
     finally:

@@ -71,11 +71,12 @@ class Engine:
 
     model: local directory or hub id (hub ids need a populated HF cache; nothing downloads offline).
     cache_dir: where vision features and vanilla answers persist (None: memory only).
+    cuda_graphs: on CUDA, replay AdaTP's token selection from CUDA graphs (`adatp.enable(..., cuda_graphs=True)`).
     """
 
     def __init__(self, model: str, device: str = "cpu", dtype: str = "float32", attn_implementation: str = "sdpa",
                  frames: int | None = None, cache_dir: str | os.PathLike[str] | None = None,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, cuda_graphs: bool = False) -> None:
         if not (Path(model).is_dir() or "/" in model):
             raise FileNotFoundError(f"model {model!r}: not a local directory or a hub id")
         loaded = LlavaOnevisionForConditionalGeneration.from_pretrained(
@@ -85,20 +86,22 @@ class Engine:
         tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
         preprocess = preprocess_config_from(model) if Path(model).is_dir() else {}
         self._attach(loaded, tokenizer, device, frames or _saved_num_frames(model) or 32, cache_dir, preprocess,
-                     model_path=model)
+                     model_path=model, cuda_graphs=cuda_graphs)
 
     @classmethod
     def from_model(cls, model: LlavaOnevisionForConditionalGeneration, tokenizer, device: str = "cpu",
                    frames: int = 32, cache_dir: str | os.PathLike[str] | None = None,
-                   preprocess: dict | None = None) -> Engine:
+                   preprocess: dict | None = None, cuda_graphs: bool = False) -> Engine:
         """An engine around a model already in memory (e.g. built from config for a GPU benchmark)."""
         engine = cls.__new__(cls)
-        engine._attach(model, tokenizer, device, frames, cache_dir, preprocess or {}, model_path="<in memory>")
+        engine._attach(model, tokenizer, device, frames, cache_dir, preprocess or {}, model_path="<in memory>",
+                       cuda_graphs=cuda_graphs)
         return engine
 
     def _attach(self, model, tokenizer, device: str, frames: int, cache_dir, preprocess: dict,
-                model_path: str) -> None:
+                model_path: str, cuda_graphs: bool) -> None:
         self.model_path = model_path
+        self.cuda_graphs = cuda_graphs
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -167,7 +170,8 @@ class Engine:
         predictions: dict[str, str | None] = {}
         skipped: dict[str, str] = {}
         ratios: list[float] = []
-        state = adatp.enable(self.model, config, profile=True) if config is not None else None
+        state = (adatp.enable(self.model, config, profile=True, cuda_graphs=self.cuda_graphs)
+                 if config is not None else None)
         try:
             batches = range(0, len(questions), batch_size)
             if progress:

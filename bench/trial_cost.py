@@ -59,10 +59,13 @@ def prepared_batches(engine: Engine, questions, batch_size: int) -> list[dict]:
     return batches
 
 
-def pure_prefill_seconds(engine: Engine, batches: list[dict], config) -> float:
-    """The (pruned) forward alone over the same batches, inputs prepared beforehand (features already cached)."""
-    pruning = adatp.pruning(engine.model, config) if config is not None else contextlib.nullcontext()
+def pure_prefill_seconds(engine: Engine, batches: list[dict], config, cuda_graphs: bool = False) -> float:
+    """The (pruned) forward alone over the same batches, inputs prepared beforehand (features already cached),
+    after one untimed batch (which captures the selection's CUDA graph where there is one)."""
+    pruning = (adatp.pruning(engine.model, config, cuda_graphs=cuda_graphs) if config is not None
+               else contextlib.nullcontext())
     with torch.no_grad(), pruning:
+        engine.model(**batches[0], logits_to_keep=1, use_cache=False)
         engine._sync()
         start = time.perf_counter()
         for inputs in batches:
@@ -95,6 +98,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--budget", type=float, default=0.3, help="GPU shapes: FLOPs budget of the trial config")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="GPU shapes: a synthetic set made beforehand with the same --videos (seed 777, 32 frames), "
+                             "for machines without PyAV; made there if missing or different")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     name = "trial_cost" if args.shape == "demo" else f"trial_cost_{args.shape}"
@@ -109,43 +115,52 @@ def main() -> None:
         if args.device != "cuda":
             raise SystemExit(f"--shape {args.shape} needs a CUDA device")
         videos = args.videos or 32
-        synthetic.generate(work / "data", videos, seed=777, frames=32)
+        data = args.data or work / "data"
+        synthetic.generate(data, videos, seed=777, frames=32)  # a no-op where the same set is there already
         engine = gpu_engine(args.shape, cache_dir=None)  # features stay in (pinned) host memory
         n_text = 80  # about the synthetic prompts' length
         retention = adatp.retention_for_budget(engine.model.config.text_config, engine.n_visual, n_text,
                                                args.budget, 2)
         config = adatp.AdaTPConfig(retention=retention, prune_layer=2)
-    questions = synthetic.load(work / "data").questions
+    questions = synthetic.load(work / "data" if args.shape == "demo" else data).questions
 
     cold = engine.evaluate(questions, config, args.batch_size)
     batches = prepared_batches(engine, questions, args.batch_size)
-    warm_runs, pure_runs = [], []
-    for repeat in range(args.repeats):
-        trial_config = config.replace(tau_s=0.5 + 0.1 * repeat)  # a new config each trial, as a study does
-        warm_runs.append(engine.evaluate(questions, trial_config, args.batch_size))
-        pure_runs.append(pure_prefill_seconds(engine, batches, trial_config))
-    warm_total = statistics.median(r.seconds["total"] for r in warm_runs)
-    pure = statistics.median(pure_runs)
     parts = ("decode", "vision", "selection", "prefill")
-    split = {key: statistics.median(r.seconds[key] for r in warm_runs) for key in parts}
-    rows = [
-        dict(trial="cold", questions=len(questions), **{k: cold.seconds[k] for k in parts},
-             total=cold.seconds["total"]),
-        dict(trial="warm (median)", questions=len(questions), **split, total=warm_total),
-    ]
+    rows = [dict(trial="cold", questions=len(questions), **{k: cold.seconds[k] for k in parts},
+                 total=cold.seconds["total"])]
+    # On CUDA the warm trials run twice: selection eager, and replayed from CUDA graphs (captured per trial config).
+    variants = {"eager": False, "cuda_graphs": True} if engine.device.type == "cuda" else {"eager": False}
+    measured = {}
+    for label, graphs in variants.items():
+        engine.cuda_graphs = graphs
+        warm_runs, pure_runs = [], []
+        for repeat in range(args.repeats):
+            trial_config = config.replace(tau_s=0.5 + 0.1 * repeat)  # a new config each trial, as a study does
+            warm_runs.append(engine.evaluate(questions, trial_config, args.batch_size))
+            pure_runs.append(pure_prefill_seconds(engine, batches, trial_config, graphs))
+        warm_total = statistics.median(r.seconds["total"] for r in warm_runs)
+        split = {key: statistics.median(r.seconds[key] for r in warm_runs) for key in parts}
+        rows.append(dict(trial=f"warm, {label}", questions=len(questions), **split, total=warm_total))
+        pure = statistics.median(pure_runs)
+        measured[label] = dict(warm_trial_s=warm_total, pure_pruned_prefill_s=pure, warm_over_pure=warm_total / pure,
+                               warm_trials_s=[r.seconds["total"] for r in warm_runs], pure_prefills_s=pure_runs)
+    main_variant = measured["cuda_graphs" if engine.cuda_graphs else "eager"]
+    engine.cuda_graphs = False
     result = dict(
         benchmark="trial_cost", shape=args.shape, date=datetime.date.today().isoformat(), device=args.device,
         cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(), torch=torch.__version__,
         transformers=transformers.__version__, model=engine.model_path, videos=videos,
-        batch_size=args.batch_size, repeats=args.repeats, config=config.to_dict(), rows=rows,
-        pure_pruned_prefill_s=pure, warm_over_pure=warm_total / pure, vision_calls=engine.vision_calls,
-        flops_ratio=warm_runs[0].flops_ratio,
+        batch_size=args.batch_size, repeats=args.repeats, config=config.to_dict(), rows=rows, variants=measured,
+        pure_pruned_prefill_s=main_variant["pure_pruned_prefill_s"], warm_over_pure=main_variant["warm_over_pure"],
+        vision_calls=engine.vision_calls, flops_ratio=cold.flops_ratio,
     )
     mfu_text = ""
     if engine.device.type == "cuda":
         name_gpu = torch.cuda.get_device_name()
         peak = next((value for key, value in PEAK_BF16.items() if key in name_gpu), None)
         vanilla = statistics.median(pure_prefill_seconds(engine, batches, None) for _ in range(args.repeats))
+        pure = min(m["pure_pruned_prefill_s"] for m in measured.values())
         pruned_flop, vanilla_flop = batch_flops(engine, batches, config), batch_flops(engine, batches, None)
         result.update(gpu=name_gpu, peak_bf16_flops=peak, pure_vanilla_prefill_s=vanilla,
                       pruned_tflops=pruned_flop / pure / 1e12, vanilla_tflops=vanilla_flop / vanilla / 1e12,
@@ -161,12 +176,14 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"trial_cost ({args.shape}) on {args.device}: {len(questions)} questions, {videos} videos, "
           f"batch {args.batch_size}")
-    print(f"{'trial':14} {'decode s':>9} {'vision s':>9} {'select s':>9} {'prefill s':>10} {'total s':>8}")
+    print(f"{'trial':18} {'decode s':>9} {'vision s':>9} {'select s':>9} {'prefill s':>10} {'total s':>8}")
     for row in rows:
-        print(f"{row['trial']:14} {row['decode']:>9.3f} {row['vision']:>9.3f} {row['selection']:>9.3f} "
+        print(f"{row['trial']:18} {row['decode']:>9.3f} {row['vision']:>9.3f} {row['selection']:>9.3f} "
               f"{row['prefill']:>10.3f} {row['total']:>8.3f}")
-    print(f"pure pruned prefill {pure:.3f} s; warm trial / pure prefill = {warm_total / pure:.2f}x "
-          f"(vision tower ran {engine.vision_calls} times for {videos} videos){mfu_text}")
+    for label, m in measured.items():
+        print(f"{label}: pure pruned prefill {m['pure_pruned_prefill_s']:.3f} s; warm trial / pure prefill = "
+              f"{m['warm_over_pure']:.2f}x")
+    print(f"vision tower ran {engine.vision_calls} times for {videos} videos{mfu_text}")
     print(f"wrote {out}")
 
 
