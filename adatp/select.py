@@ -28,11 +28,12 @@ def segment_counts(segments: torch.Tensor) -> torch.Tensor:
     return counts.scatter_add_(-1, segments, torch.ones_like(segments))
 
 
-def segment_relevance(frame_relevance: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+def segment_relevance(frame_relevance: torch.Tensor, segments: torch.Tensor,
+                      counts: torch.Tensor | None = None) -> torch.Tensor:
     """Step 2a. Mean of per-frame relevance [B, F] over each segment -> [B, S] (0 for empty slots)."""
     totals = torch.zeros_like(frame_relevance, dtype=torch.float64)
     totals.scatter_add_(-1, segments, frame_relevance.double())
-    return totals / segment_counts(segments).clamp(min=1)
+    return totals / (segment_counts(segments) if counts is None else counts).clamp(min=1)
 
 
 def relevant_segments(relevance: torch.Tensor, counts: torch.Tensor, tau_t: float) -> torch.Tensor:
@@ -83,41 +84,51 @@ def segment_budgets(
     return (base + (rank < missing).double()).long()
 
 
-def _rank_in_group(group: torch.Tensor, keys: list[torch.Tensor]) -> torch.Tensor:
-    """Rank [B, T] of each element within its group, ordering by `keys` descending (first key most significant).
+def _descending_key(values: torch.Tensor) -> torch.Tensor:
+    """float32 [..] -> int64 in [0, 2^32) whose ascending order is the values' descending order (-0.0 == 0.0).
 
-    Ties keep index order. Implemented as stable sorts from the least significant key up, then the group.
+    The IEEE bits of a float, read as a signed integer, order like the floats once the magnitude bits of negative
+    numbers are flipped; subtracting that from 2^31 - 1 reverses the order and makes it non-negative.
     """
-    order = torch.arange(group.shape[-1], device=group.device).expand_as(group)
-    for key in reversed(keys):
-        order = order.gather(-1, key.gather(-1, order).argsort(dim=-1, descending=True, stable=True))
-    order = order.gather(-1, group.gather(-1, order).argsort(dim=-1, stable=True))
-    grouped = group.gather(-1, order)
-    position = torch.arange(group.shape[-1], device=group.device).expand_as(group)
-    starts = torch.ones_like(grouped, dtype=torch.bool)
-    starts[:, 1:] = grouped[:, 1:] != grouped[:, :-1]
+    bits = (values.float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0
+    signed = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()
+    return (2**31 - 1) - signed
+
+
+def _rank_in_group(keys: torch.Tensor, group_shift: int) -> torch.Tensor:
+    """Rank [B, T] of each element within its group; keys [B, T] int64 = (group << group_shift) | order in group.
+
+    One stable sort of the packed keys orders by group, then by the in-group key ascending; ties keep index order.
+    """
+    sorted_keys, order = keys.sort(dim=-1, stable=True)
+    grouped = sorted_keys >> group_shift
+    position = torch.arange(keys.shape[-1], device=keys.device).expand_as(keys)
+    starts = F_.pad(grouped[:, 1:] != grouped[:, :-1], (1, 0), value=True)
     first = torch.where(starts, position, 0).cummax(-1).values
     return torch.empty_like(order).scatter_(-1, order, position - first)
 
 
 def spatial_cap_keep(
-    scores: torch.Tensor, segments: torch.Tensor, budgets: torch.Tensor, gamma_cap: float
+    scores: torch.Tensor, segments: torch.Tensor, budgets: torch.Tensor, gamma_cap: float,
+    counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Step 4. Keep mask [B, F*N] from scores [B, F, N], segment ids [B, F] and budgets [B, S].
 
     In segment j a position may be kept in at most c_j = max(1, ceil(gamma_cap * |S_j|)) frames: each position's c_j
     best-scored frames are eligible; the segment keeps its B_j best eligible tokens, topped up with the best
-    ineligible ones if fewer than B_j are eligible.
+    ineligible ones if fewer than B_j are eligible. Equal scores go to the earlier token. counts: segment_counts
+    (computed when not given). Scores must not be NaN.
     """
     batch, frames, per_frame = scores.shape
-    counts = segment_counts(segments)
+    counts = segment_counts(segments) if counts is None else counts
     frame_cap = torch.ceil(gamma_cap * counts.double() - 1e-9).long().clamp(min=1)
     token_segment = segments[:, :, None].expand(batch, frames, per_frame).reshape(batch, -1)
-    position = torch.arange(per_frame, device=scores.device).repeat(frames).expand(batch, -1)
-    flat_scores = scores.reshape(batch, -1).float()
-    rank_at_position = _rank_in_group(token_segment * per_frame + position, [flat_scores])
+    position = torch.arange(per_frame, device=scores.device).repeat(frames)
+    descending = _descending_key(scores.reshape(batch, -1))
+    # Groups (segment, position): rank frames by score. Then groups (segment): eligible first, then by score.
+    rank_at_position = _rank_in_group(((token_segment * per_frame + position) << 32) | descending, 32)
     eligible = rank_at_position < frame_cap.gather(-1, token_segment)
-    rank_in_segment = _rank_in_group(token_segment, [eligible.float(), flat_scores])
+    rank_in_segment = _rank_in_group((token_segment << 33) | ((~eligible).long() << 32) | descending, 33)
     return rank_in_segment < budgets.gather(-1, token_segment)
 
 
@@ -204,8 +215,8 @@ def select_visual_tokens(
         if question is None:
             raise ValueError("method 'adatp' needs a question embedding")
         frame_relevance = F_.cosine_similarity(frame_features.float(), question[:, None].float(), dim=-1)
-        relevance = segment_relevance(frame_relevance, segments)
+        relevance = segment_relevance(frame_relevance, segments, counts)
     relevant = relevant_segments(relevance, counts, config.tau_t)
     budgets = segment_budgets(counts, relevant, tokens_per_frame, kept, config.alpha_boost)
-    keep = spatial_cap_keep(scores, segments, budgets, config.gamma_cap)
+    keep = spatial_cap_keep(scores, segments, budgets, config.gamma_cap, counts)
     return _keep_to_indices(keep, kept)

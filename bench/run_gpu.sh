@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark of the project in one go (about 6 minutes on an H100):
-#   tests/test_graphs.py, prefill_speed (7b, 0.5b), trial_cost (7b, 0.5b), prefill_profile (7b at budget 0.2).
+#   tests/test_graphs.py, selection_cost, prefill_speed (7b, 0.5b), trial_cost (7b, 0.5b), prefill_profile (7b at
+#   budget 0.2).
 # Results land in bench/results/ (or in $OUT when set, e.g. on a lent machine), each step's log under logs/ there
 # (packed into logs.tgz under $OUT).
 # Wheels in $WHEELS (default .whl/: e.g. transformers 5.23, decord, av, pytest) are installed first into a
@@ -35,6 +36,7 @@ step() {  # step NAME TIMEOUT COMMAND...: run, keep the log, print its tail, rem
     tail -n 30 "$logs/$name.log"
 }
 step test_graphs 180 "$python" -m pytest -q -p no:cacheprovider tests/test_graphs.py
+step selection_cost 120 "$python" bench/selection_cost.py --out "$results/selection_cost_cuda.json"
 step prefill_speed_7b 300 "$python" bench/prefill_speed.py --shape 7b --out "$results/prefill_speed_7b.json"
 step prefill_speed_0.5b 180 "$python" bench/prefill_speed.py --shape 0.5b --out "$results/prefill_speed_0.5b.json"
 if [[ $steps == all || $steps == *trial_cost* ]] && { ! "$python" -c "import decord" 2>/dev/null \

@@ -16,6 +16,7 @@ from adatp.select import (
     segment_ids,
     segment_relevance,
     select_visual_tokens,
+    spatial_cap_keep,
 )
 
 
@@ -100,6 +101,46 @@ def test_alpha_one_gamma_one_is_proportional_topk(case):
     m = kept.shape[1]
     for b in range(scores.shape[0]):
         assert kept[b].tolist() == reference_proportional_topk(scores[b], features[b], m, config.tau_s)
+
+
+def reference_spatial_cap(scores, segments, budgets, gamma_cap):
+    """Step 4 loop by loop for one video: per (segment, position) the cap best frames are eligible; per segment the
+    budget best tokens, eligible before ineligible; equal scores go to the earlier token."""
+    frames, per_frame = scores.shape
+    flat = scores.flatten().tolist()
+    keep = [False] * (frames * per_frame)
+    for j in range(frames):
+        members = [f for f in range(frames) if segments[f] == j]
+        if not members:
+            continue
+        cap = max(1, math.ceil(gamma_cap * len(members) - 1e-9))
+        eligible = set()
+        for p in range(per_frame):
+            tokens = sorted((f * per_frame + p for f in members), key=lambda t: (-flat[t], t))
+            eligible.update(tokens[:cap])
+        tokens = sorted((f * per_frame + p for f in members for p in range(per_frame)),
+                        key=lambda t: (t not in eligible, -flat[t], t))
+        for t in tokens[: int(budgets[j])]:
+            keep[t] = True
+    return keep
+
+
+@settings(max_examples=300, deadline=None)
+@given(videos(), st.sampled_from(["continuous", "ties", "signed ties"]))
+def test_spatial_cap_matches_loop_reference(case, kind):
+    config, scores, features, question = case
+    if kind != "continuous":  # few distinct values: ties everywhere; -0.0 next to 0.0 in the signed case
+        sign = torch.where((scores * 1000).floor() % 2 == 0, 1.0, -1.0) if kind == "signed ties" else 1.0
+        scores = (scores * 3).floor() * sign
+    segments = segment_ids(features, config.tau_s)
+    counts = segment_counts(segments)
+    kept = kept_count(scores.shape[1] * scores.shape[2], config.retention)
+    relevant = relevant_segments(torch.rand(counts.shape, dtype=torch.float64), counts, config.tau_t)
+    budgets = segment_budgets(counts, relevant, scores.shape[2], kept, config.alpha_boost)
+    keep = spatial_cap_keep(scores, segments, budgets, config.gamma_cap)
+    for b in range(scores.shape[0]):
+        assert keep[b].tolist() == reference_spatial_cap(scores[b], segments[b].tolist(), budgets[b].tolist(),
+                                                         config.gamma_cap)
 
 
 @settings(max_examples=300, deadline=None)
