@@ -99,8 +99,8 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.3, help="GPU shapes: FLOPs budget of the trial config")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data", type=Path, default=None,
-                        help="GPU shapes: a synthetic set made beforehand with the same --videos (seed 777, 32 frames), "
-                             "for machines without PyAV; made there if missing or different")
+                        help="GPU shapes: a synthetic set made beforehand with the same --videos (seed 777, "
+                             "32 frames), for machines without PyAV; made there if missing or different")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     name = "trial_cost" if args.shape == "demo" else f"trial_cost_{args.shape}"
