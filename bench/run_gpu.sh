@@ -49,6 +49,8 @@ step trial_cost_0.5b 180 "$python" bench/trial_cost.py --shape 0.5b --repeats 3 
     --out "$results/trial_cost_0.5b.json"
 step prefill_profile_7b 180 "$python" bench/prefill_profile.py --shape 7b --budget 0.2 \
     --out "$results/prefill_profile_7b.json"
+echo "== tables (bench/tables.py: paste into the README; tests/test_readme_numbers.py checks they are there)"
+"$python" bench/tables.py --results "$results"
 if [[ -n ${OUT:-} ]]; then  # a lent machine sends back few files: the logs travel as one archive
     tar -czf "$results/logs.tgz" -C "$results" logs && rm -r "$logs"
 fi

@@ -1,0 +1,136 @@
+"""The README's benchmark tables, rendered from bench/results/*.json (the README quotes them; a test checks it does).
+
+`python bench/tables.py` prints every table whose results file exists; `--results DIR` reads another folder (e.g.
+the files a GPU run wrote under $OUT), so new numbers go into the README by pasting, never by retyping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+ARM_NAMES = {"tpe": "TPE", "random": "random search", "tpe+sh": "TPE + successive halving",
+             "random+sh": "random + successive halving"}
+
+
+def _table(header: list[str], align: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def prune_overhead(data: dict) -> str:
+    rows = [[r["method"], f"{r['scoring_s'] * 1e3:.1f}" if r["scoring_s"] else "0", f"{r['select_s'] * 1e3:.1f}",
+             f"{r['overhead_share_measured']:.2%}", f"{r['overhead_share_28_layers']:.2%}"] for r in data["rows"]]
+    return _table(["method", "scoring ms", "selection ms", "share of 3-layer pruned prefill", "share@28L"],
+                  ["l", "r", "r", "r", "r"], rows)
+
+
+def prefill_speed(data: dict) -> str:
+    rows = []
+    for r in data["rows"]:
+        selection = "-" if r["selection_ms"] is None else f"{r['selection_ms']:.2f} ({r['selection_share']:.1%})"
+        rows.append([r["setting"], f"{r['budget']:.2f}", f"{r['flops_ratio']:.3f}", f"{r['latency_ms']:.1f}",
+                     f"{r['latency_ratio']:.3f}", f"{r['ratio_over_flops']:.2f}", selection, f"{r['peak_mib']:.0f}"])
+    return _table(["setting", "budget", "FLOPs ratio", "latency ms", "latency ratio", "latency / FLOPs ratio",
+                   "selection ms (share)", "peak MiB above weights"], ["l"] + ["r"] * 7, rows)
+
+
+def selection_cost(data: dict) -> str:
+    graphs = any("graph_ms" in r for r in data["rows"])
+    rows = []
+    for r in data["rows"]:
+        row = [r["method"], str(r["batch"]), str(r["dispatched_ops"]), str(r["non_view_ops"]), f"{r['eager_ms']:.3f}"]
+        if graphs:
+            row += [f"{r['graph_ms']:.3f}", str(r["graph_matches_eager"])] if "graph_ms" in r else ["-", "-"]
+        rows.append(row)
+    header = ["method", "batch", "operators", "non-view operators", "eager ms"]
+    return _table(header + (["graph ms", "same tokens"] if graphs else []), ["l"] + ["r"] * (len(header) - 1
+                  + 2 * graphs), rows)
+
+
+def trial_cost(data: dict) -> str:
+    rows = [[r["trial"], str(r["questions"]), *(f"{r[k]:.3f}" for k in ("decode", "vision", "selection", "prefill",
+                                                                      "total"))] for r in data["rows"]]
+    return _table(["trial", "questions", "decode s", "vision s", "selection s", "LM prefill s", "total s"],
+                  ["l"] + ["r"] * 6, rows)
+
+
+def trial_cost_gpu(data: dict) -> str:
+    rows = [[label, f"{v['warm_trial_s']:.3f}", f"{v['pure_pruned_prefill_s']:.3f}", f"{v['warm_over_pure']:.2f}"]
+            for label, v in data["variants"].items()]
+    table = _table(["selection", "warm trial s", "pure pruned prefill s", "trial / pure"], ["l", "r", "r", "r"], rows)
+    mfu = (f"pure prefill: pruned {data['pruned_tflops']:.0f} TFLOP/s (MFU {data['mfu_pruned']:.1%}), vanilla "
+           f"{data['vanilla_tflops']:.0f} TFLOP/s (MFU {data['mfu_vanilla']:.1%}); latency ratio "
+           f"{data['latency_ratio']:.3f} at padded FLOPs ratio {data['padded_flops_ratio']:.3f}")
+    return table + "\n\n" + mfu
+
+
+def storage_load(data: dict) -> str:
+    rows = []
+    for r in data["runs"]:
+        if r["compute_ms"]:
+            continue
+        latency = r.get("latency_ms", {}).get("p95")
+        rows.append([r["backend"], str(r["workers"]), f"{r['compute_ms']:.0f}", str(r["finished"]),
+                     f"{r['trials_per_s']:.1f}", f"{r['overhead_ms_per_trial_median']:.0f}",
+                     "-" if latency is None else f"{latency:.0f}"])
+    return _table(["backend", "workers", "simulated compute ms", "trials", "trials/s",
+                   "storage overhead ms/trial (median)", "p95 trial latency ms"], ["l"] + ["r"] * 6, rows)
+
+
+def search_efficiency(data: dict) -> str:
+    best = data["best_at_k"]
+    rows = [[ARM_NAMES[arm], *(f"{v:.3f}" for v in values)] for arm, values in best["median_over_seeds"].items()]
+    rows.append(["default config alone", *(f"{best['default']:.3f}" for _ in best["k"])])
+    curve = _table(["arm", *(f"k={k}" for k in best["k"])], ["l"] + ["r"] * len(best["k"]), rows)
+    rows = []
+    for arm, result in data["match_random"]["arms"].items():
+        per_seed = ", ".join("—" if s["trials"] is None else str(s["trials"]) for s in result["per_seed"])
+        trials, questions = result["median_trials"], result["median_questions"]  # medians can end in .5
+        rows.append([ARM_NAMES[arm], f"{result['reached']}/{result['seeds']}",
+                     "—" if trials is None else f"{trials:g}", "—" if questions is None else f"{round(questions):,}",
+                     f"{result['questions_vs_random_total']:.2f}x", per_seed])
+    match = _table(["arm", "seeds reaching it", "trials (median)", "question-evaluations (median)",
+                    "vs the 100-trial random run", "per seed: trials"], ["l", "r", "r", "r", "r", "l"], rows)
+    return curve + "\n\n" + match
+
+
+# results file stem -> renderer; prefill_speed_*, trial_cost_* (GPU shapes) and selection_cost_cuda by pattern.
+RENDERERS: dict[str, Callable[[dict], str]] = {
+    "prune_overhead": prune_overhead,
+    "prefill_speed_7b": prefill_speed,
+    "prefill_speed_0.5b": prefill_speed,
+    "selection_cost": selection_cost,
+    "selection_cost_cuda": selection_cost,
+    "trial_cost": trial_cost,
+    "trial_cost_7b": trial_cost_gpu,
+    "trial_cost_0.5b": trial_cost_gpu,
+    "storage_load": storage_load,
+    "search_efficiency": search_efficiency,
+}
+
+
+def render_all(results: Path = RESULTS) -> dict[str, str]:
+    """{results file stem: markdown} for every known results file present in `results`."""
+    tables = {}
+    for stem, render in RENDERERS.items():
+        path = results / f"{stem}.json"
+        if path.exists():
+            tables[stem] = render(json.loads(path.read_text(encoding="utf-8")))
+    return tables
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    for stem, markdown in render_all(args.results).items():
+        print(f"<!-- {stem}.json -->\n{markdown}\n")
+
+
+if __name__ == "__main__":
+    main()
