@@ -71,6 +71,8 @@ class ModelSpec:
     device: cpu | cuda | cuda:N | mps.
     attn_implementation: sdpa | eager | flash_attention_2.
     trust_remote_code: passed to `from_pretrained`; off unless the spec asks.
+    cuda_graphs: on CUDA, replay AdaTP's token selection from CUDA graphs (`adatp.enable(..., cuda_graphs=True)`):
+        the same tokens with one launch instead of ~150; off until validated on a GPU (bench/run_gpu.sh).
     """
 
     path: str
@@ -78,6 +80,7 @@ class ModelSpec:
     device: str = "cpu"
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False
+    cuda_graphs: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -494,9 +497,10 @@ def _model(raw: dict, check_paths: bool) -> ModelSpec:
             raise SpecError(f"model.path: {path} is not a local directory")
         elif not os.path.isfile(os.path.join(path, "config.json")):
             raise SpecError(f"model.path: {path} has no config.json (not a saved model directory)")
-    trust = section.get("trust_remote_code", False)
-    if not isinstance(trust, bool):
-        raise SpecError(f"model.trust_remote_code: must be true or false, got {trust!r}")
+    trust, graphs = section.get("trust_remote_code", False), section.get("cuda_graphs", False)
+    for key, value in (("trust_remote_code", trust), ("cuda_graphs", graphs)):
+        if not isinstance(value, bool):
+            raise SpecError(f"model.{key}: must be true or false, got {value!r}")
     device = section.get("device", "cpu")
     if not isinstance(device, str) or not _DEVICE.fullmatch(device):
         raise SpecError(f"model.device: must be cpu, cuda, cuda:N or mps, got {device!r}")
@@ -508,6 +512,7 @@ def _model(raw: dict, check_paths: bool) -> ModelSpec:
             "model.attn_implementation", section.get("attn_implementation", "sdpa"), ATTN_IMPLEMENTATIONS
         ),
         trust_remote_code=trust,
+        cuda_graphs=graphs,
     )
 
 

@@ -204,7 +204,8 @@ class Workspace:
             model = self.spec.model
             self._engine = Engine(model.path, device=model.device, dtype=model.dtype,
                                   attn_implementation=model.attn_implementation, frames=self.spec.dataset.frames,
-                                  cache_dir=self.spec.cache_dir, trust_remote_code=model.trust_remote_code)
+                                  cache_dir=self.spec.cache_dir, trust_remote_code=model.trust_remote_code,
+                                  cuda_graphs=model.cuda_graphs)
         return self._engine
 
     @property

@@ -64,6 +64,24 @@ def test_full_retention_matches_vanilla_and_ratios(model_dir, dataset):
     assert pruned.accuracy == sum(pruned.correct.values()) / len(dataset)
 
 
+def test_cuda_graphs_option_reaches_the_pruning_state_and_changes_no_answer(model_dir, dataset, monkeypatch):
+    config = adatp.AdaTPConfig(retention=0.3, gamma_cap=0.3)
+    eager = Engine(str(model_dir)).evaluate(dataset, config)
+    engine = Engine(str(model_dir), cuda_graphs=True)
+    states = []
+    enable = adatp.enable
+
+    def spy(*args, **kwargs):
+        states.append(enable(*args, **kwargs))
+        return states[-1]
+
+    monkeypatch.setattr(adatp, "enable", spy)
+    graphed = engine.evaluate(dataset, config)
+    # On a CPU the graphs are never captured (CUDA only): the same answers, and nothing captured.
+    assert len(states) == 1 and states[0].graphs is not None and states[0].graphs.captures == 0
+    assert graphed.predictions == eager.predictions and graphed.accuracy == eager.accuracy
+
+
 def test_videos_gone_after_loading_are_skipped_with_reasons(model_dir, dataset, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(dataset[0].video_path.rsplit("/videos/", 1)[0], root)

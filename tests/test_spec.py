@@ -53,6 +53,7 @@ def test_demo_spec_loads(monkeypatch):
     assert spec.source == str(STUDIES / "demo.yaml")
     assert spec.model.path == str(REPO / "assets" / "tiny-llava-ov-synthetic")
     assert (spec.model.dtype, spec.model.device, spec.model.attn_implementation) == ("float32", "cpu", "sdpa")
+    assert spec.model.cuda_graphs is False
     assert spec.dataset.name == "synthetic"
     assert spec.dataset.root == str(REPO / ".autotune" / "demo" / "data")
     assert (spec.dataset.frames, spec.dataset.test_fraction, spec.dataset.split_seed) == (16, 0.5, 0)
@@ -97,6 +98,7 @@ def test_real_specs_load_with_env_roots(monkeypatch, tmp_path, file, dataset, en
     assert spec.name == f"{dataset}-llava-ov-7b"
     assert spec.model.path == str(model)
     assert (spec.model.dtype, spec.model.device, spec.model.attn_implementation) == ("bfloat16", "cuda", "sdpa")
+    assert spec.model.cuda_graphs is False
     assert (spec.dataset.name, spec.dataset.root, spec.dataset.frames) == (dataset, str(root), 32)
     assert spec.budgets == (0.2, 0.3, 0.5)
     assert (spec.base.method, spec.base.score, spec.base.prune_layer) == ("adatp", "attention", 2)
@@ -174,6 +176,7 @@ def _set(data, dotted, value):
         ("model.dtype", "float64", "model.dtype: must be one of float32, bfloat16, float16, got 'float64'"),
         ("model.device", "gpu", "model.device: must be cpu, cuda, cuda:N or mps, got 'gpu'"),
         ("model.trust_remote_code", "yes", "model.trust_remote_code: must be true or false, got 'yes'"),
+        ("model.cuda_graphs", 1, "model.cuda_graphs: must be true or false, got 1"),
         ("base.retention", 0.3, "base.retention: not allowed; retention comes from each budget (budgets: 0.3, 0.5)"),
         ("base.tau_t", 1.5, "base.tau_t: must be in [0, 1], got 1.5"),
         ("base.prune_layer", 0, "base.prune_layer: score 'attention' reads layer prune_layer - 1"),
@@ -294,6 +297,7 @@ def test_check_paths_false_skips_filesystem_checks(valid, tmp_path):
         ("budgets=[0.3,0.5]", ["budgets"], [0.3, 0.5]),
         ("model.path=foo", ["model", "path"], "foo"),
         ("model.trust_remote_code=true", ["model", "trust_remote_code"], True),
+        ("model.cuda_graphs=true", ["model", "cuda_graphs"], True),
         ("dataset.limit=null", ["dataset", "limit"], None),
         ("storage=postgresql://u@h:5432/db", ["storage"], "postgresql://u@h:5432/db"),
         ("name=a=b", ["name"], "a=b"),
