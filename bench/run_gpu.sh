@@ -5,7 +5,12 @@
 # Results land in bench/results/ (or in $OUT when set, e.g. on a lent machine), each step's log under logs/ there
 # (packed into logs.tgz under $OUT).
 # Wheels in $WHEELS (default .whl/: e.g. transformers 5.23, decord, av, pytest) are installed first into a
-# private target directory, for machines whose Python lacks them; nothing else is installed. Without PyAV there,
+# private target directory, for machines whose Python lacks them; nothing else is installed. For a Python 3.12 x86-64
+# machine without them, from a machine with pip access:
+#   pip download --no-deps -d .whl transformers==5.23.0
+#   pip download --no-deps -d .whl --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux2010_x86_64 --platform manylinux_2_17_x86_64 decord==0.6.0
+# (transformers + decord are ~27 MB; PyAV's wheel is 36 MB more.) Without PyAV there,
 # make trial_cost's videos beforehand: python -c "from autotune.data import synthetic; \
 #   synthetic.generate('.gpu-data', 32, seed=777, frames=32)"
 # STEPS (default all) picks steps by name, e.g. STEPS="test_graphs prefill_speed_7b", to fit a 10-minute limit.

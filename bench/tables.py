@@ -63,10 +63,15 @@ def trial_cost_gpu(data: dict) -> str:
     rows = [[label, f"{v['warm_trial_s']:.3f}", f"{v['pure_pruned_prefill_s']:.3f}", f"{v['warm_over_pure']:.2f}"]
             for label, v in data["variants"].items()]
     table = _table(["selection", "warm trial s", "pure pruned prefill s", "trial / pure"], ["l", "r", "r", "r"], rows)
-    mfu = (f"pure prefill: pruned {data['pruned_tflops']:.0f} TFLOP/s (MFU {data['mfu_pruned']:.1%}), vanilla "
-           f"{data['vanilla_tflops']:.0f} TFLOP/s (MFU {data['mfu_vanilla']:.1%}); latency ratio "
-           f"{data['latency_ratio']:.3f} at padded FLOPs ratio {data['padded_flops_ratio']:.3f}")
-    return table + "\n\n" + mfu
+    if "pruned_tflops" not in data:  # not a CUDA run
+        return table
+
+    def mfu(key: str) -> str:
+        return "" if data.get(key) is None else f" (MFU {data[key]:.1%})"
+
+    return (table + f"\n\npure prefill: pruned {data['pruned_tflops']:.0f} TFLOP/s{mfu('mfu_pruned')}, vanilla "
+            f"{data['vanilla_tflops']:.0f} TFLOP/s{mfu('mfu_vanilla')}; latency ratio {data['latency_ratio']:.3f} at "
+            f"padded FLOPs ratio {data['padded_flops_ratio']:.3f}")
 
 
 def storage_load(data: dict) -> str:
