@@ -108,7 +108,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="trial-cost-"))
     if args.shape == "demo":
         videos = args.videos or 40
-        synthetic.generate(work / "data", videos, seed=777)
+        data = work / "data"
+        synthetic.generate(data, videos, seed=777)
         engine = Engine(args.model, device=args.device, cache_dir=work / "cache")
         config = adatp.AdaTPConfig(retention=0.3, prune_layer=2)
     else:
@@ -122,7 +123,7 @@ def main() -> None:
         retention = adatp.retention_for_budget(engine.model.config.text_config, engine.n_visual, n_text,
                                                args.budget, 2)
         config = adatp.AdaTPConfig(retention=retention, prune_layer=2)
-    questions = synthetic.load(work / "data" if args.shape == "demo" else data).questions
+    questions = synthetic.load(data).questions
 
     cold = engine.evaluate(questions, config, args.batch_size)
     batches = prepared_batches(engine, questions, args.batch_size)
