@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny import TOKENS_PER_FRAME, VIDEO_TOKEN, tiny_model, video_batch
+from tiny import TOKENS_PER_FRAME, tiny_model, video_batch
 from torch.utils.flop_counter import FlopCounterMode
 
 import adatp
@@ -188,13 +188,3 @@ def test_prune_layer_beyond_the_model_is_a_config_error(model):
     with pytest.raises(adatp.ConfigError, match=r"config.prune_layer: must be below the language model's 4 layers"):
         adatp.enable(model, config_for(4))
     assert adatp.state_of(model) is None
-
-
-def test_mismatched_video_lengths_in_a_batch_are_rejected(model):
-    inputs = video_batch(2, pads=(0, 2), seed=8)
-    video_mask = inputs["input_ids"] == VIDEO_TOKEN
-    video_mask[1, -3] = True  # row 1 claims one video token more than row 0
-    embeds = torch.zeros(2, inputs["input_ids"].shape[1], 64)
-    with adatp.pruning(model, config_for(2)) as state, pytest.raises(ValueError, match="same number of video tokens"):
-        state.video_mask = video_mask
-        model.model.language_model(inputs_embeds=embeds)
