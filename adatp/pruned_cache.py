@@ -48,6 +48,12 @@ class Plan:
                 for name in ("keep_columns", "slot_valid", "position_shift")}
         return dataclasses.replace(self, **take)
 
+    def drop_last(self, count: int) -> Plan:
+        """The plan once the prefill's last `count` tokens are cropped away (assisted decoding can reject tokens that
+        rode in the prefill; they are text after the video, which every row keeps in its last slots)."""
+        return dataclasses.replace(self, keep_columns=self.keep_columns[:, :-count],
+                                   slot_valid=self.slot_valid[:, :-count], prefill_length=self.prefill_length - count)
+
     def kept_mask(self, mask_2d: torch.Tensor) -> torch.Tensor:
         """A 2D mask over the original sequence [B, L + t] -> the mask over what layers >= K hold [B, L' + t]."""
         prefix = mask_2d[:, : self.prefill_length].gather(1, self.keep_columns) & self.slot_valid
@@ -67,6 +73,14 @@ class _PrunedCacheMixin:
 
     def get_query_offset(self, layer_idx: int = 0):
         return super().get_query_offset(layer_idx) - self._adatp_offset(layer_idx)
+
+    def crop(self, tokens_to_remove: int):
+        if tokens_to_remove < 0:  # transformers 5.x: remove that many tokens from the end
+            after_prefill = int(self.get_seq_length()) - self._adatp_plan.prefill_length
+            into_prefill = -tokens_to_remove - after_prefill
+            if into_prefill > 0:
+                self._adatp_plan = self._adatp_plan.drop_last(into_prefill)
+        super().crop(tokens_to_remove)
 
     def reorder_cache(self, beam_idx: torch.LongTensor):
         super().reorder_cache(beam_idx)

@@ -1,0 +1,350 @@
+"""adatp.enable keeps transformers' contract: caches, compile, outputs, assisted decoding, labels, mixed batches.
+
+Each behaviour is checked twice on a tiny LLaVA-OneVision built from config: at retention 1.0 the pruned model must
+give exactly (torch.equal) what the stock model gives; at retention 0.3 it must run and agree with an independent
+way of computing the same thing (a cache-free pass, a batch of one, plain greedy decoding, a hand-computed loss).
+"""
+
+import copy
+
+import pytest
+import torch
+from tiny import PAD_TOKEN, TOKENS_PER_FRAME, VIDEO_TOKEN, tiny_model, video_batch
+from transformers import CompileConfig
+
+import adatp
+from adatp.flops import kept_count
+from adatp.pruned_cache import plan_of
+
+FRAMES = 3
+LAYERS = 4
+GREEDY = dict(do_sample=False, max_new_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(LAYERS)
+
+
+@pytest.fixture(scope="module")
+def eager_model():
+    return tiny_model(LAYERS, attn="eager")
+
+
+def config(retention, prune_layer=2, **changes):
+    changes.setdefault("score", "attention" if prune_layer > 0 else "norm")
+    return adatp.AdaTPConfig(retention=retention, prune_layer=prune_layer, **changes)
+
+
+def assert_identical(left, right, where="output"):
+    """Tensors, tuples, dicts, ModelOutputs and caches compared exactly, recursively."""
+    if isinstance(left, torch.Tensor):
+        assert isinstance(right, torch.Tensor) and left.shape == right.shape, where
+        assert torch.equal(left, right), where
+    elif isinstance(left, dict):  # ModelOutput is a dict
+        assert set(left.keys()) == set(right.keys()), where
+        for key in left:
+            assert_identical(left[key], right[key], f"{where}.{key}")
+    elif isinstance(left, (tuple, list)):
+        assert len(left) == len(right), where
+        for index, (a, b) in enumerate(zip(left, right, strict=True)):
+            assert_identical(a, b, f"{where}[{index}]")
+    elif hasattr(left, "layers"):  # a Cache
+        assert len(left.layers) == len(right.layers), where
+        for index, (a, b) in enumerate(zip(left.layers, right.layers, strict=True)):
+            assert_identical(a.keys, b.keys, f"{where}.layers[{index}].keys")
+            assert_identical(a.values, b.values, f"{where}.layers[{index}].values")
+    else:
+        assert left == right, where
+
+
+def stock_full_pruned(model, run, prune_layer=2, **changes):
+    """run() on the stock model, with AdaTP at retention 1.0, and at retention 0.3."""
+    with torch.no_grad():
+        stock = run()
+        with adatp.pruning(model, config(1.0, prune_layer, **changes)):
+            full = run()
+        with adatp.pruning(model, config(0.3, prune_layer, **changes)):
+            pruned = run()
+    return stock, full, pruned
+
+
+@pytest.mark.parametrize("prune_layer", [0, 2])
+def test_static_cache_generate(model, prune_layer):
+    inputs = video_batch(2, frames=FRAMES, pads=(0, 3), seed=1)
+
+    def run(cache="static"):
+        return model.generate(**inputs, **GREEDY, cache_implementation=cache, return_dict_in_generate=True,
+                              output_logits=True)
+
+    stock, full, pruned = stock_full_pruned(model, run, prune_layer)
+    assert_identical(stock.sequences, full.sequences)
+    assert_identical(stock.logits, full.logits)
+    with torch.no_grad(), adatp.pruning(model, config(0.3, prune_layer)):
+        dynamic = run(cache="dynamic")
+    assert torch.equal(pruned.sequences, dynamic.sequences)
+    for static_step, dynamic_step in zip(pruned.logits, dynamic.logits, strict=True):
+        assert torch.allclose(static_step, dynamic_step, atol=1e-4, rtol=1e-4)
+
+
+def test_compiled_forward_fullgraph(model):
+    """One graph, no host synchronisation: with and without a video, unpruned and pruned with a fixed kept count."""
+    with_video = video_batch(2, frames=FRAMES, seed=2)
+    without_video = {key: value for key, value in with_video.items() if key != "pixel_values_videos"}
+    for inputs in (without_video, with_video):
+        torch._dynamo.reset()
+        compiled = torch.compile(model.forward, fullgraph=True, backend="eager")
+        stock, full, _ = stock_full_pruned(model, lambda: model(**inputs, use_cache=False).logits)
+        with torch.no_grad(), adatp.pruning(model, config(1.0)):
+            compiled = torch.compile(model.forward, fullgraph=True, backend="eager")
+            compiled_full = compiled(**inputs, use_cache=False).logits
+        with torch.no_grad(), adatp.pruning(model, config(0.3)):
+            eager_pruned = model(**inputs, use_cache=False).logits
+            torch._dynamo.reset()
+            compiled = torch.compile(model.forward, fullgraph=True, backend="eager")
+            compiled_pruned = compiled(**inputs, use_cache=False).logits
+        assert torch.equal(stock, full) and torch.equal(stock, compiled_full)
+        assert compiled_pruned.shape == eager_pruned.shape
+        assert torch.allclose(compiled_pruned, eager_pruned, atol=1e-5, rtol=1e-5)
+    expected_length = with_video["input_ids"].shape[1] - FRAMES * TOKENS_PER_FRAME + kept_count(
+        FRAMES * TOKENS_PER_FRAME, 0.3)
+    assert compiled_pruned.shape[1] == expected_length
+
+
+def test_compiled_generate(model):
+    inputs = video_batch(2, frames=FRAMES, pads=(0, 2), seed=3)
+    compile_config = CompileConfig(fullgraph=True, backend="eager")
+    compile_config._compile_all_devices = True  # generate compiles on GPUs only unless told (this is a CPU test)
+
+    def run(compiled=True):
+        torch._dynamo.reset()
+        return model.generate(**inputs, **GREEDY, cache_implementation="static", output_logits=True,
+                              return_dict_in_generate=True, compile_config=compile_config if compiled else None,
+                              disable_compile=not compiled)
+
+    stock, full, pruned = stock_full_pruned(model, run)
+    assert_identical(stock.sequences, full.sequences)
+    assert_identical(stock.logits, full.logits)
+    with torch.no_grad(), adatp.pruning(model, config(0.3)):
+        eager = run(compiled=False)
+    assert torch.equal(pruned.sequences, eager.sequences)
+
+
+@pytest.mark.parametrize("assist", ["assistant_model", "prompt_lookup"])
+@pytest.mark.parametrize("prune_layer", [0, 2])
+def test_assisted_decoding_equals_greedy(eager_model, assist, prune_layer):
+    """Assisted decoding is exact for greedy search: it must give plain greedy's tokens, pruned or not (eager
+    attention: with SDPA the stock model returns no attention weights, and assisted decoding needs them)."""
+    model = eager_model
+    inputs = video_batch(1, frames=FRAMES, seed=4)
+    inputs["input_ids"][0, -4:] = inputs["input_ids"][0, 1]  # repeats for prompt lookup to draw from
+    assistant = dict(assistant_model=tiny_model(2, attn="eager", seed=1)) if assist == "assistant_model" else dict(
+        prompt_lookup_num_tokens=2)
+
+    def run(**extra):
+        return model.generate(**inputs, do_sample=False, max_new_tokens=6, return_dict_in_generate=True,
+                              output_attentions=True, **extra)
+
+    stock, full, pruned = stock_full_pruned(model, lambda: run(**assistant), prune_layer)
+    assert_identical(stock.sequences, full.sequences)
+    with torch.no_grad(), adatp.pruning(model, config(0.3, prune_layer)):
+        greedy = run()
+    assert torch.equal(pruned.sequences, greedy.sequences)
+
+
+def test_outputs_attentions_and_hidden_states(eager_model):
+    inputs = video_batch(2, frames=FRAMES, pads=(0, 3), seed=5)
+
+    def run():
+        return eager_model(**inputs, output_attentions=True, output_hidden_states=True)
+
+    stock, full, pruned = stock_full_pruned(eager_model, run)
+    assert_identical(stock, full)
+    length = inputs["input_ids"].shape[1]
+    kept = length - FRAMES * TOKENS_PER_FRAME + kept_count(FRAMES * TOKENS_PER_FRAME, 0.3)
+    # Layers < K (=2) run over the whole sequence, layers >= K over the kept one.
+    assert [h.shape[1] for h in pruned.hidden_states] == [length] * 3 + [kept] * (LAYERS - 2)
+    assert [a.shape[-1] for a in pruned.attentions] == [length] * 2 + [kept] * (LAYERS - 2)
+    assert [a.shape[-2] for a in pruned.attentions] == [length] * 2 + [kept] * (LAYERS - 2)
+    assert torch.allclose(eager_model.lm_head(pruned.hidden_states[-1]), pruned.logits, atol=1e-5)
+    # The first K layers never see the pruning: their outputs match the stock model's.
+    for layer in range(3):
+        assert torch.equal(pruned.hidden_states[layer], stock.hidden_states[layer])
+    for layer in range(2):
+        assert torch.equal(pruned.attentions[layer], stock.attentions[layer])
+    probabilities = pruned.attentions[-1].sum(-1)
+    real_rows = adatp_state_rows(eager_model, inputs, 0.3)
+    assert torch.allclose(probabilities[real_rows[:, None, :].expand_as(probabilities)],
+                          torch.ones(()), atol=1e-5)
+
+
+def adatp_state_rows(model, inputs, retention):
+    """Which rows of the kept sequence are real tokens (not the input's left padding)."""
+    with torch.no_grad(), adatp.pruning(model, config(retention)) as state:
+        model(**inputs)
+        return inputs["attention_mask"].bool().gather(1, state.plan.keep_columns) & state.plan.slot_valid
+
+
+def test_dict_output_generate_with_attentions_and_hidden_states(eager_model):
+    inputs = video_batch(2, frames=FRAMES, pads=(0, 3), seed=6)
+
+    def run():
+        return eager_model.generate(**inputs, **GREEDY, return_dict_in_generate=True, output_attentions=True,
+                                    output_hidden_states=True, output_scores=True, output_logits=True)
+
+    stock, full, pruned = stock_full_pruned(eager_model, run)
+    assert_identical(stock, full)
+    assert len(pruned.attentions) == len(pruned.hidden_states) == GREEDY["max_new_tokens"]
+    assert all(len(step) == LAYERS for step in pruned.attentions)
+    assert all(len(step) == LAYERS + 1 for step in pruned.hidden_states)
+
+
+@pytest.mark.parametrize("prune_layer", [0, 2])
+def test_labels_give_the_loss_over_kept_positions(model, prune_layer):
+    inputs = video_batch(2, frames=FRAMES, pads=(0, 3), seed=7)
+    labels = inputs["input_ids"].masked_fill(
+        (inputs["input_ids"] == VIDEO_TOKEN) | (inputs["attention_mask"] == 0), -100)
+
+    def run():
+        return model(**inputs, labels=labels)
+
+    stock, full, pruned = stock_full_pruned(model, run, prune_layer)
+    assert_identical(stock.loss, full.loss)
+    assert_identical(stock.logits, full.logits)
+    with torch.no_grad(), adatp.pruning(model, config(0.3, prune_layer)) as state:
+        logits = model(**inputs).logits
+        kept_labels = labels.gather(1, state.plan.keep_columns).masked_fill(~state.plan.slot_valid, -100)
+        as_tuple = model(**inputs, labels=labels, return_dict=False)
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), kept_labels[:, 1:].flatten(),
+                                                 ignore_index=-100)
+    assert torch.allclose(pruned.loss, expected, atol=1e-6)
+    assert torch.equal(as_tuple[0], pruned.loss) and torch.equal(as_tuple[1], pruned.logits)
+    # Text is never pruned: every labelled token still has a logit.
+    assert (kept_labels != -100).sum() == (labels != -100).sum()
+
+
+def test_logits_to_keep(model):
+    inputs = video_batch(2, frames=FRAMES, pads=(0, 3), seed=8)
+    stock, full, pruned = stock_full_pruned(model, lambda: model(**inputs, logits_to_keep=3).logits)
+    assert_identical(stock, full)
+    with torch.no_grad(), adatp.pruning(model, config(0.3)):
+        every = model(**inputs).logits
+        indices = torch.tensor([0, every.shape[1] - 1])
+        chosen = model(**inputs, logits_to_keep=indices).logits
+    assert pruned.shape == (2, 3, every.shape[-1])
+    assert torch.allclose(pruned, every[:, -3:], atol=1e-5)
+    assert torch.allclose(chosen, every[:, indices], atol=1e-5)
+
+
+@pytest.mark.parametrize("prune_layer", [0, 2])
+def test_continue_generate_from_returned_cache(model, prune_layer):
+    inputs = video_batch(2, frames=FRAMES, pads=(0, 2), seed=9)
+
+    def run():
+        first = model.generate(**inputs, do_sample=False, max_new_tokens=3, return_dict_in_generate=True)
+        cache = copy.deepcopy(first.past_key_values)
+        mask = torch.cat([inputs["attention_mask"], torch.ones(2, 3, dtype=torch.long)], dim=1)
+        second = model.generate(input_ids=first.sequences, attention_mask=mask, past_key_values=cache,
+                                do_sample=False, max_new_tokens=3, return_dict_in_generate=True)
+        whole = model.generate(**inputs, do_sample=False, max_new_tokens=6, return_dict_in_generate=True)
+        return first, second, whole
+
+    stock, full, pruned = stock_full_pruned(model, run, prune_layer)
+    for stock_part, full_part in zip(stock, full, strict=True):
+        assert_identical(stock_part.sequences, full_part.sequences)
+    first, second, whole = pruned
+    assert torch.equal(second.sequences, whole.sequences)
+    # The returned cache reports the original sequence's length; layers >= K physically hold the kept tokens.
+    cache = first.past_key_values
+    length = first.sequences.shape[1] - 1
+    kept = length - FRAMES * TOKENS_PER_FRAME + kept_count(FRAMES * TOKENS_PER_FRAME, 0.3)
+    assert [cache.get_seq_length(layer) for layer in range(LAYERS)] == [length] * LAYERS
+    assert [layer.keys.shape[2] for layer in cache.layers] == [length] * prune_layer + [kept] * (LAYERS - prune_layer)
+
+
+def test_stray_video_token_without_pixels_is_left_alone(model):
+    inputs = video_batch(2, frames=FRAMES, pads=(0, 3), seed=10)
+    text_only = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    text_only["input_ids"][:, -3] = VIDEO_TOKEN  # plus a few stray ids among the question tokens
+
+    def run():
+        return model(**text_only).logits, model.generate(**text_only, **GREEDY)
+
+    stock, full, pruned = stock_full_pruned(model, run)
+    assert_identical(stock, full)
+    assert_identical(stock, pruned)
+
+
+def mixed_rows(seed=11):
+    """Row 0: two videos; row 1: one video, left-padded; row 2: no video, left-padded. Videos in row-major order."""
+    generator = torch.Generator().manual_seed(seed)
+    video = torch.full((FRAMES * TOKENS_PER_FRAME + 1,), VIDEO_TOKEN)
+
+    def text(n):
+        return torch.randint(1, 200, (n,), generator=generator)
+
+    bodies = [torch.cat([text(3), video, text(4), video, text(6)]),
+              torch.cat([text(3), video, text(6)]),
+              torch.cat([text(12)])]
+    length = max(len(body) for body in bodies)
+    input_ids = torch.stack([torch.cat([torch.full((length - len(b),), PAD_TOKEN), b]) for b in bodies])
+    attention_mask = torch.stack([torch.cat([torch.zeros(length - len(b)), torch.ones(len(b))]).long()
+                                  for b in bodies])
+    pixels = torch.randn(3, FRAMES, 3, 32, 32, generator=generator)
+    rows = [dict(input_ids=b[None], attention_mask=torch.ones(1, len(b), dtype=torch.long)) for b in bodies]
+    rows[0]["pixel_values_videos"], rows[1]["pixel_values_videos"] = pixels[:2], pixels[2:]
+    return dict(input_ids=input_ids, attention_mask=attention_mask, pixel_values_videos=pixels), rows
+
+
+@pytest.mark.parametrize("prune_layer", [0, 2])
+def test_batch_mixing_videos_of_different_lengths_and_rows_without_video(model, prune_layer):
+    batch, rows = mixed_rows()
+
+    def run():
+        return model(**batch).logits, model.generate(**batch, **GREEDY)
+
+    stock, full, pruned = stock_full_pruned(model, run, prune_layer)
+    assert_identical(stock, full)
+    logits, sequences = pruned
+    # Each row, pruned on its own (a batch of one, no padding), gives the same next-token logits and tokens.
+    with torch.no_grad(), adatp.pruning(model, config(0.3, prune_layer)) as state:
+        for index, row in enumerate(rows):
+            alone = model(**row).logits[0, -1]
+            assert torch.allclose(logits[index, -1], alone, atol=1e-4, rtol=1e-4), index
+            generated = model.generate(**row, **GREEDY)[0, -GREEDY["max_new_tokens"]:]
+            assert torch.equal(sequences[index, -GREEDY["max_new_tokens"]:], generated), index
+        model(**batch)
+        per_video = FRAMES * TOKENS_PER_FRAME
+        kept = kept_count(per_video, 0.3)
+        assert state.kept_indices.shape == (3, kept)  # one selection per video
+        real = state.plan.slot_valid.sum(-1).tolist()
+        length = batch["input_ids"].shape[1]
+        assert real == [length - 2 * (per_video - kept), length - (per_video - kept), length]
+
+
+def test_beam_search_and_sampling(model):
+    inputs = video_batch(2, frames=FRAMES, pads=(0, 2), seed=12)
+
+    def run():
+        beams = model.generate(**inputs, max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False)
+        torch.manual_seed(0)
+        sampled = model.generate(**inputs, max_new_tokens=4, do_sample=True, num_return_sequences=2)
+        return beams, sampled
+
+    stock, full, pruned = stock_full_pruned(model, run)
+    assert_identical(stock, full)
+    assert pruned[0].shape == (4, inputs["input_ids"].shape[1] + 4)
+
+
+def test_plan_travels_with_the_cache(model):
+    """The plan lives on the returned cache (deep copies included), not on the model: a stale plan cannot leak."""
+    inputs = video_batch(1, frames=FRAMES, seed=13)
+    with torch.no_grad(), adatp.pruning(model, config(0.3)) as state:
+        out = model(**inputs)
+        cache = out.past_key_values
+        assert plan_of(cache) is state.plan
+        assert plan_of(copy.deepcopy(cache)).prefill_length == inputs["input_ids"].shape[1]
+        model(input_ids=inputs["input_ids"][:, :5])  # a text-only call in between
+        assert state.plan is None and plan_of(cache) is not None
+        cache.reset()
+        assert plan_of(cache) is None and type(cache).__name__ == "DynamicCache"
