@@ -92,10 +92,9 @@ def test_compiled_forward_fullgraph(model):
     with_video = video_batch(2, frames=FRAMES, seed=2)
     without_video = {key: value for key, value in with_video.items() if key != "pixel_values_videos"}
     for inputs in (without_video, with_video):
-        torch._dynamo.reset()
-        compiled = torch.compile(model.forward, fullgraph=True, backend="eager")
-        stock, full, _ = stock_full_pruned(model, lambda: model(**inputs, use_cache=False).logits)
+        stock, full, _ = stock_full_pruned(model, lambda inputs=inputs: model(**inputs, use_cache=False).logits)
         with torch.no_grad(), adatp.pruning(model, config(1.0)):
+            torch._dynamo.reset()
             compiled = torch.compile(model.forward, fullgraph=True, backend="eager")
             compiled_full = compiled(**inputs, use_cache=False).logits
         with torch.no_grad(), adatp.pruning(model, config(0.3)):
