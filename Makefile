@@ -9,6 +9,16 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
+# The pinned default our numbers are measured with (pyproject declares the range the code supports).
+TRANSFORMERS_SPEC ?= transformers==5.23.0
+# A second venv: the library alone (`pip install -e .`, no extras) on the newest transformers in our declared range,
+# running the adatp tests. Catches a break in a new transformers release, and a service import leaking into adatp.
+NEWEST_VENV := .venv-newest
+NEWEST_VPY := $(NEWEST_VENV)/bin/python
+NEWEST_STAMP := $(NEWEST_VENV)/.installed-stamp
+NEWEST_TRANSFORMERS ?= transformers>=5.19,<6
+LIBRARY_TESTS := tests/test_config.py tests/test_contract.py tests/test_flops.py tests/test_llava_onevision.py \
+	tests/test_packaging.py tests/test_select.py
 
 .PHONY: install test lint bench demo
 
@@ -17,13 +27,23 @@ $(VPY):
 
 $(STAMP): pyproject.toml | $(VPY)
 	$(VPY) -m pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(VPY) -m pip install -e ".[dev]"
+	$(VPY) -m pip install -e ".[tune,dev]" "$(TRANSFORMERS_SPEC)"
 	touch $(STAMP)
+
+$(NEWEST_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(NEWEST_VENV)
+	$(NEWEST_VPY) -m pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(NEWEST_VPY) -m pip install -e . pytest hypothesis
+	$(NEWEST_VPY) -m pip install --upgrade "$(NEWEST_TRANSFORMERS)"
+	touch $(NEWEST_STAMP)
 
 install: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) $(NEWEST_STAMP)
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
+	@echo "== adatp on the newest transformers, without the service's extras"
+	$(NEWEST_VPY) -c "import transformers, torch; print('transformers', transformers.__version__, 'torch', torch.__version__)"
+	$(NEWEST_VPY) -m pytest -q -p no:cacheprovider $(LIBRARY_TESTS)
 
 lint: $(STAMP)
 	$(VPY) -m ruff check .

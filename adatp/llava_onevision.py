@@ -39,7 +39,7 @@ from adatp.select import select_visual_tokens, true_columns
 
 
 @dataclasses.dataclass
-class _VideoCall:
+class VideoCall:
     """The video features one multimodal call scatters into its input embeddings."""
 
     video_mask: torch.Tensor  # [B, L] positions holding video features (image_newline included)
@@ -65,7 +65,7 @@ class PruningState:
     tokens_per_frame: int
     video_token_id: int
     hook: object = None
-    pending: _VideoCall | None = None  # set by the multimodal pre-hook, consumed by the next LM call
+    pending: VideoCall | None = None  # set by the multimodal pre-hook, consumed by the next LM call
     siglip: object = None
     tokenizer: object = None
     kept_indices: torch.Tensor | None = None
@@ -210,7 +210,7 @@ def _record_video(module, args, kwargs):
     else:  # the stock model finds video placeholders in embeddings the same way
         marker = module.get_input_embeddings().weight[state.video_token_id]
         video = (kwargs["inputs_embeds"] == marker).all(-1)
-    state.pending = _VideoCall(video_mask=video, videos=shape[0], frames=shape[1])
+    state.pending = VideoCall(video_mask=video, videos=shape[0], frames=shape[1])
     if state.siglip is not None and pixels is not None and input_ids is not None:
         last_video = torch.where(video, torch.arange(video.shape[1], device=video.device), -1).max(-1).values
         after = torch.arange(video.shape[1], device=video.device)[None] > last_video[:, None]
@@ -243,15 +243,20 @@ def _causal_lm_forward(self, *args, labels=None, **kwargs):
         return output
     plan = self.model._adatp_state.plan
     if plan is not None and plan.pruned:
-        labels = labels.gather(1, plan.keep_columns.to(labels.device)).masked_fill(~plan.slot_valid, -100)
-    loss_kwargs = {name: kwargs[name] for name in ("num_items_in_batch", "ignore_index") if name in kwargs}
+        labels = _kept_labels(labels, plan)
+        if kwargs.get("shift_labels") is not None:
+            kwargs["shift_labels"] = _kept_labels(kwargs["shift_labels"], plan)
     logits = output.logits if not isinstance(output, tuple) else output[0]
-    loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size,
-                              **loss_kwargs)
+    loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
     if isinstance(output, tuple):
         return (loss, *output)
-    output.loss = loss
-    return output
+    return type(output)(loss=loss, **output)  # loss first, as the stock output orders it
+
+
+def _kept_labels(labels: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """Labels over the input [B, L] -> over the kept sequence [B, L'] (-100 on padding slots)."""
+    kept = labels.gather(1, plan.keep_columns.to(labels.device))
+    return kept.masked_fill(~plan.slot_valid.to(labels.device), -100)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -337,7 +342,7 @@ def _is_fresh(cache) -> bool:
     return length == 0
 
 
-def _layout(state: PruningState, call: _VideoCall, mask_2d: torch.Tensor) -> _Layout | None:
+def _layout(state: PruningState, call: VideoCall, mask_2d: torch.Tensor) -> _Layout | None:
     """Videos per row and the query count; None when the video tokens do not split into whole videos per row.
 
     Eager: one host-device synchronisation, before any layer runs, after which every shape is known. Under

@@ -49,12 +49,14 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'python', sys.vers
 
 WORKDIR /workspace
 
-# 2. The project's dependencies, from pyproject.toml alone: this layer is rebuilt only when they change,
+# 2. The project's dependencies with the service's extras (tune, video), from pyproject.toml alone: this layer is rebuilt only when they change,
 #    not on every source edit.
 COPY pyproject.toml /tmp/build/pyproject.toml
 RUN set -eux; \
     python -c "import tomllib; \
-deps = tomllib.load(open('/tmp/build/pyproject.toml', 'rb'))['project']['dependencies']; \
+project = tomllib.load(open('/tmp/build/pyproject.toml', 'rb'))['project']; \
+extras = project['optional-dependencies']; \
+deps = project['dependencies'] + [d for d in extras['tune'] + extras['video'] if not d.startswith('adatp-autotune')]; \
 open('/tmp/build/requirements.txt', 'w').write('\n'.join(deps) + '\n')"; \
     python -m pip install -r /tmp/build/requirements.txt; \
     python -c "import decord, av, optuna, mlflow, psycopg2, transformers; print('deps ok')"

@@ -218,6 +218,12 @@ def test_labels_give_the_loss_over_kept_positions(model, prune_layer):
                                                  ignore_index=-100)
     assert torch.allclose(pruned.loss, expected, atol=1e-6)
     assert torch.equal(as_tuple[0], pruned.loss) and torch.equal(as_tuple[1], pruned.logits)
+    assert list(pruned.keys())[:2] == ["loss", "logits"]  # the stock order, so to_tuple() matches return_dict=False
+    # Pre-shifted labels (`shift_labels`) give the same loss: they are gathered to the kept positions as well.
+    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+    with torch.no_grad(), adatp.pruning(model, config(0.3, prune_layer)):
+        by_shift = model(**inputs, labels=labels, shift_labels=shifted).loss
+    assert torch.allclose(by_shift, expected, atol=1e-6)
     # Text is never pruned: every labelled token still has a logit.
     assert (kept_labels != -100).sum() == (labels != -100).sum()
 
