@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
 import math
 import time
 import warnings
@@ -36,6 +37,10 @@ from adatp.config import AdaTPConfig, ConfigError
 from adatp.graphs import GRAPHED_METHODS, SelectionGraphs
 from adatp.pruned_cache import Plan, attach, plan_of
 from adatp.select import select_visual_tokens, true_columns
+
+# transformers 5.24 renamed `past_key_values` to `cache` in model, layer and mask signatures (the old name is
+# deprecated); we take either and pass on the name of the installed release.
+CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 
 
 @dataclasses.dataclass
@@ -303,8 +308,8 @@ def _mask_mapping(lm, hidden, mask_2d, cache, position_ids, layer_idx):
         config=lm.config,
         inputs_embeds=hidden,
         attention_mask=mask_2d,
-        past_key_values=cache,
         position_ids=position_ids,
+        **{CACHE_ARG: cache},
         layer_idx=layer_idx,
     )
     mapping = {"full_attention": create_causal_mask(**arguments)}
@@ -320,8 +325,8 @@ def _run_layers(lm, hidden, layers, masks, position_embeddings, position_ids, ca
             attention_mask=masks[lm.config.layer_types[index]],
             position_embeddings=position_embeddings,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=use_cache,
+            **{CACHE_ARG: cache},
             **kwargs,
         )
     return hidden
@@ -372,6 +377,7 @@ def _language_model_forward(self, input_ids=None, attention_mask=None, position_
     """The language model's forward with AdaTP: a pruned prefill, a continuation of a pruned cache, or stock."""
     state: PruningState = self._adatp_state
     call, state.pending = state.pending, None
+    past_key_values = kwargs.pop("cache", past_key_values)
     plan = plan_of(past_key_values)
     dict_mask = attention_mask is not None and (isinstance(attention_mask, dict) or attention_mask.dim() != 2)
     if inputs_embeds is None and input_ids is not None:
@@ -383,7 +389,7 @@ def _language_model_forward(self, input_ids=None, attention_mask=None, position_
         layout = _layout(state, call, mask_2d)
     if plan is None and layout is None:
         return type(self).forward(self, attention_mask=attention_mask, position_ids=position_ids,
-                                  past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                                  inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE_ARG: past_key_values},
                                   **kwargs)
     if dict_mask:
         raise ValueError("adatp: a call continuing a pruned cache needs a 2D attention mask (or none), "
@@ -420,7 +426,7 @@ def _pruned_forward(self, *, state, call, layout, plan, attention_mask, position
     else:
         hidden = _pruned_decode(self, state.config, plan, inputs_embeds, mask_2d, position_ids, cache, use_cache,
                                 kwargs)
-    return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), past_key_values=cache if use_cache else None)
+    return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), **{CACHE_ARG: cache if use_cache else None})
 
 
 def _pruned_prefill(lm, state, call, layout, embeds, mask_2d, position_ids, cache, use_cache, kwargs):

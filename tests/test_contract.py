@@ -14,6 +14,7 @@ from transformers import CompileConfig
 
 import adatp
 from adatp.flops import kept_count
+from adatp.llava_onevision import CACHE_ARG
 from adatp.pruned_cache import plan_of
 
 FRAMES = 3
@@ -249,7 +250,7 @@ def test_continue_generate_from_returned_cache(model, prune_layer):
         first = model.generate(**inputs, do_sample=False, max_new_tokens=3, return_dict_in_generate=True)
         cache = copy.deepcopy(first.past_key_values)
         mask = torch.cat([inputs["attention_mask"], torch.ones(2, 3, dtype=torch.long)], dim=1)
-        second = model.generate(input_ids=first.sequences, attention_mask=mask, past_key_values=cache,
+        second = model.generate(input_ids=first.sequences, attention_mask=mask, **{CACHE_ARG: cache},
                                 do_sample=False, max_new_tokens=3, return_dict_in_generate=True)
         whole = model.generate(**inputs, do_sample=False, max_new_tokens=6, return_dict_in_generate=True)
         return first, second, whole
