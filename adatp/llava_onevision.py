@@ -379,7 +379,9 @@ def _language_model_forward(self, input_ids=None, attention_mask=None, position_
     call, state.pending = state.pending, None
     past_key_values = kwargs.pop("cache", past_key_values)
     plan = plan_of(past_key_values)
-    dict_mask = attention_mask is not None and (isinstance(attention_mask, dict) or attention_mask.dim() != 2)
+    # A mask prepared for the whole model (a dict of 4D masks, a 4D tensor, flex attention's BlockMask), not 2D.
+    dict_mask = attention_mask is not None and (
+        not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2)
     if inputs_embeds is None and input_ids is not None:
         inputs_embeds = self.embed_tokens(input_ids)
     layout = None
