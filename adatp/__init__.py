@@ -5,8 +5,8 @@ Our reconstruction from the paper's description; see README "AdaTP as we impleme
 
 from adatp.config import AdaTPConfig, ConfigError
 from adatp.flops import flops_ratio, prefill_flops, retention_for_budget
-from adatp.llava_onevision import disable, enable, pruning, state_of
 from adatp.presets import Preset, load_preset, save_preset, select_preset
+from adatp.pruned_lm import disable, enable, pruning, state_of
 from adatp.select import select_visual_tokens
 
 __version__ = "0.1.0"

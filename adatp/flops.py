@@ -3,15 +3,20 @@
 Convention (the FastV / FastVID / AdaTP tables): one multiply-accumulate (MAC) counts as 1 FLOP, only the
 matrix products of the decoder layers are counted (no embedding, norms, rotary, softmax or LM head), and the
 attention matrix is counted in full (n^2, not the causal half), as eager attention computes it. Per layer with
-n tokens:
+n tokens, H query heads of dimension d (attention width H*d) and h_kv key/value heads:
 
-    2nD^2            q and o projections (D x D each)
-    2nD * h_kv * d   k and v projections (D x h_kv*d each, grouped-query attention)
-    2n^2 * D         Q K^T and softmax(.) V over all heads (heads * d = D)
-    3nDD'            gate, up and down projections of the SwiGLU MLP
+    2n * D * (H*d)   q and o projections (D x H*d and H*d x D)
+    2n * D * h_kv*d  k and v projections (D x h_kv*d each, grouped-query attention)
+    2n^2 * (H*d)     Q K^T and softmax(.) V over all H heads
+    3n * D * D'      gate, up and down projections of the SwiGLU MLP
 
-`torch.utils.flop_counter.FlopCounterMode` counts 2 FLOPs per MAC, so it reports twice these numbers on the
-eager-attention LM (it does not see CPU SDPA kernels at all).
+For Qwen2 / LLaMA (LLaVA-OneVision, Qwen2.5-VL) H*d = D and this is the tables' `2nD^2 + 2nD*h_kv*d + 2n^2*D +
+3nDD'`. Qwen3 (Qwen3-VL) sets d explicitly, so H*d may differ from D. Norms are not counted, the RMSNorms on q and
+k of Qwen3 included; `torch.utils.flop_counter.FlopCounterMode` does not count them either (it counts matrix
+products only). Only dense LMs are supported: a Mixture-of-Experts text config raises ValueError.
+
+`FlopCounterMode` counts 2 FLOPs per MAC, so it reports twice these numbers on the eager-attention LM (it does not
+see CPU SDPA kernels at all).
 
 Pruning is FastV-style: layers before `prune_layer` see every token, layers from `prune_layer` on see only the
 kept visual tokens plus all text tokens. Text tokens (question, `image_newline`, chat template) are included
@@ -39,14 +44,14 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class LMShape:
-    """The dimensions of a Qwen2/LLaMA-style decoder that its prefill cost depends on.
+    """The dimensions of a dense Qwen2/Qwen3/LLaMA-style decoder that its prefill cost depends on.
 
     layers: number of decoder layers L.
     hidden: hidden size D.
     intermediate: MLP intermediate size D'.
     kv_heads: number of key/value heads h_kv.
     head_dim: per-head dimension d.
-    heads: number of query heads (heads * head_dim is the attention width; D for Qwen2/LLaMA).
+    heads: number of query heads H (H * d is the attention width: D for Qwen2/LLaMA, not always for Qwen3).
     """
 
     layers: int
@@ -56,18 +61,48 @@ class LMShape:
     head_dim: int
     heads: int
 
+    @property
+    def attention_width(self) -> int:
+        """H * d, the width of the query projection's output and of the o projection's input."""
+        return self.heads * self.head_dim
+
+
+# Fields through which transformers configs declare routed experts (Mixtral and Qwen3-VL-MoE: num_local_experts /
+# num_experts; Qwen2/3-MoE: num_experts, moe_intermediate_size; DeepSeek: n_routed_experts; ...).
+_MOE_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "moe_intermediate_size")
+
+
+def _is_positive(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_is_positive(v) for v in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
 
 def lm_shape(text_config: Any) -> LMShape:
-    """Read an `LMShape` from a transformers text config (Qwen2Config, LlamaConfig, ...).
+    """Read an `LMShape` from a transformers text config of a dense decoder (Qwen2Config, LlamaConfig,
+    Qwen2_5_VLTextConfig, Qwen3VLTextConfig, ...).
 
-    A composite config (e.g. `LlavaOnevisionConfig`) is accepted too: its text config is used. An `LMShape` is
-    returned unchanged.
+    A composite config (LlavaOnevisionConfig, Qwen2_5_VLConfig, Qwen3VLConfig, ...) is accepted too: its
+    `get_text_config()` is used. An explicit `head_dim` (Qwen3) is honoured, else d = D // H. An `LMShape` is
+    returned unchanged. A Mixture-of-Experts text config (any of num_experts, num_local_experts, n_routed_experts,
+    moe_num_experts, moe_intermediate_size > 0) raises ValueError: only dense LMs are supported.
     """
     if isinstance(text_config, LMShape):
         return text_config
+    outer = text_config
     get_text_config = getattr(text_config, "get_text_config", None)
     if callable(get_text_config):
         text_config = get_text_config()
+    moe = {field: getattr(text_config, field, None) for field in _MOE_FIELDS}
+    moe = {field: value for field, value in moe.items() if _is_positive(value)}
+    if moe:
+        name = type(text_config).__name__
+        if text_config is not outer:
+            name += f" (the text config of {type(outer).__name__})"
+        fields = ", ".join(f"{field}={value}" for field, value in moe.items())
+        raise ValueError(
+            f"{name} is a Mixture-of-Experts language model ({fields}); adatp.flops supports only dense LMs"
+        )
     heads = text_config.num_attention_heads
     kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
     head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
@@ -81,14 +116,21 @@ def lm_shape(text_config: Any) -> LMShape:
     )
 
 
+def _macs_per_token(shape: LMShape) -> tuple[int, int]:
+    """(a, b) with layer cost a*n + b*n^2 MACs: a = 2D*(H*d) + 2D*h_kv*d + 3DD', b = 2*(H*d)."""
+    d_model, width = shape.hidden, shape.attention_width
+    linear = 2 * d_model * width + 2 * d_model * shape.kv_heads * shape.head_dim + 3 * d_model * shape.intermediate
+    return linear, 2 * width
+
+
 def layer_flops(shape: LMShape, n: int) -> int:
     """Prefill cost of one decoder layer over `n` tokens, in MACs (1 multiply-accumulate = 1 FLOP).
 
-    `2nD^2 + 2nD*h_kv*d + 2n^2*D + 3nDD'`, as an exact integer.
+    `2n*D*(H*d) + 2n*D*h_kv*d + 2n^2*(H*d) + 3n*D*D'`, as an exact integer; with H*d = D (Qwen2/LLaMA) this is
+    `2nD^2 + 2nD*h_kv*d + 2n^2*D + 3nDD'`.
     """
-    d_model, d_ff = shape.hidden, shape.intermediate
-    kv_width = shape.kv_heads * shape.head_dim
-    return 2 * n * d_model * d_model + 2 * n * d_model * kv_width + 2 * n * n * d_model + 3 * n * d_model * d_ff
+    linear, quadratic = _macs_per_token(shape)
+    return linear * n + quadratic * n * n
 
 
 def kept_count(n_visual: int, retention: float) -> int:
@@ -185,9 +227,7 @@ def retention_for_budget(text_config: Any, n_visual: int, n_text: int, budget: f
         return 1.0
 
     # Per pruned layer, f(m) = b*m^2 + a*m MACs for m tokens; solve f(m) = allowance for m, m = kept + n_text.
-    d_model = shape.hidden
-    a = 2 * d_model * d_model + 2 * d_model * shape.kv_heads * shape.head_dim + 3 * d_model * shape.intermediate
-    b = 2 * d_model
+    a, b = _macs_per_token(shape)
     full = layer_flops(shape, n_visual + n_text)
     allowance = (budget * shape.layers * full - prune_layer * full) / pruned_layers
     tokens = 2.0 * allowance / (a + math.sqrt(a * a + 4.0 * b * allowance))  # stable form of the root
@@ -204,13 +244,14 @@ def retention_for_budget(text_config: Any, n_visual: int, n_text: int, budget: f
 def scoring_flops(text_config: Any, n_tokens: int, n_query: int) -> float:
     """Extra cost (MACs) of `score: attention` at layer prune_layer - 1, outside the paper convention.
 
-    Queries are projected for the n_query text rows only (n_query * D * heads*d), keys for all n_tokens
-    (n_tokens * D * h_kv*d), and the logits are n_query x n_tokens per head (n_query * n_tokens * heads*d).
+    Queries are projected for the n_query text rows only (n_query * D * H*d), keys for all n_tokens
+    (n_tokens * D * h_kv*d), and the logits are n_query x n_tokens per head (n_query * n_tokens * H*d). Norms
+    (the input RMSNorm, Qwen3's q/k RMSNorms), rotary and softmax are not counted.
     At the LLaVA-OV-7B shape (6272 visual + 64 text tokens, 25% kept at layer 2) it is 1.0e-3 of the pruned prefill,
     almost all of it the key projection of layer prune_layer - 1.
     """
     shape = lm_shape(text_config)
-    width = shape.heads * shape.head_dim
+    width = shape.attention_width
     return float(
         n_query * shape.hidden * width
         + n_tokens * shape.hidden * shape.kv_heads * shape.head_dim

@@ -23,7 +23,7 @@ from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGener
 
 import adatp
 from adatp.flops import flops_ratio, kept_count
-from adatp.llava_onevision import VideoCall, attention_scores
+from adatp.pruned_lm import VideoCall, attention_scores
 from adatp.select import select_visual_tokens
 
 FRAMES, PER_FRAME, PREFIX, QUESTION = 32, 196, 14, 50
@@ -145,7 +145,8 @@ def main() -> None:
             state = adatp.enable(model, config)
 
             def pruned(state=state):
-                state.pending = VideoCall(video_mask=video_mask, videos=1, frames=FRAMES)  # as the hook sets it
+                # as the hook sets it
+                state.pending = VideoCall(video_mask=video_mask, grids=((FRAMES, PER_FRAME),), trailing=1)
                 return lm(inputs_embeds=embeds, use_cache=False)
 
             t_pruned = timed(pruned, **whole)

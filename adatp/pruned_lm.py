@@ -1,19 +1,21 @@
-"""AdaTP on transformers' `LlavaOnevisionForConditionalGeneration` (transformers 5.x, Qwen2/LLaMA-style LMs).
+"""The shared pruned-LM forward: AdaTP inside any supported Video LLM's language model (transformers 5.x).
 
 `enable` installs, on the model instance only (nothing on the class, so other models are untouched):
-- a forward pre-hook on the multimodal model that notes, on a call that scatters video features (pixels or
-  `mm_encoder_outputs`), where the video tokens are and how many videos and frames they hold;
+- a forward pre-hook on the multimodal model that asks the model family's adapter (`adatp.models`) whether the
+  call scatters video features and how they sit: which tokens are video, how they group into videos and frames;
 - an instance-level `forward` on the language model that, on such a call starting a fresh cache, runs layers
   0..K-1 on all tokens, scores the visual tokens, selects per video, and runs layers K.. on the kept tokens only.
   The plan travels on the returned cache (`adatp.pruned_cache`): later calls continuing from it attend, in layers
-  >= K, over the kept prefix only; kept tokens keep their original RoPE positions by default;
+  >= K, over the kept prefix only. Kept tokens keep their original RoPE positions (1D, or M-RoPE's 3D ids);
+  whatever the model adds at visual positions inside the LM (Qwen3-VL's deepstack features) goes with them;
 - an instance-level `forward` on the causal LM that computes the loss of `labels` over the positions that have
   logits, and `create_masks_for_generate` that keeps `generate` handing 2D masks to the forward (the pruned layers
   need their own masks, which a mask prepared for the whole sequence cannot give).
 
 Everything else passes through to the stock forward unchanged: calls without video features, calls continuing an
 unpruned cache, rows without a video (they keep all their tokens). The contract of a pruned call is in the README.
-The `image_newline` token LLaVA-OV appends after each video is never pruned (it counts as a text token).
+Tokens an adapter marks as never pruned (LLaVA-OV's `image_newline`, Qwen's vision start/end and timestamp text)
+count as text.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import contextlib
 import dataclasses
 import functools
 import inspect
-import math
 import time
 import warnings
 from collections.abc import Iterator
@@ -45,41 +46,68 @@ CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).paramete
 
 @dataclasses.dataclass
 class VideoCall:
-    """The video features one multimodal call scatters into its input embeddings."""
+    """The video features one multimodal call scatters into its input embeddings.
 
-    video_mask: torch.Tensor  # [B, L] positions holding video features (image_newline included)
-    videos: int  # V videos in the call, in row-major order of their tokens
-    frames: int  # F frames per video (one shape for all videos of a call)
+    Video v is the v-th run of `frames * tokens_per_frame + trailing` video tokens in row-major order of
+    `video_mask` (the order `masked_scatter` fills them in); its last `trailing` tokens are never pruned.
+    """
+
+    video_mask: torch.Tensor  # [B, L] positions holding video tokens
+    grids: tuple[tuple[int, int], ...]  # (frames F, tokens per frame N) per video
+    trailing: int = 0  # LLaVA-OV: 1 (the image_newline after each video)
     external: tuple[torch.Tensor, torch.Tensor] | None = None  # siglip: (frame [V,F,Dg], question [B,Dg])
+
+    @property
+    def videos(self) -> int:
+        return len(self.grids)
+
+    def tokens(self, video: int) -> int:
+        frames, per_frame = self.grids[video]
+        return frames * per_frame + self.trailing
 
 
 @dataclasses.dataclass
 class _Layout:
     """How the videos of a call sit in the batch, known on the host before any layer runs."""
 
-    videos_per_row: list[int]
+    video_rows: list[int]  # the batch row of each video
     query_count: int  # most text tokens after the last video in a row
 
 
 @dataclasses.dataclass
+class _Group:
+    """Videos of one call that share a (frames, tokens per frame) shape: selected together."""
+
+    videos: list[int]
+    rows: torch.Tensor  # [Vg] batch row of each
+    columns: torch.Tensor  # [Vg, F*N] column of each visual token in its row
+    frames: int
+    per_frame: int
+
+
+@dataclasses.dataclass
 class PruningState:
-    """Per-model state. After a pruned prefill: `kept_indices` [V, M] (flat over F*N, one row per video, in
-    row-major order of the video tokens), `frames` F and `plan` (what layers >= K hold), for inspection."""
+    """Per-model state. After a pruned prefill: `kept_indices` (flat over F*N; [V, M] when the call's videos share
+    one shape, else a tuple of one [M_v] tensor per video; in row-major order of the video tokens), `frames` F and
+    `plan` (what layers >= K hold), for inspection."""
 
     config: AdaTPConfig
-    tokens_per_frame: int
-    video_token_id: int
+    adapter: object
     hook: object = None
     pending: VideoCall | None = None  # set by the multimodal pre-hook, consumed by the next LM call
     siglip: object = None
     tokenizer: object = None
-    kept_indices: torch.Tensor | None = None
+    kept_indices: torch.Tensor | tuple[torch.Tensor, ...] | None = None
     frames: int | None = None
     plan: Plan | None = None  # the last call's plan; None when the last call was not a pruned prefill
     pending_pixels: torch.Tensor | None = None  # pixels seen by get_video_features (relevance: siglip)
     profile: bool = False  # when True, selection_seconds accumulates scoring + selection time (synchronised)
     selection_seconds: float = 0.0
     graphs: SelectionGraphs | None = None  # CUDA-graph replay of the selection (None: always eager)
+
+    @property
+    def video_token_id(self) -> int:
+        return self.adapter.video_token_id
 
 
 @contextlib.contextmanager
@@ -96,37 +124,32 @@ def _timer(state: PruningState, device: torch.device):
     state.selection_seconds += time.perf_counter() - start
 
 
-def _multimodal(model):
-    inner = getattr(model, "model", model)
-    if not hasattr(inner, "language_model") or not hasattr(inner, "get_video_features"):
-        raise TypeError(f"adatp.enable expects a LLaVA-OneVision model, got {type(model).__name__}")
-    return inner
-
-
 def enable(model, config: AdaTPConfig, tokenizer=None, profile: bool = False,
            cuda_graphs: bool = False) -> PruningState:
     """Turn AdaTP on for `model` (forward and generate). Re-enabling replaces the config.
 
-    model: a `LlavaOnevisionForConditionalGeneration` (or its inner `LlavaOnevisionModel`).
+    model: a supported Video LLM (`adatp.models.SUPPORTED`), the `...ForConditionalGeneration` class or its inner
+        multimodal model.
     tokenizer: the model's tokenizer, needed only for `relevance: siglip` (to recover the question text).
     profile: accumulate the time spent scoring and selecting in `state.selection_seconds`.
     cuda_graphs: on a CUDA device, replay the selection from a CUDA graph (`adatp.graphs`; same indices). Off by
         default until tests/test_graphs.py and bench/prefill_speed.py have run on a GPU with it.
     """
+    from adatp.models import adapter_for
+
     if not isinstance(config, AdaTPConfig):
         raise TypeError(f"config must be an AdaTPConfig, got {type(config).__name__}")
     disable(model)
-    inner = _multimodal(model)
+    adapter = adapter_for(model)
+    inner = adapter.inner
     layers = inner.config.text_config.num_hidden_layers
     if config.prune_layer >= layers:
         raise ConfigError(f"config.prune_layer: must be below the language model's {layers} layers, "
                           f"got {config.prune_layer}")
-    vision = inner.config.vision_config
-    side = vision.image_size // vision.patch_size
+    adapter.check(config)
     state = PruningState(
         config=config,
-        tokens_per_frame=math.ceil(side / 2) ** 2,
-        video_token_id=inner.config.video_token_id,
+        adapter=adapter,
         tokenizer=tokenizer,
         profile=profile,
         graphs=SelectionGraphs() if cuda_graphs else None,
@@ -136,15 +159,18 @@ def enable(model, config: AdaTPConfig, tokenizer=None, profile: bool = False,
 
         if tokenizer is None:
             raise ValueError("relevance 'siglip' needs enable(model, config, tokenizer=...) to read the question")
-        state.siglip = SiglipRelevance(config.siglip_path, device=inner.image_newline.device)
-        # generate() encodes the video before the prefill and drops the pixels: catch them on the way.
-        original = inner.get_video_features
+        state.siglip = SiglipRelevance(config.siglip_path, device=next(inner.parameters()).device)
+    # generate() encodes the video before the prefill and drops the pixels and the grid: catch them on the way.
+    original = inner.get_video_features
 
-        def get_video_features(pixel_values_videos, *args, **kwargs):
+    @functools.wraps(original)  # generate picks the encoder's arguments by its signature
+    def get_video_features(pixel_values_videos, *args, **kwargs):
+        if state.siglip is not None:
             state.pending_pixels = pixel_values_videos
-            return original(pixel_values_videos, *args, **kwargs)
+        adapter.saw_encoder_call(args, kwargs)
+        return original(pixel_values_videos, *args, **kwargs)
 
-        inner.get_video_features = get_video_features
+    inner.get_video_features = get_video_features
     state.hook = inner.register_forward_pre_hook(_record_video, with_kwargs=True)
     inner._adatp_state = state
     language_model = inner.language_model
@@ -158,7 +184,9 @@ def enable(model, config: AdaTPConfig, tokenizer=None, profile: bool = False,
 
 def disable(model) -> None:
     """Turn AdaTP off; the model computes exactly as before `enable`."""
-    inner = _multimodal(model)
+    from adatp.models import multimodal_of
+
+    inner = multimodal_of(model)
     state = getattr(inner, "_adatp_state", None)
     if state is None:
         return
@@ -183,20 +211,9 @@ def pruning(model, config: AdaTPConfig, tokenizer=None, cuda_graphs: bool = Fals
 
 
 def state_of(model) -> PruningState | None:
-    return getattr(_multimodal(model), "_adatp_state", None)
+    from adatp.models import multimodal_of
 
-
-def _video_shape(state: PruningState, kwargs: dict) -> tuple[int, int] | None:
-    """(videos, frames) of the video features this call scatters, from shapes only; None when it scatters none."""
-    encoded = (kwargs.get("mm_encoder_outputs") or {}).get("video")
-    if encoded is not None:
-        videos, tokens = encoded.pooler_output.shape[:2]
-        frames, rest = divmod(tokens - 1, state.tokens_per_frame)
-        return (videos, frames) if frames > 0 and rest == 0 else None
-    pixels = kwargs.get("pixel_values_videos")
-    if pixels is None or pixels.dim() != 5 or pixels.shape[1] == 0:
-        return None
-    return pixels.shape[0], pixels.shape[1]
+    return getattr(multimodal_of(model), "_adatp_state", None)
 
 
 def _record_video(module, args, kwargs):
@@ -205,23 +222,16 @@ def _record_video(module, args, kwargs):
     pixels = kwargs.get("pixel_values_videos")
     pixels = state.pending_pixels if pixels is None else pixels
     state.pending_pixels = None
-    shape = _video_shape(state, kwargs)
-    if shape is None:
-        state.pending = None
-        return None
     input_ids = kwargs.get("input_ids", args[0] if args else None)
-    if input_ids is not None:
-        video = input_ids == state.video_token_id
-    else:  # the stock model finds video placeholders in embeddings the same way
-        marker = module.get_input_embeddings().weight[state.video_token_id]
-        video = (kwargs["inputs_embeds"] == marker).all(-1)
-    state.pending = VideoCall(video_mask=video, videos=shape[0], frames=shape[1])
-    if state.siglip is not None and pixels is not None and input_ids is not None:
+    call = state.adapter.video_call(input_ids, kwargs)
+    state.pending = call
+    if call is not None and state.siglip is not None and pixels is not None and input_ids is not None:
+        video = call.video_mask
         last_video = torch.where(video, torch.arange(video.shape[1], device=video.device), -1).max(-1).values
         after = torch.arange(video.shape[1], device=video.device)[None] > last_video[:, None]
         texts = state.tokenizer.batch_decode(input_ids.masked_fill(~after, state.tokenizer.pad_token_id or 0),
                                              skip_special_tokens=True)
-        state.pending.external = (state.siglip.frame_features(pixels), state.siglip.text_features(texts))
+        call.external = (state.siglip.frame_features(pixels), state.siglip.text_features(texts))
     return None
 
 
@@ -276,17 +286,21 @@ def attention_scores(
     """Attention of the query rows to every key in `layer`, averaged over heads and query rows -> [B, L].
 
     Only the T last rows are projected to queries (T = most query rows in a batch row), so the cost is
-    T x L per head, never L x L. hidden: the layer's input (residual stream) [B, L, D]; query_rows [B, L] bool
-    (the text after the video); key_mask [B, L] bool (padding). rows: T when the caller knows it (saves a
-    host-device synchronisation in the middle of the forward).
+    T x L per head, never L x L. hidden: the layer's input (residual stream) [B, L, D]; position_embeddings: the
+    LM's (cos, sin) [B, L, d] (M-RoPE already folded in by the rotary module); query_rows [B, L] bool (the text
+    after the video); key_mask [B, L] bool (padding). rows: T when the caller knows it (saves a host-device
+    synchronisation in the middle of the forward). Qwen3's q/k RMSNorms are applied when the layer has them.
     """
     attn = layer.self_attn
     batch, length, _ = hidden.shape
     rows = int(query_rows.sum(-1).max()) if rows is None else rows
     normed = layer.input_layernorm(hidden)
     head_dim = attn.head_dim
-    query = attn.q_proj(normed[:, length - rows :]).view(batch, rows, -1, head_dim).transpose(1, 2)
-    key = attn.k_proj(normed).view(batch, length, -1, head_dim).transpose(1, 2)
+    query = attn.q_proj(normed[:, length - rows :]).view(batch, rows, -1, head_dim)
+    key = attn.k_proj(normed).view(batch, length, -1, head_dim)
+    if hasattr(attn, "q_norm"):
+        query, key = attn.q_norm(query), attn.k_norm(key)
+    query, key = query.transpose(1, 2), key.transpose(1, 2)
     cos, sin = position_embeddings
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     query = query * cos[:, :, length - rows :] + _rotate_half(query) * sin[:, :, length - rows :]
@@ -303,12 +317,12 @@ def attention_scores(
     return (per_row * valid_rows[..., None]).sum(1) / valid_rows.sum(-1, keepdim=True).clamp(min=1)
 
 
-def _mask_mapping(lm, hidden, mask_2d, cache, position_ids, layer_idx):
+def _mask_mapping(lm, hidden, mask_2d, cache, text_positions, layer_idx):
     arguments = dict(
         config=lm.config,
         inputs_embeds=hidden,
         attention_mask=mask_2d,
-        position_ids=position_ids,
+        position_ids=text_positions,
         **{CACHE_ARG: cache},
         layer_idx=layer_idx,
     )
@@ -318,17 +332,35 @@ def _mask_mapping(lm, hidden, mask_2d, cache, position_ids, layer_idx):
     return mapping
 
 
-def _run_layers(lm, hidden, layers, masks, position_embeddings, position_ids, cache, use_cache, kwargs):
+@dataclasses.dataclass
+class _Positions:
+    """Positions of the current tokens: `rope` for the rotary module ([B, L], or [3, B, L] for M-RoPE) and `text`
+    ([B, L] or None) for masks and the layers' `position_ids`, as the stock forward passes them."""
+
+    rope: torch.Tensor
+    text: torch.Tensor | None
+
+    def gather(self, columns: torch.Tensor) -> _Positions:
+        rope = self.rope.gather(-1, columns.expand(*self.rope.shape[:-2], *columns.shape))
+        return _Positions(rope, None if self.text is None else self.text.gather(-1, columns))
+
+
+def _run_layers(lm, hidden, layers, masks, position_embeddings, positions, cache, use_cache, kwargs,
+                deepstack=()):
+    """Run `layers` (indices); after layer i < len(deepstack), add deepstack[i] ([B, L, D], zero off video)."""
+    layer_types = getattr(lm.config, "layer_types", None)
     for index in layers:
         hidden = lm.layers[index](
             hidden,
-            attention_mask=masks[lm.config.layer_types[index]],
+            attention_mask=masks[layer_types[index] if layer_types else "full_attention"],
             position_embeddings=position_embeddings,
-            position_ids=position_ids,
+            position_ids=positions.text,
             use_cache=use_cache,
             **{CACHE_ARG: cache},
             **kwargs,
         )
+        if index < len(deepstack) and deepstack[index] is not None:
+            hidden = hidden + deepstack[index]
     return hidden
 
 
@@ -347,29 +379,37 @@ def _is_fresh(cache) -> bool:
     return length == 0
 
 
-def _layout(state: PruningState, call: VideoCall, mask_2d: torch.Tensor) -> _Layout | None:
-    """Videos per row and the query count; None when the video tokens do not split into whole videos per row.
+def _layout(call: VideoCall, mask_2d: torch.Tensor) -> _Layout | None:
+    """The row of each video and the query count; None when the video tokens do not split into whole videos per row.
 
     Eager: one host-device synchronisation, before any layer runs, after which every shape is known. Under
     torch.compile there is none: the call's V videos are taken to be V/B per row (shapes alone fix the plan).
     """
     batch, length = call.video_mask.shape
-    per_video = call.frames * state.tokens_per_frame + 1
     if torch.compiler.is_compiling():
-        if call.videos % batch:
-            raise ValueError(f"adatp: under torch.compile every batch row must hold the same number of videos, "
-                             f"got {call.videos} videos in {batch} rows")
+        if call.videos % batch or len(set(call.grids)) > 1:
+            raise ValueError(f"adatp: under torch.compile every batch row must hold the same number of videos of "
+                             f"one shape, got {call.videos} videos in {batch} rows")
         per_row = call.videos // batch
-        return _Layout([per_row] * batch, length - per_row * per_video)
+        return _Layout([video // per_row for video in range(call.videos)], length - per_row * call.tokens(0))
     positions = torch.arange(length, device=mask_2d.device)
     last_video = torch.where(call.video_mask, positions, -1).max(-1).values
     query_rows = (positions[None] > last_video[:, None]) & mask_2d[:, -length:]
     counts, query_counts = torch.stack([call.video_mask.sum(-1), query_rows.sum(-1)]).tolist()
-    if sum(counts) != call.videos * per_video or any(count % per_video for count in counts):
-        warnings.warn(f"adatp: video tokens per row {counts} are not whole videos of {per_video} tokens; "
+    video_rows, video = [], 0
+    for row, count in enumerate(counts):  # a loop over rows and videos, never tokens
+        while count > 0 and video < call.videos:
+            count -= call.tokens(video)
+            video_rows.append(row)
+            video += 1
+        if count != 0:
+            break
+    if count != 0 or video != call.videos:
+        expected = [call.tokens(v) for v in range(call.videos)]
+        warnings.warn(f"adatp: video tokens per row {counts} are not whole videos of {expected} tokens; "
                       "this call runs unpruned", stacklevel=4)
         return None
-    return _Layout([count // per_video for count in counts], max(query_counts))
+    return _Layout(video_rows, max(query_counts))
 
 
 def _language_model_forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
@@ -388,7 +428,7 @@ def _language_model_forward(self, input_ids=None, attention_mask=None, position_
     if plan is None and call is not None and not dict_mask and _is_fresh(past_key_values):
         batch, length = inputs_embeds.shape[:2]
         mask_2d = _mask_2d(attention_mask, batch, length, inputs_embeds.device)
-        layout = _layout(state, call, mask_2d)
+        layout = _layout(call, mask_2d)
     if plan is None and layout is None:
         return type(self).forward(self, attention_mask=attention_mask, position_ids=position_ids,
                                   inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE_ARG: past_key_values},
@@ -408,101 +448,137 @@ def _mask_2d(attention_mask, batch: int, length: int, device) -> torch.Tensor:
     return attention_mask.to(device=device, dtype=torch.bool)
 
 
+def _deepstack(embeds: torch.Tensor, visual_pos_masks, deepstack_visual_embeds) -> list[torch.Tensor]:
+    """Qwen3-VL's deepstack features as dense [B, L, D] additions (zero off the visual positions)."""
+    if not deepstack_visual_embeds:
+        return []
+    where = visual_pos_masks.to(embeds.device)[..., None]
+    return [torch.zeros_like(embeds).masked_scatter(where, level.to(embeds.device, embeds.dtype))
+            for level in deepstack_visual_embeds]
+
+
 @capture_outputs
 def _pruned_forward(self, *, state, call, layout, plan, attention_mask, position_ids, past_key_values, inputs_embeds,
                     use_cache, **kwargs):
     """Layers run by hand on a pruned prefill or after one; hidden states and attentions are captured by the same
     hooks as the stock forward (`capture_outputs`), so `output_hidden_states` / `output_attentions` hold."""
     batch, length, _ = inputs_embeds.shape
+    deepstack = _deepstack(inputs_embeds, kwargs.pop("visual_pos_masks", None),
+                           kwargs.pop("deepstack_visual_embeds", None))
     cache = past_key_values
     if use_cache and cache is None:
         cache = DynamicCache(config=self.config)
     past = 0 if plan is None else cache.get_seq_length()  # original coordinates
     mask_2d = _mask_2d(attention_mask, batch, past + length, inputs_embeds.device)
-    if position_ids is None:
-        position_ids = (torch.arange(length, device=inputs_embeds.device) + past)[None]
-    position_ids = position_ids.expand(batch, -1)
+    positions = state.adapter.positions(position_ids, batch, length, past, inputs_embeds.device)
     if plan is None:
-        hidden = _pruned_prefill(self, state, call, layout, inputs_embeds, mask_2d, position_ids, cache, use_cache,
-                                 kwargs)
+        hidden = _pruned_prefill(self, state, call, layout, inputs_embeds, mask_2d, positions, cache, use_cache,
+                                 kwargs, deepstack)
     else:
-        hidden = _pruned_decode(self, state.config, plan, inputs_embeds, mask_2d, position_ids, cache, use_cache,
-                                kwargs)
+        hidden = _pruned_decode(self, plan, inputs_embeds, mask_2d, positions, cache, use_cache, kwargs, deepstack)
     return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), **{CACHE_ARG: cache if use_cache else None})
 
 
-def _pruned_prefill(lm, state, call, layout, embeds, mask_2d, position_ids, cache, use_cache, kwargs):
+def _groups(call: VideoCall, layout: _Layout, length: int, device) -> list[_Group]:
+    """The call's videos grouped by shape, with the columns of their visual tokens (trailing tokens dropped)."""
+    sizes = [call.tokens(video) for video in range(call.videos)]
+    flat = true_columns(call.video_mask.reshape(1, -1), sum(sizes))[0]  # flat positions of all video tokens
+    starts = [sum(sizes[:video]) for video in range(call.videos)]
+    rows = torch.tensor(layout.video_rows, device=device)
+    groups = []
+    for grid in dict.fromkeys(call.grids):  # distinct shapes, in order of first appearance
+        videos = [video for video in range(call.videos) if call.grids[video] == grid]
+        frames, per_frame = grid
+        offsets = torch.tensor([starts[video] for video in videos], device=device)
+        columns = flat[offsets[:, None] + torch.arange(frames * per_frame, device=device)] % length
+        groups.append(_Group(videos, rows[videos], columns, frames, per_frame))
+    return groups
+
+
+def _pruned_prefill(lm, state, call, layout, embeds, mask_2d, positions, cache, use_cache, kwargs, deepstack):
     config = state.config
     batch, length, width = embeds.shape
-    per_frame, frames, videos = state.tokens_per_frame, call.frames, call.videos
-    n_visual = frames * per_frame
     device = embeds.device
-    # Video v is the v-th run of F*N + 1 video tokens in row-major order (the order masked_scatter fills them in).
-    flat = true_columns(call.video_mask.reshape(1, -1), videos * (n_visual + 1))[0].view(videos, n_visual + 1)
-    video_row = flat[:, 0] // length  # [V]
-    visual_columns = flat[:, :-1] % length  # [V, F*N]; each video's last token is image_newline: never pruned
-    positions = torch.arange(length, device=device)
-    last_video = torch.where(call.video_mask, positions, -1).max(-1).values
-    query_rows = (positions[None] > last_video[:, None]) & mask_2d[:, -length:]
+    groups = _groups(call, layout, length, device)
+    token_positions = torch.arange(length, device=device)
+    last_video = torch.where(call.video_mask, token_positions, -1).max(-1).values
+    query_rows = (token_positions[None] > last_video[:, None]) & mask_2d[:, -length:]
+    weights = query_rows.float()[..., None]
+    question_text = (embeds.float() * weights).sum(1)  # [B, D] summed text after the last video
+    question_llm = question_text / weights.sum(1).clamp(min=1)
 
-    visual = embeds[video_row[:, None], visual_columns].view(videos, frames, per_frame, width)
-    if call.external is not None:
-        frame_features, question = call.external[0], call.external[1][video_row]
-    else:
-        frame_features = visual.float().mean(2)
-        weights = query_rows.float()[..., None]
-        question = ((embeds.float() * weights).sum(1) / weights.sum(1).clamp(min=1))[video_row]
-    scores = None
-    if config.uses_scores and config.score == "norm":
-        scores = visual.float().norm(dim=-1)
-    elif config.uses_scores and config.score == "text_sim":
-        text = question if call.external is None else (embeds.float() * query_rows.float()[..., None]).sum(1)[
-            video_row]
-        scores = torch.nn.functional.cosine_similarity(visual.float(), text[:, None, None], dim=-1)
+    inputs = []  # per group: visual tokens, frame features, question, pre-LM scores
+    for group in groups:
+        visual = embeds[group.rows[:, None], group.columns].view(len(group.videos), group.frames, group.per_frame,
+                                                                 width)
+        if call.external is not None:
+            video_index = torch.tensor(group.videos, device=device)
+            frame_features, question = call.external[0][video_index], call.external[1][group.rows]
+        else:
+            frame_features, question = visual.float().mean(2), question_llm[group.rows]
+        scores = None
+        if config.uses_scores and config.score == "norm":
+            scores = visual.float().norm(dim=-1)
+        elif config.uses_scores and config.score == "text_sim":
+            text = question if call.external is None else question_text[group.rows]
+            scores = torch.nn.functional.cosine_similarity(visual.float(), text[:, None, None], dim=-1)
+        inputs.append([frame_features, question, scores])
 
     hidden = embeds
     prune_layer = config.prune_layer
-    full_embeddings = lm.rotary_emb(hidden, position_ids)
+    full_embeddings = lm.rotary_emb(hidden, positions.rope)
     if prune_layer > 0:
-        masks = _mask_mapping(lm, hidden, mask_2d, cache, position_ids, 0)
-        hidden = _run_layers(lm, hidden, range(prune_layer - 1), masks, full_embeddings, position_ids, cache,
-                             use_cache, kwargs)
+        masks = _mask_mapping(lm, hidden, mask_2d, cache, positions.text, 0)
+        hidden = _run_layers(lm, hidden, range(prune_layer - 1), masks, full_embeddings, positions, cache,
+                             use_cache, kwargs, deepstack)
         if config.uses_scores and config.score == "attention":
             with _timer(state, device):
                 per_key = attention_scores(lm.layers[prune_layer - 1], hidden, full_embeddings, query_rows,
                                            mask_2d[:, -length:], rows=layout.query_count)
-                scores = per_key[video_row[:, None], visual_columns].view(videos, frames, per_frame)
-        hidden = _run_layers(lm, hidden, [prune_layer - 1], masks, full_embeddings, position_ids, cache,
-                             use_cache, kwargs)
+                for group, group_inputs in zip(groups, inputs, strict=True):
+                    group_inputs[2] = per_key[group.rows[:, None], group.columns].view(
+                        len(group.videos), group.frames, group.per_frame)
+        hidden = _run_layers(lm, hidden, [prune_layer - 1], masks, full_embeddings, positions, cache,
+                             use_cache, kwargs, deepstack)
 
-    with _timer(state, device):
-        kept = _select(state, frames, per_frame, videos, scores, frame_features, question, device)
     keep = torch.ones(batch, length, dtype=torch.bool, device=device)
-    keep[video_row[:, None], visual_columns] = False
-    keep[video_row[:, None], visual_columns.gather(1, kept)] = True
-    # Rows keep different counts when they hold different numbers of videos: the kept columns go right-aligned
-    # into one rectangle, and the rows that kept fewer are left-padded with pruned columns masked out.
-    kept_length = length - min(layout.videos_per_row) * (n_visual - kept.shape[1])
+    pruned_per_row = [0] * batch
+    kept_per_video = [None] * call.videos
+    with _timer(state, device):
+        for group, (frame_features, question, scores) in zip(groups, inputs, strict=True):
+            kept = _select(state, group.frames, group.per_frame, len(group.videos), scores, frame_features,
+                           question, device)
+            keep[group.rows[:, None], group.columns] = False
+            keep[group.rows[:, None], group.columns.gather(1, kept)] = True
+            for index, video in enumerate(group.videos):
+                kept_per_video[video] = kept[index]
+                pruned_per_row[layout.video_rows[video]] += group.frames * group.per_frame - kept.shape[1]
+    # Rows keep different counts when they hold different videos: the kept columns go right-aligned into one
+    # rectangle, and the rows that kept fewer are left-padded with pruned columns masked out.
+    kept_length = length - min(pruned_per_row)
     keep_columns = keep.to(torch.uint8).argsort(dim=-1, stable=True)[:, length - kept_length :]
     slot_valid = keep.gather(1, keep_columns)
 
     hidden = _gather_rows(hidden, keep_columns)
+    deepstack = [_gather_rows(level, keep_columns) for level in deepstack]
     kept_mask = mask_2d[:, -length:].gather(1, keep_columns) & slot_valid
-    kept_positions = position_ids.gather(1, keep_columns)
-    if config.positions == "renumber":
-        first = torch.where(kept_mask, kept_positions, kept_positions.max()).amin(-1, keepdim=True)
+    kept_positions = positions.gather(keep_columns)
+    shift = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    if config.positions == "renumber":  # 1D RoPE only (adapters refuse it for M-RoPE)
+        kept_rope = kept_positions.rope
+        first = torch.where(kept_mask, kept_rope, kept_rope.max()).amin(-1, keepdim=True)
         renumbered = (kept_mask.long().cumsum(-1) - 1).clamp(min=0) + first
-        shift = kept_positions[:, -1:] - renumbered[:, -1:]
-        kept_positions = renumbered
-    else:
-        shift = torch.zeros(batch, 1, dtype=position_ids.dtype, device=device)
+        shift = kept_rope[:, -1:] - renumbered[:, -1:]
+        kept_positions = _Positions(renumbered, renumbered)
     plan = Plan(keep_columns=keep_columns, slot_valid=slot_valid, prefill_length=length, prune_layer=prune_layer,
                 position_shift=shift)
-    state.kept_indices, state.frames, state.plan = kept, frames, plan
-    masks = _mask_mapping(lm, hidden, kept_mask, cache, kept_positions, prune_layer)
-    embeddings = lm.rotary_emb(hidden, kept_positions)
+    same_shape = len(groups) == 1
+    state.kept_indices = torch.stack(kept_per_video) if same_shape else tuple(kept_per_video)
+    state.frames, state.plan = groups[0].frames if same_shape else None, plan
+    masks = _mask_mapping(lm, hidden, kept_mask, cache, kept_positions.text, prune_layer)
+    embeddings = lm.rotary_emb(hidden, kept_positions.rope)
     hidden = _run_layers(lm, hidden, range(prune_layer, len(lm.layers)), masks, embeddings, kept_positions, cache,
-                         use_cache, kwargs)
+                         use_cache, kwargs, [None] * prune_layer + deepstack[prune_layer:])
     if use_cache and cache is not None:
         attach(cache, plan)
     return hidden
@@ -522,15 +598,17 @@ def _select(state, frames, per_frame, batch, scores, frame_features, question, d
     return state.graphs.run((config, frames, per_frame, batch), select, inputs)
 
 
-def _pruned_decode(lm, config, plan, embeds, mask_2d, position_ids, cache, use_cache, kwargs):
+def _pruned_decode(lm, plan, embeds, mask_2d, positions, cache, use_cache, kwargs, deepstack):
     """Tokens after a pruned prefill: layers < K attend over the whole prefix, layers >= K over the kept one."""
     prune_layer = plan.prune_layer
     hidden = embeds
     if prune_layer > 0:
-        masks = _mask_mapping(lm, hidden, mask_2d, cache, position_ids, 0)
-        hidden = _run_layers(lm, hidden, range(prune_layer), masks, lm.rotary_emb(hidden, position_ids),
-                             position_ids, cache, use_cache, kwargs)
-    kept_positions = position_ids - plan.position_shift
-    masks = _mask_mapping(lm, hidden, plan.kept_mask(mask_2d), cache, kept_positions, prune_layer)
-    return _run_layers(lm, hidden, range(prune_layer, len(lm.layers)), masks, lm.rotary_emb(hidden, kept_positions),
-                       kept_positions, cache, use_cache, kwargs)
+        masks = _mask_mapping(lm, hidden, mask_2d, cache, positions.text, 0)
+        hidden = _run_layers(lm, hidden, range(prune_layer), masks, lm.rotary_emb(hidden, positions.rope),
+                             positions, cache, use_cache, kwargs, deepstack)
+    if positions.rope.dim() == 2:  # 1D RoPE: renumbered positions continue from the kept prefix
+        shifted = positions.rope - plan.position_shift
+        positions = _Positions(shifted, shifted)
+    masks = _mask_mapping(lm, hidden, plan.kept_mask(mask_2d), cache, positions.text, prune_layer)
+    return _run_layers(lm, hidden, range(prune_layer, len(lm.layers)), masks, lm.rotary_emb(hidden, positions.rope),
+                       positions, cache, use_cache, kwargs, [None] * prune_layer + deepstack[prune_layer:])
