@@ -128,7 +128,11 @@ def test_kinds_are_distinct_at_token_granularity(dataset):
 def test_deterministic_and_seed_dependent(tmp_path, dataset):
     again = generate(tmp_path / "again", N_VIDEOS, seed=3, frames=FRAMES, size=SIZE)
     assert (again / "questions.json").read_bytes() == (dataset / "questions.json").read_bytes()
-    assert (again / "videos/syn00004.mp4").read_bytes() == (dataset / "videos/syn00004.mp4").read_bytes()
+    # The pixels are deterministic; the encoded bytes need not be (x264 gave different bytes for the same frames on
+    # one CI machine), so the decoded videos are compared.
+    first, second = (decode_frames(root / "videos/syn00004.mp4", FRAMES).numpy().astype(np.int64)
+                     for root in (again, dataset))
+    assert np.abs(first - second).mean() < 0.5
     other = generate(tmp_path / "other", N_VIDEOS, seed=4, frames=FRAMES, size=SIZE)
     assert (other / "questions.json").read_bytes() != (dataset / "questions.json").read_bytes()
     # Video i does not depend on how many videos are made.
