@@ -66,8 +66,8 @@ class Llava(Family):
     def __init__(self):
         super().__init__("llava_onevision", tiny.TOKENS_PER_FRAME, tiny.VIDEO_TOKEN)
 
-    def model(self, layers=4, attn="sdpa", seed=0):
-        return tiny.tiny_model(layers, attn=attn, seed=seed)
+    def model(self, layers=4, attn="sdpa", seed=0, **text):
+        return tiny.tiny_model(layers, attn=attn, seed=seed, **text)
 
     def video_batch(self, batch=1, frames=3, pads=(), seed=0, question_len=7):
         return tiny.video_batch(batch, frames=frames, pads=pads, seed=seed, question_len=question_len)
@@ -93,13 +93,13 @@ class Qwen(Family):
         super().__init__(name, (QWEN_SIDE // 2) ** 2, QWEN_VIDEO)
         self.timestamps = name == "qwen3_vl"
 
-    def config(self, layers=4, attn="sdpa"):
+    def config(self, layers=4, attn="sdpa", hidden=64, intermediate=128):
         rope = {"rope_type": "default", "rope_theta": 1e6}
-        text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
+        text = dict(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers, num_attention_heads=4,
                     num_key_value_heads=2, vocab_size=256, max_position_embeddings=4096, pad_token_id=PAD_TOKEN,
                     bos_token_id=None, eos_token_id=None)
         vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=QWEN_PATCH,
-                      spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64)
+                      spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=hidden)
         ids = dict(image_token_id=QWEN_IMAGE, video_token_id=QWEN_VIDEO, vision_start_token_id=QWEN_START,
                    vision_end_token_id=QWEN_END, tie_word_embeddings=False)
         if self.timestamps:  # Qwen3: explicit head_dim with heads * head_dim != hidden, interleaved M-RoPE
@@ -107,17 +107,18 @@ class Qwen(Family):
             vision.update(num_position_embeddings=16, deepstack_visual_indexes=[0, 1])
             config = Qwen3VLConfig(text_config=text, vision_config=vision, **ids)
         else:
-            text.update(rope_parameters={**rope, "mrope_section": [2, 3, 3]})
+            half = hidden // 4 // 2  # sections (t, h, w) sum to head_dim / 2, in the real models' 2:3:3 ratio
+            text.update(rope_parameters={**rope, "mrope_section": [half // 4, 3 * half // 8, 3 * half // 8]})
             vision.update(window_size=16, fullatt_block_indexes=[1], tokens_per_second=2)
             config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
         for part in (config, config.text_config, config.vision_config):
             part._attn_implementation = attn
         return config
 
-    def model(self, layers=4, attn="sdpa", seed=0):
+    def model(self, layers=4, attn="sdpa", seed=0, hidden=64, intermediate=128):
         torch.manual_seed(seed)
         model_class = Qwen3VLForConditionalGeneration if self.timestamps else Qwen2_5_VLForConditionalGeneration
-        return _scale_language_model(model_class(self.config(layers, attn)).eval())
+        return _scale_language_model(model_class(self.config(layers, attn, hidden, intermediate)).eval())
 
     def video_tokens(self, generator, frames):
         """(ids, token types) of one video's placeholder as the processor expands it."""
