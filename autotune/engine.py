@@ -19,12 +19,24 @@ from pathlib import Path
 
 import jinja2
 import torch
-from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
+from transformers import AutoTokenizer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import adatp
 from adatp.flops import flops_ratio, kept_count
-from adatp.video import VideoError, decode_frames, preprocess_config_from, preprocess_frames
+from adatp.models import family_of
+from adatp.video import (
+    VideoError,
+    decode_frames,
+    frame_indices,
+    preprocess_config_from,
+    preprocess_frames,
+    qwen3_timestamp_text,
+    qwen3_timestamps,
+    qwen_preprocess_config_from,
+    qwen_video_pixels,
+    video_fps_and_length,
+)
 from autotune.cache import FeatureCache, tensor_digest
 from autotune.data.protocol import PROTOCOL_VERSION, Question, build_prompt, extract_answer, letters
 
@@ -38,11 +50,9 @@ def render_prompt(tokenizer, question: Question, template: str | None = None) ->
 
 
 def prompt_ids(tokenizer, question: Question, video_token_id: int, n_video_tokens: int) -> list[int]:
-    """Token ids of the prompt with its one video placeholder expanded to the video's F*N + 1 tokens."""
+    """Token ids of the prompt with its one video placeholder expanded to `n_video_tokens` copies (LLaVA-OV)."""
     ids = tokenizer(render_prompt(tokenizer, question), add_special_tokens=False)["input_ids"]
-    if ids.count(video_token_id) != 1:
-        raise ValueError(f"question {question.qid}: the chat template must render exactly one video placeholder")
-    at = ids.index(video_token_id)
+    at = _expand_placeholder(ids, video_token_id, question)
     return ids[:at] + [video_token_id] * n_video_tokens + ids[at + 1 :]
 
 
@@ -66,89 +76,125 @@ class EvalResult:
     protocol: str = PROTOCOL_VERSION
 
 
+def load_model(model: str, dtype: str = "float32", attn_implementation: str = "sdpa",
+               trust_remote_code: bool = False):
+    """(model, tokenizer) through transformers' Auto classes; the model must be a family `adatp` supports."""
+    from transformers import AutoModelForImageTextToText
+
+    loaded = AutoModelForImageTextToText.from_pretrained(
+        model, dtype=getattr(torch, dtype), attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code,
+    )
+    family_of(loaded)  # a one-line TypeError naming the supported classes
+    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+    if tokenizer.chat_template is None and Path(model).is_dir():
+        tokenizer.chat_template = _saved_chat_template(Path(model))
+    return loaded, tokenizer
+
+
+def _saved_chat_template(model_dir: Path) -> str | None:
+    """The processor's chat template (Qwen-VL ships it beside the tokenizer, not inside it)."""
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    saved = model_dir / "chat_template.json"
+    return json.loads(saved.read_text()).get("chat_template") if saved.is_file() else None
+
+
 class Engine:
-    """Loads a LLaVA-OneVision once; evaluates AdaTP configs (or the unpruned model) on questions.
+    """Loads a supported Video LLM once; evaluates AdaTP configs (or the unpruned model) on questions.
 
     model: local directory or hub id (hub ids need a populated HF cache; nothing downloads offline).
     cache_dir: where vision features and vanilla answers persist (None: memory only).
     cuda_graphs: on CUDA, replay AdaTP's token selection from CUDA graphs (`adatp.enable(..., cuda_graphs=True)`).
+    frame_size: Qwen-VL only: [height, width] every frame is resized to first (see `ModelSpec.frame_size`).
     """
 
     def __init__(self, model: str, device: str = "cpu", dtype: str = "float32", attn_implementation: str = "sdpa",
                  frames: int | None = None, cache_dir: str | os.PathLike[str] | None = None,
-                 trust_remote_code: bool = False, cuda_graphs: bool = False) -> None:
+                 trust_remote_code: bool = False, cuda_graphs: bool = False,
+                 frame_size: tuple[int, int] | None = None) -> None:
         if not (Path(model).is_dir() or "/" in model):
             raise FileNotFoundError(f"model {model!r}: not a local directory or a hub id")
-        loaded = LlavaOnevisionForConditionalGeneration.from_pretrained(
-            model, dtype=getattr(torch, dtype), attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code,
-        )
-        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
-        preprocess = preprocess_config_from(model) if Path(model).is_dir() else {}
+        loaded, tokenizer = load_model(model, dtype, attn_implementation, trust_remote_code)
+        family = family_of(loaded)
+        if family == "llava_onevision":
+            preprocess = preprocess_config_from(model) if Path(model).is_dir() else {}
+        else:
+            preprocess = qwen_preprocess_config_from(model) if Path(model).is_dir() else {}
         self._attach(loaded, tokenizer, device, frames or _saved_num_frames(model) or 32, cache_dir, preprocess,
-                     model_path=model, cuda_graphs=cuda_graphs)
+                     model_path=model, cuda_graphs=cuda_graphs, frame_size=frame_size)
 
     @classmethod
-    def from_model(cls, model: LlavaOnevisionForConditionalGeneration, tokenizer, device: str = "cpu",
-                   frames: int = 32, cache_dir: str | os.PathLike[str] | None = None,
-                   preprocess: dict | None = None, cuda_graphs: bool = False) -> Engine:
+    def from_model(cls, model, tokenizer, device: str = "cpu", frames: int = 32,
+                   cache_dir: str | os.PathLike[str] | None = None, preprocess: dict | None = None,
+                   cuda_graphs: bool = False, frame_size: tuple[int, int] | None = None) -> Engine:
         """An engine around a model already in memory (e.g. built from config for a GPU benchmark)."""
         engine = cls.__new__(cls)
         engine._attach(model, tokenizer, device, frames, cache_dir, preprocess or {}, model_path="<in memory>",
-                       cuda_graphs=cuda_graphs)
+                       cuda_graphs=cuda_graphs, frame_size=frame_size)
         return engine
 
     def _attach(self, model, tokenizer, device: str, frames: int, cache_dir, preprocess: dict,
-                model_path: str, cuda_graphs: bool) -> None:
+                model_path: str, cuda_graphs: bool, frame_size: tuple[int, int] | None) -> None:
         self.model_path = model_path
         self.cuda_graphs = cuda_graphs
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
-        self.preprocess = preprocess
         self.frames = frames
-        vision = self.model.config.vision_config
-        self.tokens_per_frame = math.ceil(vision.image_size // vision.patch_size / 2) ** 2
-        self.n_visual = self.frames * self.tokens_per_frame
+        family = family_of(self.model)
+        if family == "llava_onevision":
+            if frame_size is not None:
+                raise ValueError("model.frame_size: LLaVA-OneVision resizes every frame to its vision tower's input; "
+                                 "frame_size applies to Qwen-VL models only")
+            self.video = _LlavaVideo(self.model, frames, preprocess)
+        else:
+            self.video = _QwenVideo(self.model, tokenizer, frames, preprocess, frame_size or QWEN_FRAME_SIZE,
+                                    timestamps=family == "qwen3_vl")
+        self.family = family
+        self.preprocess = preprocess
+        self.n_visual = self.video.n_visual
+        self.tokens_per_frame = self.video.tokens_per_frame
         self.video_token_id = self.model.config.video_token_id
         self.cache = FeatureCache(Path(cache_dir) / "features" if cache_dir else None,
                                   pin_memory=self.device.type == "cuda")
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        inner = self.model.model
-        weights = [*inner.vision_tower.parameters(), *inner.multi_modal_projector.parameters(), inner.image_newline]
-        self.model_key = tensor_digest(weights)[:16]
+        self.model_key = tensor_digest(self.video.weights())[:16]
         self.vision_calls = 0
         self._prompts: dict[str, list[int]] = {}
         self._letter_ids = {letter: self.tokenizer.convert_tokens_to_ids(letter) for letter in letters(26)}
 
+    @property
+    def video_protocol(self) -> dict:
+        """What fixes the visual tokens, recorded beside the protocol version (MLflow params, presets)."""
+        return {"family": self.family, "frames": self.frames, **self.video.protocol()}
+
     # -- inputs ---------------------------------------------------------------------------------------------
     def _compute_features(self, video_path: str, seconds: dict[str, float]) -> torch.Tensor:
         start = time.perf_counter()
-        frames = decode_frames(video_path, self.frames)
-        pixels = preprocess_frames(frames, **self.preprocess)
+        pixels = self.video.pixels(video_path)
         seconds["decode"] += time.perf_counter() - start
         start = time.perf_counter()
         with torch.no_grad():
-            output = self.model.model.get_video_features(
-                pixels[None].to(self.device, self.model.dtype),
-                vision_feature_layer=self.model.config.vision_feature_layer,
-                vision_feature_select_strategy=self.model.config.vision_feature_select_strategy,
-            )
+            packed = self.video.encode(pixels, self.device)
         self.vision_calls += 1
         self._sync()
         seconds["vision"] += time.perf_counter() - start
-        return output.pooler_output[0]
+        return packed
 
     def video_features(self, video_path: str, seconds: dict[str, float] | None = None) -> torch.Tensor:
-        """[F*N + 1, D] LM-space features of a video (cached); raises VideoError for unreadable videos."""
+        """LM-space features of a video (cached), packed as the family stores them: LLaVA-OV [F*N + 1, D];
+        Qwen [1 + deepstack levels, T*N, D]. Raises VideoError for unreadable videos."""
         seconds = seconds if seconds is not None else _new_seconds()
         key = self.cache.video_key(self.model_key, video_path, self.frames)
         return self.cache.get_or_compute(key, lambda: self._compute_features(video_path, seconds))
 
     def _prompt(self, question: Question) -> list[int]:
         if question.qid not in self._prompts:
-            self._prompts[question.qid] = prompt_ids(self.tokenizer, question, self.video_token_id, self.n_visual + 1)
+            ids = self.tokenizer(render_prompt(self.tokenizer, question), add_special_tokens=False)["input_ids"]
+            self._prompts[question.qid] = self.video.expand(ids, question)
         return self._prompts[question.qid]
 
     def _sync(self) -> None:
@@ -222,10 +268,11 @@ class Engine:
         for row, ids in enumerate(encoded):
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             mask[row, width - len(ids) :] = 1
-        # Copied one by one from (pinned) host memory and stacked on the device: no host-side stack of the batch.
-        video = torch.stack([f.to(self.device, self.model.dtype, non_blocking=True) for f in features])
-        return dict(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
-                    mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=video)})
+        # Copied one by one from (pinned) host memory to the device: no host-side stack of the batch.
+        on_device = [f.to(self.device, self.model.dtype, non_blocking=True) for f in features]
+        input_ids = input_ids.to(self.device)
+        return dict(input_ids=input_ids, attention_mask=mask.to(self.device),
+                    **self.video.model_inputs(input_ids, on_device))
 
     def _answer(self, questions: list[Question], features: list[torch.Tensor], mode: str,
                 seconds: dict[str, float]) -> list[str | None]:
@@ -252,7 +299,8 @@ class Engine:
     def vanilla_predictions(self, questions: Sequence[Question], dataset_key: str, batch_size: int = 8,
                             progress: bool = False) -> dict[str, str | None]:
         """The unpruned model's letters, computed once per (model, dataset, protocol) and cached on disk."""
-        digest = hashlib.sha256(f"{self.model_key}|{dataset_key}|{PROTOCOL_VERSION}|{self.frames}".encode())
+        settings = json.dumps(self.video_protocol, sort_keys=True)
+        digest = hashlib.sha256(f"{self.model_key}|{dataset_key}|{PROTOCOL_VERSION}|{settings}".encode())
         path = self.cache_dir / "vanilla" / f"{digest.hexdigest()[:24]}.json" if self.cache_dir else None
         known: dict[str, str | None] = json.loads(path.read_text()) if path and path.exists() else {}
         missing = [q for q in questions if q.qid not in known]
@@ -262,6 +310,138 @@ class Engine:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(known, sort_keys=True))
         return {q.qid: known.get(q.qid) for q in questions}
+
+
+QWEN_FRAME_SIZE = (360, 640)  # a 16:9 frame; at Qwen2.5-VL's settings 364 x 644 -> 13 x 23 = 299 tokens per group
+
+
+def _expand_placeholder(ids: list[int], token: int, question: Question) -> int:
+    if ids.count(token) != 1:
+        raise ValueError(f"question {question.qid}: the chat template must render exactly one video placeholder")
+    return ids.index(token)
+
+
+class _LlavaVideo:
+    """LLaVA-OneVision: F frames resized to the tower's square input; F*N pooled tokens + image_newline per video."""
+
+    def __init__(self, model, frames: int, preprocess: dict) -> None:
+        self.model, self.frames, self.preprocess = model, frames, preprocess
+        vision = model.config.vision_config
+        self.tokens_per_frame = math.ceil(vision.image_size // vision.patch_size / 2) ** 2
+        self.n_visual = frames * self.tokens_per_frame
+
+    def weights(self) -> list[torch.Tensor]:
+        inner = self.model.model
+        return [*inner.vision_tower.parameters(), *inner.multi_modal_projector.parameters(), inner.image_newline]
+
+    def protocol(self) -> dict:
+        return {"tokens_per_frame": self.tokens_per_frame}
+
+    def pixels(self, video_path: str) -> torch.Tensor:
+        return preprocess_frames(decode_frames(video_path, self.frames), **self.preprocess)
+
+    def encode(self, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
+        config = self.model.config
+        output = self.model.model.get_video_features(
+            pixels[None].to(device, self.model.dtype), vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+        )
+        return output.pooler_output[0]
+
+    def expand(self, ids: list[int], question: Question) -> list[int]:
+        """The one video placeholder -> the video's F*N + 1 tokens."""
+        token = self.model.config.video_token_id
+        at = _expand_placeholder(ids, token, question)
+        return ids[:at] + [token] * (self.n_visual + 1) + ids[at + 1 :]
+
+    def model_inputs(self, input_ids: torch.Tensor, features: list[torch.Tensor]) -> dict:
+        return {"mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=torch.stack(features))}}
+
+
+def qwen_pixels(frames: torch.Tensor, frame_size: tuple[int, int], preprocess: dict):
+    """uint8 [F, H, W, 3] frames -> (pixel_values_videos, video_grid_thw): resized to `frame_size` first (bicubic,
+    antialiased, on uint8 as the processors resize), then the Qwen-VL processor's own steps (adatp.video)."""
+    frames = frames.permute(0, 3, 1, 2)
+    if tuple(frames.shape[-2:]) != tuple(frame_size):
+        frames = torch.nn.functional.interpolate(frames, size=tuple(frame_size), mode="bicubic", antialias=True)
+    return qwen_video_pixels(frames.permute(0, 2, 3, 1).contiguous(), **preprocess)
+
+
+class _QwenVideo:
+    """Qwen2.5-VL / Qwen3-VL: frames resized to one `frame_size`, then the processor's own resize and patching;
+    T = ceil(F / 2) temporal groups of N merged tokens. Qwen3-VL's prompt carries a timestamp before each group.
+    Cached features are packed [1 + deepstack levels, T*N, D]."""
+
+    def __init__(self, model, tokenizer, frames: int, preprocess: dict, frame_size: tuple[int, int],
+                 timestamps: bool) -> None:
+        self.model, self.tokenizer, self.frames, self.timestamps = model, tokenizer, frames, timestamps
+        self.frame_size = tuple(frame_size)
+        config, vision = model.config, model.config.vision_config
+        self.preprocess = {"patch_size": vision.patch_size, "temporal_patch_size": vision.temporal_patch_size,
+                           "merge_size": vision.spatial_merge_size, **preprocess}
+        temporal = self.preprocess["temporal_patch_size"]
+        _, grid = qwen_video_pixels(torch.zeros(temporal, *self.frame_size, 3, dtype=torch.uint8), **self.preprocess)
+        _, height, width = grid[0].tolist()
+        self.grid = (math.ceil(frames / temporal), height, width)
+        self.tokens_per_frame = height * width // self.preprocess["merge_size"] ** 2
+        self.n_visual = self.grid[0] * self.tokens_per_frame
+        self.start, self.end, self.pad = config.vision_start_token_id, config.vision_end_token_id, config.video_token_id
+
+    def weights(self) -> list[torch.Tensor]:
+        return list(self.model.model.visual.parameters())
+
+    def protocol(self) -> dict:
+        limits = {key: self.preprocess[key] for key in ("min_pixels", "max_pixels") if key in self.preprocess}
+        return {"frame_size": list(self.frame_size), "grid": list(self.grid), **limits}
+
+    def pixels(self, video_path: str) -> torch.Tensor:
+        pixels, grid = qwen_pixels(decode_frames(video_path, self.frames), self.frame_size, self.preprocess)
+        if tuple(grid[0].tolist()) != self.grid:
+            raise VideoError(f"{video_path}: grid {grid[0].tolist()} is not the study's {list(self.grid)}")
+        return pixels
+
+    def encode(self, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
+        grid = torch.tensor([self.grid], device=device)
+        output = self.model.model.get_video_features(pixels.to(device, self.model.dtype), grid)
+        levels = [level[0] for level in getattr(output, "deepstack_features", None) or []]
+        return torch.stack([output.pooler_output[0], *levels])
+
+    def _timestamps(self, question: Question) -> list[float]:
+        try:
+            fps, total = video_fps_and_length(question.video_path)
+        except (VideoError, OSError):  # the video is skipped at evaluation; this prompt only sizes the text
+            fps, total = 1.0, self.frames
+        indices = frame_indices(total, self.frames)
+        return qwen3_timestamps(indices, fps, self.preprocess["temporal_patch_size"])
+
+    def expand(self, ids: list[int], question: Question) -> list[int]:
+        """`<|vision_start|><|video_pad|><|vision_end|>` -> the processor's expansion: T*N pads (Qwen2.5-VL), or
+        per group `<t seconds><|vision_start|>` N pads `<|vision_end|>` (Qwen3-VL)."""
+        at = _expand_placeholder(ids, self.pad, question)
+        if ids[at - 1 : at + 2] != [self.start, self.pad, self.end]:
+            raise ValueError(f"question {question.qid}: the chat template must render the video as "
+                             "<|vision_start|><|video_pad|><|vision_end|>")
+        if not self.timestamps:
+            body = [self.start] + [self.pad] * self.n_visual + [self.end]
+        else:
+            body = []
+            for seconds in self._timestamps(question):
+                text = self.tokenizer(qwen3_timestamp_text(seconds), add_special_tokens=False)["input_ids"]
+                body += text + [self.start] + [self.pad] * self.tokens_per_frame + [self.end]
+        return ids[: at - 1] + body + ids[at + 2 :]
+
+    def model_inputs(self, input_ids: torch.Tensor, features: list[torch.Tensor]) -> dict:
+        pooler = tuple(packed[0] for packed in features)
+        if features[0].shape[0] > 1:  # Qwen3-VL: deepstack features, one tuple per level
+            from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+
+            levels = [tuple(packed[level] for packed in features) for level in range(1, features[0].shape[0])]
+            video = BaseModelOutputWithDeepstackFeatures(pooler_output=pooler, deepstack_features=levels)
+        else:
+            video = BaseModelOutputWithPooling(pooler_output=pooler)
+        return {"mm_token_type_ids": (input_ids == self.pad).int() * 2,
+                "video_grid_thw": torch.tensor([self.grid] * len(features), device=input_ids.device),
+                "mm_encoder_outputs": {"video": video}}
 
 
 def _new_seconds() -> dict[str, float]:

@@ -73,6 +73,10 @@ class ModelSpec:
     trust_remote_code: passed to `from_pretrained`; off unless the spec asks.
     cuda_graphs: on CUDA, replay AdaTP's token selection from CUDA graphs (`adatp.enable(..., cuda_graphs=True)`):
         the same tokens with one launch instead of ~150; off until validated on a GPU (bench/run_gpu.sh).
+    frame_size: [height, width] in pixels every frame is resized to before a Qwen-VL processor's own resizing,
+        so all videos of a study share one grid (one visual token count, one retention per budget). None: the
+        engine's default for the family (Qwen: 360 x 640, a 16:9 frame). LLaVA-OneVision resizes to its vision
+        tower's square input and takes no frame_size.
     """
 
     path: str
@@ -81,6 +85,7 @@ class ModelSpec:
     attn_implementation: str = "sdpa"
     trust_remote_code: bool = False
     cuda_graphs: bool = False
+    frame_size: tuple[int, int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -513,7 +518,17 @@ def _model(raw: dict, check_paths: bool) -> ModelSpec:
         ),
         trust_remote_code=trust,
         cuda_graphs=graphs,
+        frame_size=_frame_size(section.get("frame_size")),
     )
+
+
+def _frame_size(value) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(side, int) and not isinstance(side, bool) and 28 <= side <= 4096 for side in value)):
+        raise SpecError(f"model.frame_size: must be [height, width], two integers in [28, 4096], got {value!r}")
+    return value[0], value[1]
 
 
 def _in_hub_cache(repo_id: str) -> bool:

@@ -205,7 +205,7 @@ class Workspace:
             self._engine = Engine(model.path, device=model.device, dtype=model.dtype,
                                   attn_implementation=model.attn_implementation, frames=self.spec.dataset.frames,
                                   cache_dir=self.spec.cache_dir, trust_remote_code=model.trust_remote_code,
-                                  cuda_graphs=model.cuda_graphs)
+                                  cuda_graphs=model.cuda_graphs, frame_size=model.frame_size)
         return self._engine
 
     @property
@@ -267,6 +267,7 @@ def _settings(workspace: Workspace, budget: float, retention: float, planned: fl
         "base": spec.base.to_dict(), "sampler": dataclasses.asdict(spec.sampler),
         "sampler_seed": sampler_seed(spec, budget),
         "pruner": dataclasses.asdict(spec.pruner), "protocol": PROTOCOL_VERSION, "versions": package_versions(),
+        "video": workspace.engine.video_protocol,  # family, frames, and for Qwen the frame size and grid
     }
 
 

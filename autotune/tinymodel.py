@@ -1,9 +1,10 @@
-"""The demo's tiny LLaVA-OneVision: a word-level tokenizer trained with `tokenizers`, a model built from config,
-trained on the synthetic video-QA task on CPU, saved with `save_pretrained` and loaded by the engine with
-`from_pretrained` like any hub model.
+"""The demos' tiny Video LLMs: a word-level tokenizer trained with `tokenizers`, a model built from config (a
+LLaVA-OneVision, or a Qwen2.5-VL), trained on the synthetic video-QA task on CPU, saved with `save_pretrained` and
+loaded by the engine with `from_pretrained` like any hub model.
 
-Reproduce the shipped checkpoint (assets/tiny-llava-ov-synthetic) with:
+Reproduce the shipped checkpoints with:
     python -m autotune.tinymodel --out assets/tiny-llava-ov-synthetic
+    python -m autotune.tinymodel --family qwen2_5_vl --out assets/tiny-qwen2.5-vl-synthetic
 """
 
 from __future__ import annotations
@@ -13,18 +14,28 @@ import dataclasses
 import json
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, PreTrainedTokenizerFast
+from transformers import (
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+)
 
 from adatp.video import decode_frames, preprocess_frames
 from autotune.data import synthetic
 from autotune.data.protocol import Question
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny-llava-ov-synthetic"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_DIR = ASSETS / "tiny-llava-ov-synthetic"
+QWEN_DIR = ASSETS / "tiny-qwen2.5-vl-synthetic"
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "<video>", "<image>"]
+QWEN_SPECIAL_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>"]
 IMAGE_SIZE, PATCH_SIZE, FRAMES = 32, 4, 16
 # Qwen-style chat template with LLaVA-OV's content items: a video item renders as one <video> placeholder.
 CHAT_TEMPLATE = (
@@ -34,21 +45,29 @@ CHAT_TEMPLATE = (
     "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# The same with Qwen-VL's video item: <|vision_start|><|video_pad|><|vision_end|>, expanded by the engine.
+QWEN_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("<video>\n", "<|vision_start|><|video_pad|><|vision_end|>\n")
+# The tiny Qwen's processor settings: 32 x 32 frames stay 32 x 32 (8 x 8 patches of 4 px -> 4 x 4 tokens per group).
+QWEN_PREPROCESS = dict(size={"shortest_edge": 256, "longest_edge": 4096}, patch_size=PATCH_SIZE, temporal_patch_size=2,
+                       merge_size=2, image_mean=[0.48145466, 0.4578275, 0.40821073],
+                       image_std=[0.26862954, 0.26130258, 0.27577711], resample=3, rescale_factor=1 / 255,
+                       num_frames=FRAMES)
 
 
-def train_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
+def train_tokenizer(corpus: list[str], family: str = "llava_onevision") -> PreTrainedTokenizerFast:
     """A word-level tokenizer over the prompts' words (every option letter is its own token)."""
+    qwen = family == "qwen2_5_vl"
     tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     # Option letters and role names are ordinary words (special tokens would vanish from decoded answers).
     words = " ".join([chr(ord("A") + i) for i in range(26)] + ["user", "assistant", "system"])
-    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS)
+    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS + (QWEN_SPECIAL_TOKENS if qwen else []))
     tokenizer.train_from_iterator([*corpus, words], trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>", eos_token="<|im_end|>",
-        additional_special_tokens=["<|im_start|>", "<video>", "<image>"],
+        additional_special_tokens=["<|im_start|>", "<video>", "<image>"] + (QWEN_SPECIAL_TOKENS if qwen else []),
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = QWEN_CHAT_TEMPLATE if qwen else CHAT_TEMPLATE
     fast.padding_side = "left"
     return fast
 
@@ -69,6 +88,28 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlavaOnevi
     )
     torch.manual_seed(seed)
     return LlavaOnevisionForConditionalGeneration(config)
+
+
+def build_qwen_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen2_5_VLForConditionalGeneration:
+    """A tiny Qwen2.5-VL: one attention window covering the whole 8 x 8 patch grid (so the tower's window order is
+    the identity), M-RoPE sections in the real model's 2:3:3 ratio."""
+    vocab = (max(tokenizer.get_vocab().values()) + 1 + 7) // 8 * 8
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
+        ("video_token_id", "<|video_pad|>"), ("image_token_id", "<|image_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    config = Qwen2_5_VLConfig(
+        vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, patch_size=PATCH_SIZE,
+                           spatial_merge_size=2, temporal_patch_size=2, window_size=IMAGE_SIZE,
+                           fullatt_block_indexes=[0, 1], out_hidden_size=128, tokens_per_second=2),
+        text_config=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=2048,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [4, 6, 6]}),
+        tie_word_embeddings=True, **ids,
+    )
+    torch.manual_seed(seed)
+    return Qwen2_5_VLForConditionalGeneration(config)
 
 
 def _tower_outputs(model, questions: list[Question], frames: int) -> dict[str, torch.Tensor]:
@@ -104,28 +145,23 @@ def _open_question(question: Question) -> Question:
                                question=OPEN_QUESTION.format(question=question.question))
 
 
-def train(out: Path, data_root: Path, videos: int = 600, steps: int = 16000, batch: int = 16, seed: int = 0,
-          prune_augment: float = 0.5, open_share: float = 0.5, lr: float = 1e-3, log=print) -> dict:
-    """Train on synthetic videos (seeded apart from the demo's), save model + tokenizer + preprocessing to `out`.
+@dataclasses.dataclass
+class _Recipe:
+    """What the training loop needs from a model family."""
 
-    prune_augment: share of steps run under random visual-token pruning at a random retention (so, like real
-    Video LLMs, the model still answers from a subset of tokens when the right ones survive).
-    Three prompt formats share the steps: 30% "What colour was the {kind} object? ..." -> the colour word (ties the
-    colour words, whose embeddings are tied input/output, to the visual colours the questions route by), then of the
-    rest `open_share` in the open format ("... Answer with one word." -> the kind word) and the others in the
-    benchmark's own MCQ format (-> the option letter, which is what the engine scores).
-    """
-    from autotune.engine import prompt_ids, render_prompt
+    model: torch.nn.Module
+    tower: dict[str, torch.Tensor]  # video_id -> frozen vision-tower output
+    features: Callable[[torch.Tensor], torch.Tensor]  # stacked tower outputs -> [B, video tokens, D], trainable
+    forward_kept: Callable[[list[list[int]], torch.Tensor, list[torch.Tensor]], torch.Tensor]  # -> logits [B, V]
+    prompt: Callable[[Question], list[int]]
+    n_visual: int
+    tokens_per_frame: int
+    frames_per_token: int  # 2 for Qwen: one visual token spans a temporal group of 2 frames
 
-    started = time.time()
-    synthetic.generate(data_root, videos, seed=10_000 + seed, frames=FRAMES)
-    questions = synthetic.load(data_root).questions
-    open_questions = [_open_question(q) for q in questions]
-    colour_questions = [dataclasses.replace(q, question=f"What colour was the {q.meta['kind']} object? Answer with "
-                                            "one word.", options=("x", "y"), answer="A") for q in questions]
-    corpus = [render_prompt(None, q, template=CHAT_TEMPLATE) + " " + q.answer
-              for q in questions + open_questions + colour_questions]
-    tokenizer = train_tokenizer(corpus)
+
+def _llava_recipe(tokenizer, questions: list[Question], seed: int) -> _Recipe:
+    from autotune.engine import prompt_ids
+
     model = build_model(tokenizer, seed)
     model.model.vision_tower.requires_grad_(False)
     tower = _tower_outputs(model, questions[:1], FRAMES)
@@ -133,15 +169,121 @@ def train(out: Path, data_root: Path, videos: int = 600, steps: int = 16000, bat
         preprocess_frames(decode_frames(questions[0].video_path, FRAMES), size=(IMAGE_SIZE, IMAGE_SIZE))[None],
         vision_feature_layer=-1, vision_feature_select_strategy="full").pooler_output
     assert torch.allclose(_video_features(model, tower[questions[0].video_id][None]), check, atol=1e-5)
-    tower = _tower_outputs(model, questions, FRAMES)
     tokens_per_frame = (IMAGE_SIZE // PATCH_SIZE // 2) ** 2
     n_video_tokens = FRAMES * tokens_per_frame + 1
+    return _Recipe(
+        model=model, tower=_tower_outputs(model, questions, FRAMES),
+        features=lambda stacked: _video_features(model, stacked),
+        forward_kept=lambda prompts, video, keep: _forward_kept(model, prompts, video, keep, tokenizer.pad_token_id),
+        prompt=lambda q: prompt_ids(tokenizer, q, model.config.video_token_id, n_video_tokens),
+        n_visual=n_video_tokens - 1, tokens_per_frame=tokens_per_frame, frames_per_token=1)
+
+
+def _qwen_recipe(tokenizer, questions: list[Question], seed: int) -> _Recipe:
+    """The vision tower (patch embedding and blocks) is frozen and run once per video; the merger and the LM train."""
+    from autotune.engine import qwen_pixels
+
+    model = build_qwen_model(tokenizer, seed)
+    inner = model.model
+    inner.visual.requires_grad_(False)
+    inner.visual.merger.requires_grad_(True)
+    preprocess = {key: QWEN_PREPROCESS[key] for key in ("patch_size", "temporal_patch_size", "merge_size")}
+    preprocess.update(min_pixels=256, max_pixels=4096, mean=tuple(QWEN_PREPROCESS["image_mean"]),
+                      std=tuple(QWEN_PREPROCESS["image_std"]))
+    tower, grid = {}, None
+    with torch.no_grad():
+        for question in questions:
+            if question.video_id in tower:
+                continue
+            pixels, grid = qwen_pixels(decode_frames(question.video_path, FRAMES), (IMAGE_SIZE, IMAGE_SIZE),
+                                       preprocess)
+            captured: list[torch.Tensor] = []
+            hook = inner.visual.merger.register_forward_pre_hook(
+                lambda module, args, captured=captured: captured.append(args[0]))
+            try:
+                reference = inner.get_video_features(pixels, grid).pooler_output[0]
+            finally:
+                hook.remove()
+            tower[question.video_id] = captured[0]
+            if len(tower) == 1:  # the merger over the cached blocks' output is the stock video features
+                assert torch.allclose(inner.visual.merger(captured[0]), reference, atol=1e-5)
+    tokens_per_frame = (IMAGE_SIZE // PATCH_SIZE // 2) ** 2
+    config = model.config
+    start, end, pad = config.vision_start_token_id, config.vision_end_token_id, config.video_token_id
+    n_visual = int(grid[0, 0]) * tokens_per_frame
+
+    def prompt(question: Question) -> list[int]:
+        from autotune.engine import render_prompt
+
+        ids = tokenizer(render_prompt(tokenizer, question), add_special_tokens=False)["input_ids"]
+        at = ids.index(pad)
+        return ids[: at - 1] + [start] + [pad] * n_visual + [end] + ids[at + 2 :]
+
+    positions: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def rope_positions(ids: list[int]) -> torch.Tensor:
+        """[3, L] M-RoPE ids of a prompt, from the stock model's get_rope_index (cached per prompt)."""
+        key = tuple(ids)
+        if key not in positions:
+            tensor = torch.tensor(ids)[None]
+            positions[key] = inner.get_rope_index(tensor, mm_token_type_ids=(tensor == pad).int() * 2,
+                                                  video_grid_thw=grid)[0][:, 0]
+        return positions[key]
+
+    def features(stacked: torch.Tensor) -> torch.Tensor:
+        return inner.visual.merger(stacked.flatten(0, 1)).view(stacked.shape[0], n_visual, -1)
+
+    def forward_kept(prompts, video, keep):
+        sequences = []
+        for ids, video_features, kept in zip(prompts, video, keep, strict=True):
+            tensor = torch.tensor(ids)
+            embeds = inner.get_input_embeddings()(tensor)
+            is_video = tensor == pad
+            embeds = embeds.masked_scatter(is_video[:, None], video_features.to(embeds.dtype))
+            keep_row = torch.ones(len(ids), dtype=torch.bool)
+            keep_row[is_video] = kept
+            sequences.append((embeds[keep_row], rope_positions(ids)[:, keep_row]))
+        return _packed_last_logits(model, sequences, video)
+
+    return _Recipe(model=model, tower=tower, features=features, forward_kept=forward_kept, prompt=prompt,
+                   n_visual=n_visual, tokens_per_frame=tokens_per_frame, frames_per_token=2)
+
+
+def train(out: Path, data_root: Path, videos: int = 600, steps: int = 16000, batch: int = 16, seed: int = 0,
+          prune_augment: float = 0.5, open_share: float = 0.5, lr: float = 1e-3, log=print,
+          family: str = "llava_onevision") -> dict:
+    """Train on synthetic videos (seeded apart from the demo's), save model + tokenizer + preprocessing to `out`.
+
+    family: "llava_onevision" or "qwen2_5_vl".
+    prune_augment: share of steps run under random visual-token pruning at a random retention (so, like real
+    Video LLMs, the model still answers from a subset of tokens when the right ones survive).
+    Three prompt formats share the steps: 30% "What colour was the {kind} object? ..." -> the colour word (ties the
+    colour words, whose embeddings are tied input/output, to the visual colours the questions route by), then of the
+    rest `open_share` in the open format ("... Answer with one word." -> the kind word) and the others in the
+    benchmark's own MCQ format (-> the option letter, which is what the engine scores).
+    """
+    from autotune.engine import render_prompt
+
+    if family not in ("llava_onevision", "qwen2_5_vl"):
+        raise ValueError(f"family must be 'llava_onevision' or 'qwen2_5_vl', got {family!r}")
+    started = time.time()
+    synthetic.generate(data_root, videos, seed=10_000 + seed, frames=FRAMES)
+    questions = synthetic.load(data_root).questions
+    open_questions = [_open_question(q) for q in questions]
+    colour_questions = [dataclasses.replace(q, question=f"What colour was the {q.meta['kind']} object? Answer with "
+                                            "one word.", options=("x", "y"), answer="A") for q in questions]
+    template = QWEN_CHAT_TEMPLATE if family == "qwen2_5_vl" else CHAT_TEMPLATE
+    corpus = [render_prompt(None, q, template=template) + " " + q.answer
+              for q in questions + open_questions + colour_questions]
+    tokenizer = train_tokenizer(corpus, family)
+    recipe = (_qwen_recipe if family == "qwen2_5_vl" else _llava_recipe)(tokenizer, questions, seed)
+    model = recipe.model
     formats = {
-        "colour": ([prompt_ids(tokenizer, q, model.config.video_token_id, n_video_tokens) for q in colour_questions],
+        "colour": ([recipe.prompt(q) for q in colour_questions],
                    torch.tensor([tokenizer.convert_tokens_to_ids(q.meta["colour"]) for q in questions])),
-        "mcq": ([prompt_ids(tokenizer, q, model.config.video_token_id, n_video_tokens) for q in questions],
+        "mcq": ([recipe.prompt(q) for q in questions],
                 torch.tensor([tokenizer.convert_tokens_to_ids(q.answer) for q in questions])),
-        "open": ([prompt_ids(tokenizer, q, model.config.video_token_id, n_video_tokens) for q in open_questions],
+        "open": ([recipe.prompt(q) for q in open_questions],
                  torch.tensor([tokenizer.convert_tokens_to_ids(q.meta["kind"]) for q in questions])),
     }
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -149,8 +291,9 @@ def train(out: Path, data_root: Path, videos: int = 600, steps: int = 16000, bat
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.02,
                                                    anneal_strategy="cos", div_factor=10, final_div_factor=20)
     rng = random.Random(seed)
-    object_tokens = [_object_tokens(q, tokens_per_frame) for q in questions]
-    target_tokens = [_object_tokens(q, tokens_per_frame, only_asked=True) for q in questions]
+    per_frame, per_token = recipe.tokens_per_frame, recipe.frames_per_token
+    object_tokens = [_object_tokens(q, per_frame, frames_per_token=per_token) for q in questions]
+    target_tokens = [_object_tokens(q, per_frame, only_asked=True, frames_per_token=per_token) for q in questions]
     model.train()
     history = []
     for step in range(steps):
@@ -167,15 +310,15 @@ def train(out: Path, data_root: Path, videos: int = 600, steps: int = 16000, bat
         random_share = rng.uniform(0.05, 1.0) if progress >= 0.75 and rng.random() < prune_augment else None
         rows = []
         for i in chosen:
-            visual = torch.rand(n_video_tokens - 1, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
+            visual = torch.rand(recipe.n_visual, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
             if random_share is not None:
                 keep = visual < random_share
             else:
                 keep = visual < background
                 keep[object_tokens[i] if progress >= 0.05 else target_tokens[i]] = True
             rows.append(keep)
-        video = _video_features(model, torch.stack([tower[questions[i].video_id] for i in chosen]))
-        logits = _forward_kept(model, [encoded[i] for i in chosen], video, rows, tokenizer.pad_token_id)
+        video = recipe.features(torch.stack([recipe.tower[questions[i].video_id] for i in chosen]))
+        logits = recipe.forward_kept([encoded[i] for i in chosen], video, rows)
         loss = torch.nn.functional.cross_entropy(logits, targets[chosen])
         optimizer.zero_grad()
         loss.backward()
@@ -192,10 +335,13 @@ def train(out: Path, data_root: Path, videos: int = 600, steps: int = 16000, bat
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    (out / "video_preprocessor_config.json").write_text(json.dumps(dict(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
-        resample=3, rescale_factor=1 / 255, num_frames=FRAMES), indent=2) + "\n")
-    summary = dict(videos=videos, questions=len(questions), steps=steps, batch=batch, seed=seed,
+    if family == "qwen2_5_vl":
+        preprocessing = QWEN_PREPROCESS
+    else:
+        preprocessing = dict(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5, 0.5, 0.5],
+                             image_std=[0.5, 0.5, 0.5], resample=3, rescale_factor=1 / 255, num_frames=FRAMES)
+    (out / "video_preprocessor_config.json").write_text(json.dumps(preprocessing, indent=2) + "\n")
+    summary = dict(family=family, videos=videos, questions=len(questions), steps=steps, batch=batch, seed=seed,
                    prune_augment=prune_augment, open_share=open_share, lr=lr,
                    seconds=round(time.time() - started, 1),
                    final_train_accuracy={name: _mean(history[-200:], name, 2) for name in formats})
@@ -203,12 +349,13 @@ def train(out: Path, data_root: Path, videos: int = 600, steps: int = 16000, bat
     return summary
 
 
-def _object_tokens(question: Question, tokens_per_frame: int, only_asked: bool = False) -> torch.Tensor:
-    """Flat visual-token indices (f * N + row * 4 + col) of every event's object in the question's video (or of
-    the asked object only)."""
+def _object_tokens(question: Question, tokens_per_frame: int, only_asked: bool = False,
+                   frames_per_token: int = 1) -> torch.Tensor:
+    """Flat visual-token indices (t * N + row * 4 + col, t = frame // frames_per_token) of every event's object in
+    the question's video (or of the asked object only)."""
     side = int(tokens_per_frame**0.5)
     events = [e for e in question.meta["events"] if not only_asked or e["colour"] == question.meta["colour"]]
-    return torch.tensor([frame * tokens_per_frame + row * side + col for event in events
+    return torch.tensor([frame // frames_per_token * tokens_per_frame + row * side + col for event in events
                          for frame in event["frames"] for row, col in event["cells"]], dtype=torch.long)
 
 
@@ -218,7 +365,7 @@ def _forward_kept(model, prompts: list[list[int]], video: torch.Tensor, keep: li
     same computation as pruning at layer 0); rows are re-packed with left padding."""
     inner = model.model
     video_token = model.config.video_token_id
-    sequences, positions = [], []
+    sequences = []
     for ids, features, kept in zip(prompts, video, keep, strict=True):
         ids = torch.tensor(ids)
         embeds = inner.get_input_embeddings()(ids)
@@ -227,17 +374,22 @@ def _forward_kept(model, prompts: list[list[int]], video: torch.Tensor, keep: li
         keep_row = torch.ones(len(ids), dtype=torch.bool)
         columns = is_video.nonzero()[:, 0]
         keep_row[columns[:-1]] = kept  # the last video token is image_newline: always kept
-        sequences.append(embeds[keep_row])
-        positions.append(torch.arange(len(ids))[keep_row])
-    width = max(len(x) for x in sequences)
-    hidden = video.new_zeros(len(sequences), width, video.shape[-1])
-    position_ids = torch.zeros(len(sequences), width, dtype=torch.long)
+        sequences.append((embeds[keep_row], torch.arange(len(ids))[keep_row]))
+    return _packed_last_logits(model, sequences, video)
+
+
+def _packed_last_logits(model, sequences: list[tuple[torch.Tensor, torch.Tensor]], like: torch.Tensor):
+    """Rows of (embeddings [L_i, D], positions [..., L_i]) left-padded into one batch -> last-position logits."""
+    width = max(len(embeds) for embeds, _ in sequences)
+    hidden = like.new_zeros(len(sequences), width, like.shape[-1])
+    leading = sequences[0][1].shape[:-1]  # () for 1D positions, (3,) for M-RoPE
+    position_ids = torch.zeros(*leading, len(sequences), width, dtype=torch.long)
     mask = torch.zeros(len(sequences), width, dtype=torch.long)
-    for row, (embeds, where) in enumerate(zip(sequences, positions, strict=True)):
+    for row, (embeds, where) in enumerate(sequences):
         hidden[row, width - len(embeds) :] = embeds
-        position_ids[row, width - len(embeds) :] = where
+        position_ids[..., row, width - len(embeds) :] = where
         mask[row, width - len(embeds) :] = 1
-    output = inner.language_model(inputs_embeds=hidden, attention_mask=mask, position_ids=position_ids)
+    output = model.model.language_model(inputs_embeds=hidden, attention_mask=mask, position_ids=position_ids)
     return model.lm_head(output.last_hidden_state[:, -1])
 
 
@@ -247,8 +399,9 @@ def _mean(history: list[tuple], kind: str, field: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Train the demo's tiny LLaVA-OneVision on synthetic video QA.")
-    parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
+    parser = argparse.ArgumentParser(description="Train a demo's tiny Video LLM on synthetic video QA.")
+    parser.add_argument("--family", choices=["llava_onevision", "qwen2_5_vl"], default="llava_onevision")
+    parser.add_argument("--out", type=Path, default=None, help="default: the family's directory under assets/")
     parser.add_argument("--data", type=Path, default=Path("runs/synthetic-train"))
     parser.add_argument("--videos", type=int, default=600)
     parser.add_argument("--steps", type=int, default=16000)
@@ -256,7 +409,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    print(json.dumps(train(args.out, args.data, args.videos, args.steps, args.batch, args.seed), indent=2))
+    out = args.out or (QWEN_DIR if args.family == "qwen2_5_vl" else DEFAULT_DIR)
+    print(json.dumps(train(out, args.data, args.videos, args.steps, args.batch, args.seed, family=args.family),
+                     indent=2))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark of the project in one go (about 6 minutes on an H100):
-#   tests/test_graphs.py, selection_cost, prefill_speed (7b, 0.5b), trial_cost (7b, 0.5b), prefill_profile (7b at
-#   budget 0.2).
+# Every GPU check and benchmark of the project in one go (about 7 minutes on an H100):
+#   tests/test_graphs.py, selection_cost, prefill_speed (LLaVA-OV 7b and 0.5b; Qwen2.5-VL-7B's LM at 16 x 256 video
+#   tokens, about 1 minute), trial_cost (7b, 0.5b), prefill_profile (7b at budget 0.2).
 # Results land in bench/results/ (or in $OUT when set, e.g. on a lent machine), each step's log under logs/ there
 # (packed into logs.tgz under $OUT).
 # Wheels in $WHEELS (default .whl/: e.g. transformers 5.23, decord, av, pytest) are installed first into a
@@ -44,6 +44,8 @@ step test_graphs 180 "$python" -m pytest -q -p no:cacheprovider tests/test_graph
 step selection_cost 120 "$python" bench/selection_cost.py --out "$results/selection_cost_cuda.json"
 step prefill_speed_7b 300 "$python" bench/prefill_speed.py --shape 7b --out "$results/prefill_speed_7b.json"
 step prefill_speed_0.5b 180 "$python" bench/prefill_speed.py --shape 0.5b --out "$results/prefill_speed_0.5b.json"
+step prefill_speed_qwen2.5-vl-7b 240 "$python" bench/prefill_speed.py --shape qwen2.5-vl-7b \
+    --out "$results/prefill_speed_qwen2.5-vl-7b.json"
 if [[ $steps == all || $steps == *trial_cost* ]] && { ! "$python" -c "import decord" 2>/dev/null \
         || { ! "$python" -c "import av" 2>/dev/null && [ ! -f "$data/meta.json" ]; }; }; then
     echo "!! trial_cost needs decord, and PyAV or a synthetic set made beforehand in $data"; status=1

@@ -109,6 +109,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "prune_overhead": prune_overhead,
     "prefill_speed_7b": prefill_speed,
     "prefill_speed_0.5b": prefill_speed,
+    "prefill_speed_qwen2.5-vl-7b": prefill_speed,
     "selection_cost": selection_cost,
     "selection_cost_cuda": selection_cost,
     "trial_cost": trial_cost,

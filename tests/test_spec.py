@@ -19,10 +19,12 @@ from autotune.spec import (
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = REPO / "studies"
+# (spec file, dataset, data-root env var, model env var, frames)
 REAL_SPECS = [
-    ("videomme-llava-ov-7b.yaml", "videomme", "VIDEOMME_ROOT"),
-    ("mlvu-llava-ov-7b.yaml", "mlvu", "MLVU_ROOT"),
-    ("longvideobench-llava-ov-7b.yaml", "longvideobench", "LONGVIDEOBENCH_ROOT"),
+    ("videomme-llava-ov-7b.yaml", "videomme", "VIDEOMME_ROOT", "LLAVA_OV_7B", 32),
+    ("mlvu-llava-ov-7b.yaml", "mlvu", "MLVU_ROOT", "LLAVA_OV_7B", 32),
+    ("longvideobench-llava-ov-7b.yaml", "longvideobench", "LONGVIDEOBENCH_ROOT", "LLAVA_OV_7B", 32),
+    ("videomme-llava-video-7b.yaml", "videomme", "VIDEOMME_ROOT", "LLAVA_VIDEO_7B", 64),
 ]
 
 
@@ -86,20 +88,20 @@ def test_config_for_sets_retention_and_searched_thresholds(monkeypatch):
         spec.config_for(0.6, {"retention": 0.2})
 
 
-@pytest.mark.parametrize(("file", "dataset", "env"), REAL_SPECS)
-def test_real_specs_load_with_env_roots(monkeypatch, tmp_path, file, dataset, env):
+@pytest.mark.parametrize(("file", "dataset", "env", "model_env", "frames"), REAL_SPECS)
+def test_real_specs_load_with_env_roots(monkeypatch, tmp_path, file, dataset, env, model_env, frames):
     root = tmp_path / "data"
     root.mkdir()
     monkeypatch.setenv(env, str(root))
-    model = _model_dir(tmp_path / "llava-ov-7b")
-    monkeypatch.setenv("LLAVA_OV_7B", str(model))
+    model = _model_dir(tmp_path / "model-7b")
+    monkeypatch.setenv(model_env, str(model))
     monkeypatch.chdir(tmp_path)
     spec = load_spec(STUDIES / file)
-    assert spec.name == f"{dataset}-llava-ov-7b"
+    assert spec.name == Path(file).stem
     assert spec.model.path == str(model)
     assert (spec.model.dtype, spec.model.device, spec.model.attn_implementation) == ("bfloat16", "cuda", "sdpa")
     assert spec.model.cuda_graphs is False
-    assert (spec.dataset.name, spec.dataset.root, spec.dataset.frames) == (dataset, str(root), 32)
+    assert (spec.dataset.name, spec.dataset.root, spec.dataset.frames) == (dataset, str(root), frames)
     assert spec.budgets == (0.2, 0.3, 0.5)
     assert (spec.base.method, spec.base.score, spec.base.prune_layer) == ("adatp", "attention", 2)
     assert (spec.n_trials, spec.sampler.name, spec.pruner.name, spec.pruner.rungs) == (
@@ -110,11 +112,11 @@ def test_real_specs_load_with_env_roots(monkeypatch, tmp_path, file, dataset, en
     )
     assert spec.workdir == str(tmp_path / ".autotune" / spec.name)
     assert spec.storage == f"sqlite:///{tmp_path}/.autotune/{spec.name}/optuna.db"
-    assert spec.study_name(0.2) == f"{dataset}-llava-ov-7b-{dataset}-b0.20"
+    assert spec.study_name(0.2) == f"{spec.name}-{dataset}-b0.20"
 
 
-@pytest.mark.parametrize(("file", "dataset", "env"), REAL_SPECS)
-def test_real_specs_name_the_unset_env_var(monkeypatch, tmp_path, file, dataset, env):
+@pytest.mark.parametrize(("file", "dataset", "env", "model_env", "frames"), REAL_SPECS)
+def test_real_specs_name_the_unset_env_var(monkeypatch, tmp_path, file, dataset, env, model_env, frames):
     monkeypatch.delenv(env, raising=False)
     model = _model_dir(tmp_path / "model")
     with pytest.raises(SpecError, match=rf"^dataset\.root: environment variable {env} is not set \(in {file}\)$"):

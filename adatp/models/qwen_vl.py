@@ -65,7 +65,7 @@ class _QwenAdapter:
     def video_call(self, input_ids, kwargs) -> VideoCall | None:
         grid = kwargs.get("video_grid_thw")
         encoded = (kwargs.get("mm_encoder_outputs") or {}).get("video")
-        if grid is not None and grid.numel() and (kwargs.get("pixel_values_videos") is not None or encoded):
+        if grid is not None and grid.numel() and (kwargs.get("pixel_values_videos") is not None or encoded is not None):
             grids = self._grids(grid)
         elif encoded is not None and grid is None:
             grids = tuple(self.encoded_grids.get(len(features)) for features in encoded.pooler_output)
