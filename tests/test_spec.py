@@ -25,6 +25,8 @@ REAL_SPECS = [
     ("mlvu-llava-ov-7b.yaml", "mlvu", "MLVU_ROOT", "LLAVA_OV_7B", 32),
     ("longvideobench-llava-ov-7b.yaml", "longvideobench", "LONGVIDEOBENCH_ROOT", "LLAVA_OV_7B", 32),
     ("videomme-llava-video-7b.yaml", "videomme", "VIDEOMME_ROOT", "LLAVA_VIDEO_7B", 64),
+    ("videomme-qwen2.5-vl-7b.yaml", "videomme", "VIDEOMME_ROOT", "QWEN2_5_VL_7B", 32),
+    ("videomme-qwen3-vl-8b.yaml", "videomme", "VIDEOMME_ROOT", "QWEN3_VL_8B", 32),
 ]
 
 
@@ -242,6 +244,15 @@ def test_model_path_missing(valid, tmp_path):
     valid["model"]["path"] = str(tmp_path / "no-model")
     with pytest.raises(SpecError, match=rf"^model\.path: {tmp_path}/no-model is not a local directory$"):
         spec_from_dict(valid)
+
+
+@pytest.mark.parametrize("value", [[360], [10, 640], [360, "640"], [360, True], "360x640", [360, 640, 3]])
+def test_model_frame_size_must_be_two_pixel_sides(valid, value):
+    valid["model"]["frame_size"] = value
+    with pytest.raises(SpecError, match=r"^model\.frame_size: must be \[height, width\], two integers in \[28, 4096\]"):
+        spec_from_dict(valid)
+    valid["model"]["frame_size"] = [360, 640]
+    assert spec_from_dict(valid).model.frame_size == (360, 640)
 
 
 def test_model_dir_without_config_json(valid, tmp_path):
