@@ -34,6 +34,7 @@ from adatp.video import (
     qwen3_timestamp_text,
     qwen3_timestamps,
     qwen_preprocess_config_from,
+    qwen_video_grid,
     qwen_video_pixels,
     video_fps_and_length,
 )
@@ -379,10 +380,9 @@ class _QwenVideo:
         config, vision = model.config, model.config.vision_config
         self.preprocess = {"patch_size": vision.patch_size, "temporal_patch_size": vision.temporal_patch_size,
                            "merge_size": vision.spatial_merge_size, **preprocess}
-        temporal = self.preprocess["temporal_patch_size"]
-        _, grid = qwen_video_pixels(torch.zeros(temporal, *self.frame_size, 3, dtype=torch.uint8), **self.preprocess)
-        _, height, width = grid[0].tolist()
-        self.grid = (math.ceil(frames / temporal), height, width)
+        # Qwen3-VL's processor bounds the whole clip's pixels: the grid depends on the frame count too.
+        self.grid = tuple(qwen_video_grid(frames, *self.frame_size, **self.preprocess))
+        height, width = self.grid[1:]
         self.tokens_per_frame = height * width // self.preprocess["merge_size"] ** 2
         self.n_visual = self.grid[0] * self.tokens_per_frame
         self.start, self.end, self.pad = config.vision_start_token_id, config.vision_end_token_id, config.video_token_id
