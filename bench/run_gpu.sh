@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark of the project in one go (about 7 minutes on an H100):
+# Every GPU check and benchmark of the project in one go (about 8 minutes on an H100; estimated, the Qwen steps have
+# not run on a GPU yet):
 #   tests/test_graphs.py, selection_cost, prefill_speed (LLaVA-OV 7b and 0.5b; Qwen2.5-VL-7B's LM at 16 x 256 video
-#   tokens, about 1 minute), trial_cost (7b, 0.5b), prefill_profile (7b at budget 0.2).
+#   tokens, about 1 minute), trial_cost (7b, 0.5b, qwen2.5-vl-7b), prefill_profile (7b at budget 0.2).
+# Two calls of under 10 minutes: STEPS="test_graphs selection_cost prefill_speed_7b prefill_speed_0.5b
+#   prefill_speed_qwen2.5-vl-7b", then STEPS="trial_cost_7b trial_cost_0.5b trial_cost_qwen2.5-vl-7b prefill_profile_7b".
 # Results land in bench/results/ (or in $OUT when set, e.g. on a lent machine), each step's log under logs/ there
 # (packed into logs.tgz under $OUT).
 # Wheels in $WHEELS (default .whl/: e.g. transformers 5.23, decord, av, pytest) are installed first into a
@@ -54,6 +57,8 @@ step trial_cost_7b 300 "$python" bench/trial_cost.py --shape 7b --repeats 3 --da
     --out "$results/trial_cost_7b.json"
 step trial_cost_0.5b 180 "$python" bench/trial_cost.py --shape 0.5b --repeats 3 --data "$data" \
     --out "$results/trial_cost_0.5b.json"
+step trial_cost_qwen2.5-vl-7b 300 "$python" bench/trial_cost.py --shape qwen2.5-vl-7b --repeats 3 --data "$data" \
+    --out "$results/trial_cost_qwen2.5-vl-7b.json"
 step prefill_profile_7b 180 "$python" bench/prefill_profile.py --shape 7b --budget 0.2 \
     --out "$results/prefill_profile_7b.json"
 echo "== tables (bench/tables.py: paste into the README; tests/test_readme_numbers.py checks they are there)"

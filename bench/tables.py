@@ -115,6 +115,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "trial_cost": trial_cost,
     "trial_cost_7b": trial_cost_gpu,
     "trial_cost_0.5b": trial_cost_gpu,
+    "trial_cost_qwen2.5-vl-7b": trial_cost_gpu,
     "storage_load": storage_load,
     "search_efficiency": search_efficiency,
 }

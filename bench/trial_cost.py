@@ -4,6 +4,9 @@
 `--shape 7b` / `--shape 0.5b` (GPU): the Qwen2 LM of LLaVA-OneVision 7B / 0.5B with random weights built from config
 in bf16 with SDPA (no download), 32 frames x 196 visual tokens, a tiny vision tower on 27x27 frames (its output is
 cached after the cold trial, as in a study), the demo tokenizer; the engine runs it in memory.
+`--shape qwen2.5-vl-7b` (GPU): Qwen2.5-VL-7B's LM likewise, 32 frames resized to 448 x 448 -> 16 temporal groups x
+256 tokens, a one-block vision tower with the real patch geometry, a word-level tokenizer with Qwen's video tokens.
+`--smoke` runs a GPU shape on the CPU at width 64 (it checks the script; the numbers mean nothing) into /tmp.
 
 A warm trial should cost little more than its pure pruned prefill: the same batches pushed through the pruned model
 with nothing else around them (inputs prepared beforehand). On GPU the model FLOP utilisation (MFU) of the pure
@@ -37,18 +40,42 @@ from autotune.tinymodel import DEFAULT_DIR
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12}
 
 
-def gpu_engine(shape: str, cache_dir: Path | None, device: str = "cuda") -> Engine:
-    from prefill_speed import SHAPES  # bench/ is on sys.path when run as a script
+QWEN_FRAME = (448, 448)  # 32 x 32 patches of 14 px, merged 2 x 2: 256 tokens per group, 16 groups (prefill_speed's)
+
+
+def gpu_engine(shape: str, cache_dir: Path | None, device: str = "cuda", questions=(), smoke: bool = False) -> Engine:
+    from prefill_speed import QWEN_SHAPES, lm_dims  # bench/ is on sys.path when run as a script
     from prune_overhead import random_llava_ov
 
-    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_DIR)
-    hidden, intermediate, layers, heads, kv_heads = SHAPES[shape]
+    hidden, intermediate, layers, heads, kv_heads = lm_dims(shape, smoke)
     text = dict(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=152064)
+                num_attention_heads=heads, num_key_value_heads=kv_heads)
+    dtype = torch.float32 if smoke else torch.bfloat16
+    if shape in QWEN_SHAPES:
+        return qwen_engine(text, device, dtype, questions, cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_DIR)
     video_token = tokenizer.convert_tokens_to_ids("<video>")
-    model = random_llava_ov(text, device, torch.bfloat16, video_token_id=video_token)
+    model = random_llava_ov(dict(text, vocab_size=152064), device, dtype, video_token_id=video_token)
     return Engine.from_model(model, tokenizer, device=device, frames=32, cache_dir=cache_dir,
                              preprocess={"size": (27, 27)})
+
+
+def qwen_engine(text: dict, device: str, dtype: torch.dtype, questions, cache_dir: Path | None) -> Engine:
+    """Qwen2.5-VL's LM with random weights, a tiny vision tower with the real patch geometry (run once per video,
+    then cached), frames resized to 448 x 448, and a word-level tokenizer with Qwen's video tokens."""
+    from prefill_speed import random_qwen2_5_vl
+
+    from autotune.engine import render_prompt
+    from autotune.tinymodel import QWEN_CHAT_TEMPLATE, train_tokenizer
+
+    tokenizer = train_tokenizer([render_prompt(None, q, template=QWEN_CHAT_TEMPLATE) for q in questions],
+                                "qwen2_5_vl")
+    model = random_qwen2_5_vl(text, device, dtype)
+    for name, token in (("video_token_id", "<|video_pad|>"), ("image_token_id", "<|image_pad|>"),
+                        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")):
+        setattr(model.config, name, tokenizer.convert_tokens_to_ids(token))  # the tokenizer's ids, not Qwen's
+    return Engine.from_model(model, tokenizer, device=device, frames=32, cache_dir=cache_dir,
+                             preprocess={"min_pixels": 4 * 28 * 28, "max_pixels": 448 * 448}, frame_size=QWEN_FRAME)
 
 
 def prepared_batches(engine: Engine, questions, batch_size: int) -> list[dict]:
@@ -91,7 +118,9 @@ def batch_flops(engine: Engine, batches: list[dict], config) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", choices=("demo", "7b", "0.5b"), default="demo")
+    parser.add_argument("--shape", choices=("demo", "7b", "0.5b", "qwen2.5-vl-7b"), default="demo")
+    parser.add_argument("--smoke", action="store_true",
+                        help="GPU shapes on the CPU at width 64 (checks the script, not the speed)")
     parser.add_argument("--model", default=str(DEFAULT_DIR), help="--shape demo only")
     parser.add_argument("--videos", type=int, default=None, help="default 40 (demo), 32 (GPU shapes)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -103,8 +132,9 @@ def main() -> None:
                              "32 frames), for machines without PyAV; made there if missing or different")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    name = "trial_cost" if args.shape == "demo" else f"trial_cost_{args.shape}"
-    out = Path(args.out or Path(__file__).parent / "results" / f"{name}.json")
+    name = "trial_cost" if args.shape == "demo" else f"trial_cost_{args.shape}{'_smoke' if args.smoke else ''}"
+    default_dir = Path(tempfile.gettempdir()) if args.smoke else Path(__file__).parent / "results"
+    out = Path(args.out or default_dir / f"{name}.json")
     work = Path(tempfile.mkdtemp(prefix="trial-cost-"))
     if args.shape == "demo":
         videos = args.videos or 40
@@ -113,12 +143,14 @@ def main() -> None:
         engine = Engine(args.model, device=args.device, cache_dir=work / "cache")
         config = adatp.AdaTPConfig(retention=0.3, prune_layer=2)
     else:
-        if args.device != "cuda":
-            raise SystemExit(f"--shape {args.shape} needs a CUDA device")
-        videos = args.videos or 32
+        if args.device != "cuda" and not args.smoke:
+            raise SystemExit(f"--shape {args.shape} needs a CUDA device (or --smoke)")
+        videos = args.videos or (4 if args.smoke else 32)
         data = args.data or work / "data"
         synthetic.generate(data, videos, seed=777, frames=32)  # a no-op where the same set is there already
-        engine = gpu_engine(args.shape, cache_dir=None)  # features stay in (pinned) host memory
+        # features stay in (pinned) host memory
+        engine = gpu_engine(args.shape, cache_dir=None, device=args.device,
+                            questions=synthetic.load(data).questions, smoke=args.smoke)
         n_text = 80  # about the synthetic prompts' length
         retention = adatp.retention_for_budget(engine.model.config.text_config, engine.n_visual, n_text,
                                                args.budget, 2)
