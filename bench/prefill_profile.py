@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from prefill_speed import FRAMES, PER_FRAME, PREFIX, QUESTION, build, inputs
+from prefill_speed import FRAMES, PER_FRAME, PREFIX, QUESTION, SHAPES, build, inputs
 
 import adatp
 
@@ -59,7 +59,7 @@ def profile(model, batch, config, reps: int, cuda_graphs: bool = False) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="7b")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="7b", help="LLaVA-OV LM shapes (its token layout)")
     parser.add_argument("--budget", type=float, default=0.2)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--out", default=None)
