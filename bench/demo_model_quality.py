@@ -51,12 +51,17 @@ def main() -> None:
     parser.add_argument("--model", default=str(DEFAULT_DIR))
     parser.add_argument("--videos", type=int, default=150)
     parser.add_argument("--budget", type=float, default=0.3)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "demo_model_quality.json"))
+    parser.add_argument("--frame-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="Qwen models: the frame size (the tiny Qwen demo model takes 32 32)")
+    parser.add_argument("--out", default=None, help="default bench/results/demo_model_quality[_<model dir>].json")
     args = parser.parse_args()
+    suffix = "" if Path(args.model) == DEFAULT_DIR else f"_{Path(args.model).name}"
+    args.out = args.out or str(Path(__file__).parent / "results" / f"demo_model_quality{suffix}.json")
     work = Path(tempfile.mkdtemp(prefix="demo-quality-"))
     synthetic.generate(work / "data", args.videos, seed=HELD_OUT_SEED)
     questions = synthetic.load(work / "data").questions
-    engine = Engine(args.model, cache_dir=work / "cache")
+    frame_size = tuple(args.frame_size) if args.frame_size else None
+    engine = Engine(args.model, cache_dir=work / "cache", frame_size=frame_size)
     rows = []
     for name, config in settings(engine, questions[0], args.budget).items():
         result = engine.evaluate(questions, config, batch_size=16)
