@@ -205,7 +205,8 @@ class StudySpec:
         del base["retention"]
         return {
             "name": self.name,
-            "model": dataclasses.asdict(self.model),
+            "model": {**dataclasses.asdict(self.model),
+                      "frame_size": list(self.model.frame_size) if self.model.frame_size else None},
             "dataset": dataclasses.asdict(self.dataset),
             "budgets": list(self.budgets),
             "objective": self.objective,
@@ -525,7 +526,7 @@ def _model(raw: dict, check_paths: bool) -> ModelSpec:
 def _frame_size(value) -> tuple[int, int] | None:
     if value is None:
         return None
-    if (not isinstance(value, list) or len(value) != 2
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
             or not all(isinstance(side, int) and not isinstance(side, bool) and 28 <= side <= 4096 for side in value)):
         raise SpecError(f"model.frame_size: must be [height, width], two integers in [28, 4096], got {value!r}")
     return value[0], value[1]

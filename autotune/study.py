@@ -311,7 +311,8 @@ def create_studies(workspace: Workspace, create: bool = True) -> dict[float, opt
             for params in spec.warm_start:
                 study.enqueue_trial(dict(params), user_attrs={"warm_start": "spec"})
             run_id = workspace.tracker.study_run(
-                name, params={"spec": spec.to_dict(), "retention": retention, "rungs": sizes},
+                name, params={"spec": spec.to_dict(), "retention": retention, "rungs": sizes,
+                              "video": settings["video"]},
                 tags={"autotune.spec": spec.name, "autotune.budget": f"{budget:.2f}", "protocol": PROTOCOL_VERSION,
                       **{f"version.{k}": v for k, v in settings["versions"].items()}})
             study.set_user_attr("mlflow_run_id", run_id)

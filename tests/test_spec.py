@@ -252,7 +252,10 @@ def test_model_frame_size_must_be_two_pixel_sides(valid, value):
     with pytest.raises(SpecError, match=r"^model\.frame_size: must be \[height, width\], two integers in \[28, 4096\]"):
         spec_from_dict(valid)
     valid["model"]["frame_size"] = [360, 640]
-    assert spec_from_dict(valid).model.frame_size == (360, 640)
+    spec = spec_from_dict(valid)
+    assert spec.model.frame_size == (360, 640)
+    assert spec.to_dict()["model"]["frame_size"] == [360, 640]  # JSON-safe, and loads back
+    assert spec_from_dict(json.loads(json.dumps(spec.to_dict()))).model.frame_size == (360, 640)
 
 
 def test_model_dir_without_config_json(valid, tmp_path):
