@@ -97,8 +97,10 @@ def test_three_workers_survive_one_killed_mid_trial(tmp_path, pg_database):
     pids = {process.pid: process for process in workers}
     killed_trial = None
     deadline = time.time() + 180
+    # One storage for the whole poll: a new one per poll opens a connection pool each time, and at 20 polls a second
+    # their connections outlive the pools long enough to exhaust PostgreSQL's 100 ("too many clients").
+    study = load_studies(spec)[0.5]
     while killed_trial is None and time.time() < deadline:
-        study = load_studies(spec)[0.5]
         trials = study.get_trials()
         if sum(map(counts_toward_plan, trials)) >= 1:
             for trial in trials:
