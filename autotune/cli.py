@@ -338,10 +338,33 @@ def ui(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
                "--port", str(port), "--workers", "1"]
     typer.echo(f"MLflow UI for {spec.name} ({mask_url(uri)}): http://{host}:{port}  (Ctrl-C stops it)")
+    # The server runs in its own process group (uvicorn and MLflow's job runner are its children): stopping it stops
+    # them all, whether the stop came from Ctrl-C or a SIGINT/SIGTERM sent to this process alone.
+    server = subprocess.Popen(command, start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        raise typer.Exit(subprocess.call(command))
+        raise typer.Exit(server.wait())
     except KeyboardInterrupt:
+        stop_process_group(server)
         raise typer.Exit(0) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """SIGTERM to the process group led by `process`, then SIGKILL to what is left after `grace_s`."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    except ProcessLookupError:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # the leader may be gone while its children linger
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from specs import REPO, spec_file
 from typer.testing import CliRunner
 
-from autotune.cli import app
+from autotune.cli import app, stop_process_group
 from autotune.spec import load_spec
 from autotune.study import Workspace, counts_toward_plan, create_studies, load_studies, run_studies
 
@@ -196,7 +196,7 @@ def test_mlflow_server_on_loopback_shows_the_same_runs_as_the_embedded_store(tmp
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", pg_database(), "--host", "127.0.0.1",
          "--port", str(port), "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 120
         while True:
@@ -225,8 +225,7 @@ def test_mlflow_server_on_loopback_shows_the_same_runs_as_the_embedded_store(tmp
             parent.info.run_id)}
         assert (tmp_path / "server-artifacts").is_dir()  # artifacts went through the server
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_process_group(server)  # uvicorn and the job runner too, not only the `mlflow server` launcher
 
 
 def test_no_password_reaches_mlflow_or_logs(tmp_path, pg_database):

@@ -325,11 +325,24 @@ def test_ui_serves_the_spec_store(done):
             assert response.read(8) == b"\x89PNG\r\n\x1a\n"
         assert experiment_id
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGINT)  # to `autotune ui` alone, as a supervisor would send it
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
+    # The server's own children (uvicorn) went with it: nothing listens on the port any more.
+    deadline = time.time() + 20
+    while _listening(port) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _listening(port)
+
+
+def _listening(port) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 @pytest.mark.parametrize("sampler, pruner", [("random", "hyperband"), ("nsga2", "median"), ("gp", "none")])
