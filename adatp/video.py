@@ -382,6 +382,12 @@ _QWEN_PUBLISHED = {
 }
 
 
+def qwen_published_settings(video_processor: str) -> dict:
+    """The published checkpoints' video settings for ``"qwen2_vl"`` (Qwen2.5-VL) or ``"qwen3_vl"`` (Qwen3-VL), as
+    keyword arguments for :func:`qwen_video_pixels`: what a model with no processor file on disk gets."""
+    return {**_QWEN_PUBLISHED[video_processor], "video_processor": video_processor, "cap_pixels_per_frame": False}
+
+
 def qwen_video_pixels(
     frames: torch.Tensor | np.ndarray,
     *,
@@ -630,7 +636,7 @@ def qwen_preprocess_config_from(model_dir: str | os.PathLike) -> dict:
     settings = {} if settings is None else {key: value for key, value in settings.items() if value is not None}
     family = _qwen_family(model_dir, source, settings)
     if source is None:
-        return {**_QWEN_PUBLISHED[family], "video_processor": family, "cap_pixels_per_frame": False}
+        return qwen_published_settings(family)
     defaults = _QWEN_CLASS_DEFAULTS[family]
 
     def bad(key: str, why: str, value=None) -> ValueError:

@@ -34,6 +34,7 @@ from adatp.video import (
     qwen3_timestamp_text,
     qwen3_timestamps,
     qwen_preprocess_config_from,
+    qwen_published_settings,
     qwen_video_grid,
     qwen_video_pixels,
     video_fps_and_length,
@@ -88,9 +89,23 @@ def load_model(model: str, dtype: str = "float32", attn_implementation: str = "s
     )
     family_of(loaded)  # a one-line TypeError naming the supported classes
     tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
-    if tokenizer.chat_template is None and Path(model).is_dir():
-        tokenizer.chat_template = _saved_chat_template(Path(model))
+    local = local_model_dir(model)
+    if tokenizer.chat_template is None and local is not None:
+        tokenizer.chat_template = _saved_chat_template(local)
     return loaded, tokenizer
+
+
+def local_model_dir(model: str) -> Path | None:
+    """The directory holding a model's files: the path itself, or a hub id's snapshot in the local Hugging Face
+    cache (never downloads); None when neither is there."""
+    if Path(model).is_dir():
+        return Path(model)
+    try:
+        import huggingface_hub
+
+        return Path(huggingface_hub.snapshot_download(model, local_files_only=True))
+    except Exception:  # not cached, or not a valid repo id: the processor defaults apply
+        return None
 
 
 def _saved_chat_template(model_dir: Path) -> str | None:
@@ -119,11 +134,11 @@ class Engine:
             raise FileNotFoundError(f"model {model!r}: not a local directory or a hub id")
         loaded, tokenizer = load_model(model, dtype, attn_implementation, trust_remote_code)
         family = family_of(loaded)
-        if family == "llava_onevision":
-            preprocess = preprocess_config_from(model) if Path(model).is_dir() else {}
-        else:
-            preprocess = qwen_preprocess_config_from(model) if Path(model).is_dir() else {}
-        self._attach(loaded, tokenizer, device, frames or _saved_num_frames(model) or 32, cache_dir, preprocess,
+        local = local_model_dir(model)  # a hub id's cached snapshot holds the processor settings too
+        read = preprocess_config_from if family == "llava_onevision" else qwen_preprocess_config_from
+        preprocess = read(local) if local is not None else {}
+        saved_frames = _saved_num_frames(str(local)) if local is not None else None
+        self._attach(loaded, tokenizer, device, frames or saved_frames or 32, cache_dir, preprocess,
                      model_path=model, cuda_graphs=cuda_graphs, frame_size=frame_size)
 
     @classmethod
@@ -378,8 +393,10 @@ class _QwenVideo:
         self.model, self.tokenizer, self.frames, self.timestamps = model, tokenizer, frames, timestamps
         self.frame_size = tuple(frame_size)
         config, vision = model.config, model.config.vision_config
-        self.preprocess = {"patch_size": vision.patch_size, "temporal_patch_size": vision.temporal_patch_size,
-                           "merge_size": vision.spatial_merge_size, **preprocess}
+        published = qwen_published_settings("qwen3_vl" if timestamps else "qwen2_vl")  # where no file says
+        self.preprocess = {**published, "patch_size": vision.patch_size,
+                           "temporal_patch_size": vision.temporal_patch_size, "merge_size": vision.spatial_merge_size,
+                           **preprocess}
         # Qwen3-VL's processor bounds the whole clip's pixels: the grid depends on the frame count too.
         self.grid = tuple(qwen_video_grid(frames, *self.frame_size, **self.preprocess))
         height, width = self.grid[1:]
