@@ -269,7 +269,14 @@ def _causal_lm_forward(self, *args, labels=None, **kwargs):
 
 
 def _kept_labels(labels: torch.Tensor, plan: Plan) -> torch.Tensor:
-    """Labels over the input [B, L] -> over the kept sequence [B, L'] (-100 on padding slots)."""
+    """Labels over the input [B, L] -> over the kept sequence [B, L'] (-100 on padding slots). Labels already
+    [B, L'] (built from a pruned call's logits) are taken as they are."""
+    kept_length = plan.keep_columns.shape[1]
+    if labels.shape[-1] == kept_length and kept_length != plan.prefill_length:
+        return labels
+    if labels.dim() != 2 or labels.shape[-1] != plan.prefill_length:
+        raise ValueError(f"adatp: labels must be [batch, {plan.prefill_length}] over the input (or [batch, "
+                         f"{kept_length}] over the kept tokens), got {list(labels.shape)}")
     kept = labels.gather(1, plan.keep_columns.to(labels.device))
     return kept.masked_fill(~plan.slot_valid.to(labels.device), -100)
 

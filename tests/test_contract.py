@@ -245,6 +245,12 @@ def test_labels_give_the_loss_over_kept_positions(family, video_batch, model, pr
     assert torch.allclose(by_shift, expected_shift, atol=1e-6)
     # Text is never pruned: every labelled token still has a logit.
     assert (kept_labels != -100).sum() == (labels != -100).sum()
+    # Labels built over the kept sequence (from a pruned call's logits) are taken as they are; other widths are a
+    # one-line error, not an index error deep in a gather.
+    with torch.no_grad(), adatp.pruning(model, config(0.3, prune_layer)):
+        assert torch.equal(model(**inputs, labels=kept_labels).loss, pruned.loss)
+        with pytest.raises(ValueError, match=r"adatp: labels must be \[batch, \d+\] over the input"):
+            model(**inputs, labels=labels[:, 1:])
 
 
 def test_logits_to_keep(family, video_batch, model):
