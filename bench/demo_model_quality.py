@@ -30,7 +30,10 @@ def settings(engine: Engine, question, budget: float) -> dict[str, adatp.AdaTPCo
     n_text = len(engine._prompt(question)) - engine.n_visual
     text_config = engine.model.config.text_config
     at_budget = adatp.retention_for_budget(text_config, engine.n_visual, n_text, budget, 0)
-    at_half = adatp.retention_for_budget(text_config, engine.n_visual, n_text, 0.5, 1)
+    late = 0.5  # attention scores at prune_layer 1: the smallest of 0.5, 0.6, ... the model can reach
+    while late < 1.0 and adatp.flops.min_flops_ratio(text_config, engine.n_visual, n_text, 1) > late:
+        late = round(late + 0.1, 1)
+    at_late = adatp.retention_for_budget(text_config, engine.n_visual, n_text, late, 1)
     before_lm = dict(prune_layer=0, score="norm")
     return {
         "vanilla": None,
@@ -41,8 +44,8 @@ def settings(engine: Engine, question, budget: float) -> dict[str, adatp.AdaTPCo
         f"fastv-norm b={budget}": adatp.AdaTPConfig(method="fastv", retention=at_budget, **before_lm),
         f"adatp-norm b={budget}": adatp.AdaTPConfig(retention=at_budget, **before_lm),
         f"adatp-textsim b={budget}": adatp.AdaTPConfig(retention=at_budget, prune_layer=0, score="text_sim"),
-        "fastv K=1 b=0.5": adatp.AdaTPConfig(method="fastv", retention=at_half, prune_layer=1),
-        "adatp K=1 b=0.5": adatp.AdaTPConfig(retention=at_half, prune_layer=1),
+        f"fastv K=1 b={late}": adatp.AdaTPConfig(method="fastv", retention=at_late, prune_layer=1),
+        f"adatp K=1 b={late}": adatp.AdaTPConfig(retention=at_late, prune_layer=1),
     }
 
 
