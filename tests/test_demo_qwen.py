@@ -62,3 +62,14 @@ def test_demo_qwen_spec_tunes_and_exports(tmp_path, monkeypatch):
     params = parents[0].data.params
     assert params["video.family"] == "qwen2_5_vl" and params["video.frame_size"] == "[32, 32]"
     assert params["video.grid"] == "[8, 8, 8]"  # the study's one grid: 8 groups of 8 x 8 patches
+
+
+def test_shipped_presets_load_and_the_qwen_ones_name_their_model():
+    shipped = sorted((REPO / "presets").glob("*.yaml"))
+    presets = {path.name: adatp.load_preset(path) for path in shipped}
+    qwen = {name: preset for name, preset in presets.items() if name.startswith("demo-qwen-")}
+    assert len(qwen) == 3
+    for preset in qwen.values():
+        assert preset.target["model"] == "assets/tiny-qwen2.5-vl-synthetic"
+        assert preset.flops_ratio <= preset.target["flops_budget"]
+        assert preset.results["test_accuracy"]["value"] >= preset.results["vanilla_accuracy"]["value"] - 0.15
