@@ -104,6 +104,12 @@ def search_efficiency(data: dict) -> str:
     return curve + "\n\n" + match
 
 
+def demo_model_quality(data: dict) -> str:
+    rows = [[r["setting"], f"{r['accuracy']:.3f}", f"{r['flops_ratio']:.3f}", str(r["kept_tokens"])]
+            for r in data["rows"]]
+    return _table(["setting", "accuracy", "FLOPs ratio", "visual tokens kept"], ["l", "r", "r", "r"], rows)
+
+
 # results file stem -> renderer; prefill_speed_*, trial_cost_* (GPU shapes) and selection_cost_cuda by pattern.
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "prune_overhead": prune_overhead,
@@ -117,6 +123,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "trial_cost_0.5b": trial_cost_gpu,
     "trial_cost_qwen2.5-vl-7b": trial_cost_gpu,
     "storage_load": storage_load,
+    "demo_model_quality_qwen": demo_model_quality,
     "search_efficiency": search_efficiency,
 }
 
