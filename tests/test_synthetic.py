@@ -128,13 +128,15 @@ def test_kinds_are_distinct_at_token_granularity(dataset):
 def test_deterministic_and_seed_dependent(tmp_path, dataset):
     again = generate(tmp_path / "again", N_VIDEOS, seed=3, frames=FRAMES, size=SIZE)
     assert (again / "questions.json").read_bytes() == (dataset / "questions.json").read_bytes()
-    # The pixels are deterministic; the encoded bytes need not be (x264 gave different bytes for the same frames on
-    # one CI machine), so the decoded videos are compared.
-    first, second = (decode_frames(root / "videos/syn00004.mp4", FRAMES).numpy().astype(np.int64)
-                     for root in (again, dataset))
-    assert np.abs(first - second).mean() < 0.5
     other = generate(tmp_path / "other", N_VIDEOS, seed=4, frames=FRAMES, size=SIZE)
     assert (other / "questions.json").read_bytes() != (dataset / "questions.json").read_bytes()
+    # The rendered pixels are deterministic; x264's bytes for them are not always (seen within one pytest run: a mean
+    # of 0.73 uint8 levels apart after decoding), so the decoded videos are compared: the same seed's video stays
+    # within 3 levels on average, another seed's is ~18 away.
+    first, second, third = (decode_frames(root / "videos/syn00004.mp4", FRAMES).numpy().astype(np.int64)
+                            for root in (again, dataset, other))
+    assert np.abs(first - second).mean() < 3.0
+    assert np.abs(third - second).mean() > 10.0
     # Video i does not depend on how many videos are made.
     fewer = generate(tmp_path / "fewer", 2, seed=3, frames=FRAMES, size=SIZE)
     assert rows_of(fewer) == rows_of(dataset)[:4]
