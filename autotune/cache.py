@@ -40,7 +40,8 @@ class FeatureCache:
     """Memory-then-disk cache of tensors keyed by strings.
 
     memory_bytes: LRU bound in memory; disk_bytes: bound on the disk directory (None: no disk cache when
-    directory is None). `hits`, `misses` and `computed` count lookups, for tests and benchmarks.
+    directory is None). `hits`, `misses`, `computed` and `rejected` (disk entries that failed to load or to
+    validate) count lookups, for tests and benchmarks.
     """
 
     def __init__(self, directory: str | os.PathLike[str] | None = None, memory_bytes: int = 2 << 30,
@@ -52,7 +53,7 @@ class FeatureCache:
         self._memory: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
         self._memory_used = 0
         self._digests: dict[tuple[str, int, int], str] = {}
-        self.hits = self.misses = self.computed = 0
+        self.hits = self.misses = self.computed = self.rejected = 0
         self._disk_used: int | None = None  # bytes of .pt files on disk (other processes may add more)
 
     def video_key(self, model_key: str, video_path: str, frames: int) -> str:
@@ -66,7 +67,9 @@ class FeatureCache:
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.pt"
 
-    def get(self, key: str) -> torch.Tensor | None:
+    def get(self, key: str, valid: Callable[[torch.Tensor], bool] | None = None) -> torch.Tensor | None:
+        """The tensor under `key`, or None. `valid` checks a disk entry before use (shape, dtype): one that fails
+        it, like a torn or foreign file, is deleted and counts as a miss (`rejected` counts them)."""
         if key in self._memory:
             self._memory.move_to_end(key)
             self.hits += 1
@@ -74,12 +77,15 @@ class FeatureCache:
         if self.directory is not None and self._path(key).exists():
             try:
                 tensor = torch.load(self._path(key), weights_only=True, map_location="cpu")
+                usable = isinstance(tensor, torch.Tensor) and (valid is None or valid(tensor))
             except Exception:  # a torn or foreign file is a miss, not a crash
-                self._path(key).unlink(missing_ok=True)
-            else:
+                usable = False
+            if usable:
                 self.hits += 1
                 self._remember(key, tensor)
                 return tensor
+            self._path(key).unlink(missing_ok=True)
+            self.rejected += 1
         self.misses += 1
         return None
 
@@ -99,8 +105,9 @@ class FeatureCache:
             if self._disk_used > self.disk_bytes:
                 self._evict_disk()
 
-    def get_or_compute(self, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        tensor = self.get(key)
+    def get_or_compute(self, key: str, compute: Callable[[], torch.Tensor],
+                       valid: Callable[[torch.Tensor], bool] | None = None) -> torch.Tensor:
+        tensor = self.get(key, valid)
         if tensor is None:
             tensor = compute()
             self.computed += 1

@@ -205,7 +205,10 @@ class Engine:
         Qwen [1 + deepstack levels, T*N, D]. Raises VideoError for unreadable videos."""
         seconds = seconds if seconds is not None else _new_seconds()
         key = self.cache.video_key(self.model_key, video_path, self.frames)
-        return self.cache.get_or_compute(key, lambda: self._compute_features(video_path, seconds))
+        shape = self.video.feature_shape()
+        return self.cache.get_or_compute(key, lambda: self._compute_features(video_path, seconds),
+                                         valid=lambda tensor: tuple(tensor.shape) == shape
+                                         and tensor.dtype.is_floating_point)
 
     def _prompt(self, question: Question) -> list[int]:
         if question.qid not in self._prompts:
@@ -318,14 +321,28 @@ class Engine:
         settings = json.dumps(self.video_protocol, sort_keys=True)
         digest = hashlib.sha256(f"{self.model_key}|{dataset_key}|{PROTOCOL_VERSION}|{settings}".encode())
         path = self.cache_dir / "vanilla" / f"{digest.hexdigest()[:24]}.json" if self.cache_dir else None
-        known: dict[str, str | None] = json.loads(path.read_text()) if path and path.exists() else {}
+        known = _read_answers(path) if path else {}
         missing = [q for q in questions if q.qid not in known]
         if missing:
             known.update(self.evaluate(missing, None, batch_size, progress=progress).predictions)
             if path:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(known, sort_keys=True))
+                partial = path.with_suffix(f".{os.getpid()}.tmp")  # written whole, then renamed: never half a file
+                partial.write_text(json.dumps(known, sort_keys=True))
+                os.replace(partial, path)
         return {q.qid: known.get(q.qid) for q in questions}
+
+
+def _read_answers(path: Path) -> dict[str, str | None]:
+    """A vanilla-answers file; a torn or foreign one counts as empty (the answers are recomputed and rewritten)."""
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(known, dict) or not all(isinstance(k, str) and (v is None or isinstance(v, str))
+                                              for k, v in known.items()):
+        return {}
+    return known
 
 
 QWEN_FRAME_SIZE = (360, 640)  # a 16:9 frame; at Qwen2.5-VL's settings 364 x 644 -> 13 x 23 = 299 tokens per group
@@ -352,6 +369,9 @@ class _LlavaVideo:
 
     def protocol(self) -> dict:
         return {"tokens_per_frame": self.tokens_per_frame}
+
+    def feature_shape(self) -> tuple[int, ...]:
+        return self.n_visual + 1, self.model.config.text_config.hidden_size
 
     def pixels(self, video_path: str) -> torch.Tensor:
         return preprocess_frames(decode_frames(video_path, self.frames), **self.preprocess)
@@ -410,6 +430,10 @@ class _QwenVideo:
     def protocol(self) -> dict:
         limits = {key: self.preprocess[key] for key in ("min_pixels", "max_pixels") if key in self.preprocess}
         return {"frame_size": list(self.frame_size), "grid": list(self.grid), **limits}
+
+    def feature_shape(self) -> tuple[int, ...]:
+        levels = len(getattr(self.model.config.vision_config, "deepstack_visual_indexes", None) or ())
+        return 1 + levels, self.n_visual, self.model.config.text_config.hidden_size
 
     def pixels(self, video_path: str) -> torch.Tensor:
         pixels, grid = qwen_pixels(decode_frames(video_path, self.frames), self.frame_size, self.preprocess)

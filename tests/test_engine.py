@@ -1,5 +1,6 @@
 """The evaluation engine on a tiny LLaVA-OV saved with save_pretrained and loaded back, over synthetic mp4s."""
 
+import json
 import shutil
 
 import pytest
@@ -128,3 +129,25 @@ def test_feature_cache_bounds_and_weights_only(tmp_path):
     (tmp_path / "ba" / "badkey.pt").write_bytes(b"not a tensor")
     assert cache.get("badkey") is None  # a foreign file is a miss, and removed
     assert not (tmp_path / "ba" / "badkey.pt").exists()
+
+
+def test_poisoned_cache_entries_are_misses(model_dir, dataset, tmp_path):
+    """A valid .pt holding the wrong tensor, and a torn vanilla-answers file: recomputed, never a failed trial."""
+    engine = Engine(str(model_dir), cache_dir=tmp_path / "cache")
+    reference = engine.evaluate(dataset, adatp.AdaTPConfig(retention=0.3))
+    files = sorted((tmp_path / "cache" / "features").glob("*/*.pt"))
+    assert len(files) == len({q.video_id for q in dataset})
+    torch.save(torch.zeros(3, 5), files[0])  # loads fine, wrong shape
+    torch.save(torch.zeros(engine.n_visual + 1, engine.model.config.text_config.hidden_size, dtype=torch.long),
+               files[1])  # right shape, not features
+    fresh = Engine(str(model_dir), cache_dir=tmp_path / "cache")
+    again = fresh.evaluate(dataset, adatp.AdaTPConfig(retention=0.3))
+    assert again.predictions == reference.predictions and not again.skipped
+    assert fresh.cache.rejected == 2 and fresh.vision_calls == 2
+    fresh.vanilla_predictions(dataset, "synthetic-test")
+    (answers,) = (tmp_path / "cache" / "vanilla").glob("*.json")
+    expected = answers.read_text()
+    answers.write_text(expected[: len(expected) // 2])  # a half-written file, as a killed writer would leave
+    assert fresh.vanilla_predictions(dataset, "synthetic-test") == json.loads(expected)
+    assert json.loads(answers.read_text()) == json.loads(expected)  # rewritten whole
+    assert not list((tmp_path / "cache" / "vanilla").glob("*.tmp"))
