@@ -335,20 +335,56 @@ def ui(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
         raise BadInput(f"tracking_uri: {mask_url(uri)} is already a server; open it in a browser")
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise BadInput(f"tracking_uri: {mask_url(uri)} does not exist yet: run `autotune study {spec_path}` first")
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
-               "--port", str(port), "--workers", "1"]
-    typer.echo(f"MLflow UI for {spec.name} ({mask_url(uri)}): http://{host}:{port}  (Ctrl-C stops it)")
+    _check_port_free(host, port)
+    command, environment = mlflow_server_command(uri, host, port)
     # The server runs in its own process group (uvicorn and MLflow's job runner are its children): stopping it stops
     # them all, whether the stop came from Ctrl-C or a SIGINT/SIGTERM sent to this process alone.
-    server = subprocess.Popen(command, start_new_session=True)
+    server = subprocess.Popen(command, env=environment, start_new_session=True)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        if _wait_until_serving(server, host, port):
+            typer.echo(f"MLflow UI for {spec.name} ({mask_url(uri)}): http://{host}:{port}  (Ctrl-C stops it)")
         raise typer.Exit(server.wait())
     except KeyboardInterrupt:
         stop_process_group(server)
         raise typer.Exit(0) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def mlflow_server_command(uri: str, host: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) of the MLflow server for `uri`. The store URI, which may hold a password, goes through
+    the environment (MLFLOW_BACKEND_STORE_URI), never the command line that `ps` shows."""
+    command = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1"]
+    return command, {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise BadInput(f"--port {port}: cannot listen on {host}:{port} ({error.strerror or error}); "
+                           "pick another with --port") from None
+
+
+def _wait_until_serving(server: subprocess.Popen, host: str, port: int, timeout_s: float = 120.0) -> bool:
+    """True once the server answers its health check; False when it exited first (its own error is printed)."""
+    import time
+    import urllib.request
+
+    probe = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    deadline = time.monotonic() + timeout_s
+    while server.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{probe}:{port}/health", timeout=2):
+                return True
+        except OSError:
+            time.sleep(0.5)
+    return server.poll() is None
 
 
 def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None:

@@ -335,6 +335,26 @@ def test_ui_serves_the_spec_store(done):
     while _listening(port) and time.time() < deadline:
         time.sleep(0.5)
     assert not _listening(port)
+    assert f"http://127.0.0.1:{port}" in process.stdout.read()  # printed once the server answered
+
+
+def test_ui_refuses_a_busy_port_and_keeps_credentials_off_the_command_line(done):
+    from autotune.cli import mlflow_server_command
+
+    path, _, _, _ = done
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        result = invoke("ui", path, "--port", port)
+    assert result.exit_code == 2 and time.monotonic() - started < 10
+    assert result.output.strip().count("\n") == 0 and f"--port {port}" in result.output
+    assert "pick another with --port" in result.output
+    uri = "postgresql://tuner:s3cret-pw@127.0.0.1:5432/mlflow"
+    command, environment = mlflow_server_command(uri, "127.0.0.1", 5000)
+    assert not any("s3cret-pw" in part for part in command)
+    assert environment["MLFLOW_BACKEND_STORE_URI"] == uri
 
 
 def _listening(port) -> bool:
