@@ -41,6 +41,7 @@ from typing import Any
 
 import yaml
 
+from adatp import safe_yaml
 from adatp.config import AdaTPConfig, ConfigError, _number
 
 FORMAT = "adatp-preset/v1"
@@ -117,13 +118,17 @@ def load_preset(path: str | os.PathLike[str]) -> Preset:
     """Read and validate a preset file; any problem raises one ConfigError line naming the field and the file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = safe_yaml.read(path)
     except FileNotFoundError:
         raise ConfigError(f"preset: no such file {path}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"preset: cannot read {path}: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"preset: cannot read {path}: {error.strerror or type(error).__name__}") from None
+    except safe_yaml.UnsafeYAML as error:
+        raise ConfigError(f"preset: {path}: {error}") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml.load(text)
+    except safe_yaml.UnsafeYAML as error:
+        raise ConfigError(f"preset: {path}: {error}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -24,12 +24,22 @@ from typing import Any
 
 import yaml
 
+from adatp import safe_yaml
 from adatp.config import AdaTPConfig, ConfigError
 from autotune.data import DATASETS
 
 
 class SpecError(ValueError):
-    """A bad study spec or override. The message is one line starting with the field's path."""
+    """A bad study spec or override. The message is one line starting with the field's path; a long value quoted in
+    it is cut in the middle, so the line stays readable (its start and its `(in file)` end are kept)."""
+
+    LIMIT = 300
+
+    def __init__(self, message: str) -> None:
+        message = " ".join(str(message).splitlines())
+        if len(message) > self.LIMIT:
+            message = f"{message[:200]} ...[{len(message) - 280:,} characters cut]... {message[-80:]}"
+        super().__init__(message)
 
 
 THRESHOLDS = ("tau_s", "tau_t", "alpha_boost", "gamma_cap")
@@ -251,11 +261,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip() or any(not part for part in keys):
         raise SpecError(f"override {text!r}: expected key=value")
     try:
-        value = yaml.safe_load(raw)
+        value = safe_yaml.load(raw)
+    except safe_yaml.UnsafeYAML as error:
+        raise SpecError(f"override {_brief(text)}: {error}") from None
     except yaml.YAMLError as error:
         reason = str(error).splitlines()[0]
-        raise SpecError(f"override {text!r}: cannot parse the value as YAML ({reason})") from None
+        raise SpecError(f"override {_brief(text)}: cannot parse the value as YAML ({reason})") from None
     return keys, value
+
+
+def _brief(text: str, limit: int = 120) -> str:
+    """repr(text), cut in the middle when long: an error line stays one readable line."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[: limit - 40]}...{shown[-30:]} ({len(text):,} characters)"
 
 
 def load_spec(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> StudySpec:
@@ -265,12 +283,17 @@ def load_spec(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> St
     source = os.path.abspath(os.fspath(path))
     where = os.path.basename(source)
     try:
-        with open(source, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+        data = safe_yaml.load(safe_yaml.read(source))
     except FileNotFoundError:
         raise SpecError(f"{os.fspath(path)}: no such spec file") from None
     except IsADirectoryError:
         raise SpecError(f"{os.fspath(path)}: is a directory, not a spec file") from None
+    except PermissionError:
+        raise SpecError(f"{os.fspath(path)}: permission denied") from None
+    except OSError as error:
+        raise SpecError(f"{os.fspath(path)}: cannot read ({error.strerror or type(error).__name__})") from None
+    except safe_yaml.UnsafeYAML as error:
+        raise SpecError(f"{where}: {error}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""

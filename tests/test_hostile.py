@@ -1,0 +1,120 @@
+"""Hostile spec and preset files are refused in bounded time and memory with one line (exit 2 / ConfigError).
+
+Each case runs in a subprocess under a 3 GiB address-space limit (torch's import fits; the 922-byte alias bomb
+below needed more than 3 GB before) and a 60 s timeout, and must finish within seconds.
+"""
+
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import adatp
+from adatp import safe_yaml
+
+REPO = Path(__file__).resolve().parents[1]
+LIMIT = 3 << 30
+
+
+def alias_bomb() -> str:
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for index in range(1, 9):
+        previous, name = chr(ord("a") + index - 1), chr(ord("a") + index)
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{previous}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+VALID_SPEC = (REPO / "studies" / "demo.yaml").read_text()
+VALID_PRESET = (REPO / "presets" / "demo-synthetic-b0.25.yaml").read_text()
+HOSTILE = {  # name -> (file bytes, words the one-line error must contain)
+    "alias bomb": (alias_bomb().encode(), "aliases"),
+    "deep nesting": (("x: " + "[" * 10_000 + "]" * 10_000 + "\n").encode(), "nested deeper"),
+    "huge integer": (("n_trials: " + "9" * 5000 + "\n").encode(), "digits"),
+    "duplicate key": (b"name: a\nname: b\n", "duplicate key"),
+    "utf-16": ("name: demo\n".encode("utf-16"), "not UTF-8"),
+    "latin-1": ("name: d\xe9mo\n".encode("latin-1"), "not UTF-8"),
+    "too large": (b"name: demo\n" + b"# " + b"x" * (2 << 20) + b"\n", "at most"),
+}
+
+
+def run_limited(code: str) -> subprocess.CompletedProcess:
+    prologue = f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({LIMIT}, {LIMIT}))\n"
+    return subprocess.run([sys.executable, "-c", prologue + textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_spec_exits_2_with_one_line(tmp_path, case):
+    content, words = HOSTILE[case]
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(content)
+    started = time.monotonic()
+    result = run_limited(f"from autotune.cli import main; import sys; sys.argv = ['autotune', 'status', {str(path)!r}]"
+                         "; main()")
+    assert time.monotonic() - started < 30
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and words in lines[0] and len(lines[0]) < 300, lines
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_preset_is_one_config_error(tmp_path, case):
+    content, words = HOSTILE[case]
+    path = tmp_path / "preset.yaml"
+    path.write_bytes(content)
+    started = time.monotonic()
+    result = run_limited(f"""
+        import adatp
+        try:
+            adatp.load_preset({str(path)!r})
+        except adatp.ConfigError as error:
+            print("ConfigError:", error)
+    """)
+    assert time.monotonic() - started < 30
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("ConfigError: preset:") and words in result.stdout
+    assert result.stdout.count("\n") == 1
+
+
+def test_hostile_override_and_unreadable_spec(tmp_path):
+    from autotune.spec import SpecError, load_spec
+
+    with pytest.raises(SpecError, match=r"digits \(at most 64\)"):
+        load_spec(REPO / "studies" / "demo.yaml", ["n_trials=" + "9" * 5000])
+    with pytest.raises(SpecError, match=r"aliases"):
+        load_spec(REPO / "studies" / "demo.yaml", ["base=[&x 1, *x]"])
+    long_value = "dataset.limit=" + "[" + "1," * 50_000 + "1]"
+    with pytest.raises(SpecError) as error:
+        load_spec(REPO / "studies" / "demo.yaml", [long_value])
+    assert len(str(error.value)) < 400  # the 100 kB value is cut in the message
+    if os.geteuid() != 0:  # root reads anything
+        path = tmp_path / "locked.yaml"
+        path.write_text(VALID_SPEC)
+        path.chmod(0)
+        with pytest.raises(SpecError, match="permission denied"):
+            load_spec(path)
+        path.chmod(stat.S_IRUSR | stat.S_IWUSR)
+
+
+def test_valid_files_still_load_and_anchors_without_aliases_are_fine(tmp_path):
+    path = tmp_path / "preset.yaml"
+    path.write_text(VALID_PRESET.replace("format: adatp-preset/v1", "format: &f adatp-preset/v1"))
+    assert adatp.load_preset(path).config.retention > 0
+    assert safe_yaml.load("a: 1\nb: [1, 2.5, 'x']\n") == {"a": 1, "b": [1, 2.5, "x"]}
+    nested: list = []
+    for _ in range(29):
+        nested = [nested]
+    assert safe_yaml.load("x: " + "[" * 30 + "]" * 30) == {"x": nested}  # 31 levels with the mapping: accepted
+
+
+def test_select_preset_skips_hostile_presets(tmp_path):
+    (tmp_path / "good.yaml").write_text(VALID_PRESET)
+    (tmp_path / "bomb.yaml").write_text(alias_bomb())
+    (tmp_path / "utf16.yaml").write_bytes(VALID_PRESET.encode("utf-16"))
+    chosen = adatp.select_preset(tmp_path, dataset="synthetic", budget=1.0)
+    assert chosen.target["dataset"] == "synthetic"
