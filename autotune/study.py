@@ -232,9 +232,49 @@ def open_tracker(spec: StudySpec):
     from autotune.tracking import Tracker
 
     ensure_sqlite_parent(spec.tracking_uri)
+    check_tracking_reachable(spec.tracking_uri)
     # An MLflow server stores artifacts where it was told to (--artifacts-destination); a local store, here.
     location = None if spec.tracking_uri.startswith(("http://", "https://")) else spec.artifact_location
     return Tracker(spec.tracking_uri, spec.name, location)
+
+
+def check_tracking_reachable(uri: str, attempts: int = 3, timeout_s: float = 5.0, backoff_s: float = 1.0) -> None:
+    """Fail fast, in one line, when the MLflow tracking store cannot be reached (MLflow itself retries for minutes):
+    an MLflow server must answer /health, a database must accept a connection; `attempts` tries, backoff doubling
+    (about 20 s in all at the defaults). Local stores (file paths, sqlite) are not checked."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.request
+
+        def probe() -> None:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+                pass
+    elif "://" in uri and not uri.startswith(("sqlite:", "file:")):
+        import sqlalchemy
+        import sqlalchemy.pool
+
+        def probe() -> None:
+            connect_args = {"connect_timeout": int(timeout_s)} if uri.startswith("postgresql") else {}
+            engine = sqlalchemy.create_engine(uri, connect_args=connect_args, poolclass=sqlalchemy.pool.NullPool)
+            try:
+                with engine.connect():
+                    pass
+            finally:
+                engine.dispose()
+    else:
+        return
+    wait = backoff_s
+    for attempt in range(1, attempts + 1):
+        try:
+            probe()
+            return
+        except Exception as error:  # any failure to reach it: reported in one line below
+            reason = getattr(error, "orig", None) or getattr(error, "reason", None) or error
+            if attempt == attempts:
+                text = str(reason).strip().splitlines()[0] if str(reason).strip() else type(error).__name__
+                raise StudyError(f"tracking_uri: cannot reach {mask_url(uri)} after {attempts} attempts: "
+                                 f"{text}") from None
+            time.sleep(wait)
+            wait *= 2
 
 
 def budget_retention(workspace: Workspace, budget: float, where: str) -> tuple[float, float]:

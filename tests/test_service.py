@@ -338,6 +338,20 @@ def test_ui_serves_the_spec_store(done):
     assert f"http://127.0.0.1:{port}" in process.stdout.read()  # printed once the server answered
 
 
+@pytest.mark.parametrize("scheme", ["http", "postgresql"])
+def test_unreachable_tracking_store_exits_2_in_bounded_time(tmp_path, scheme):
+    port = _free_port()  # nothing listens there
+    uri = f"http://127.0.0.1:{port}" if scheme == "http" else f"postgresql://tuner:pw@127.0.0.1:{port}/mlflow"
+    path = write_spec(tmp_path, tracking_uri=uri)
+    started = time.monotonic()
+    result = invoke("study", path, "--no-progress")
+    elapsed = time.monotonic() - started
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip() and "Loading weights" not in line]
+    assert lines[-1].startswith("error: tracking_uri: cannot reach") and "after 3 attempts" in lines[-1]
+    assert "pw@" not in result.output and elapsed < 30
+
+
 def test_ui_refuses_a_busy_port_and_keeps_credentials_off_the_command_line(done):
     from autotune.cli import mlflow_server_command
 
