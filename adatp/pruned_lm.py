@@ -66,6 +66,15 @@ class VideoCall:
         return frames * per_frame + self.trailing
 
 
+def video_token_mask(inner, video_token_id: int, input_ids, kwargs: dict) -> torch.Tensor:
+    """[B, L] positions of the video placeholder token, found as the stock models find them: in `input_ids`, else
+    as rows of `inputs_embeds` equal to the placeholder's embedding."""
+    if input_ids is not None:
+        return input_ids == video_token_id
+    marker = inner.get_input_embeddings().weight[video_token_id]
+    return (kwargs["inputs_embeds"] == marker).all(-1)
+
+
 @dataclasses.dataclass
 class _Layout:
     """How the videos of a call sit in the batch, known on the host before any layer runs."""

@@ -163,16 +163,22 @@ np.save(out, reader.get_batch(np.linspace(0, total - 1, num_frames, dtype=int).t
 """
 
 
+def _run_child(path: Path, source: str, arguments: list[str], timeout_s: float) -> subprocess.CompletedProcess:
+    """Run decoder code in a child process (a hang or a crash in decord cannot take the caller down)."""
+    command = [sys.executable, "-c", source, str(path), *arguments]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise VideoError(f"{path}: decoder timed out after {timeout_s:g} s") from None
+    if done.returncode < 0:
+        raise VideoError(f"{path}: decoder crashed (signal {-done.returncode})")
+    return done
+
+
 def _decode_in_child(path: Path, num_frames: int, timeout_s: float) -> np.ndarray:
     with tempfile.TemporaryDirectory(prefix="adatp-decode-") as scratch:
         out = Path(scratch) / "frames.npy"
-        command = [sys.executable, "-c", _CHILD_SOURCE, str(path), str(num_frames), str(out)]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise VideoError(f"{path}: decoder timed out after {timeout_s:g} s") from None
-        if done.returncode < 0:
-            raise VideoError(f"{path}: decoder crashed (signal {-done.returncode})")
+        done = _run_child(path, _CHILD_SOURCE, [str(num_frames), str(out)], timeout_s)
         if done.returncode != 0 or not out.is_file():
             reason = _one_line(RuntimeError(done.stderr)) if done.stderr.strip() else f"exit code {done.returncode}"
             raise VideoError(f"{path}: decode failed: {reason}")
@@ -783,13 +789,7 @@ print(repr(float(reader.get_avg_fps())), len(reader))
 
 
 def _fps_in_child(path: Path, timeout_s: float) -> tuple[float, int]:
-    command = [sys.executable, "-c", _FPS_CHILD_SOURCE, str(path)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise VideoError(f"{path}: decoder timed out after {timeout_s:g} s") from None
-    if done.returncode < 0:
-        raise VideoError(f"{path}: decoder crashed (signal {-done.returncode})")
+    done = _run_child(path, _FPS_CHILD_SOURCE, [], timeout_s)
     fields = done.stdout.split()
     if done.returncode != 0 or len(fields) != 2:
         reason = _one_line(RuntimeError(done.stderr)) if done.stderr.strip() else f"exit code {done.returncode}"

@@ -423,6 +423,7 @@ class _QwenVideo:
         self.tokens_per_frame = height * width // self.preprocess["merge_size"] ** 2
         self.n_visual = self.grid[0] * self.tokens_per_frame
         self.start, self.end, self.pad = config.vision_start_token_id, config.vision_end_token_id, config.video_token_id
+        self._seconds: dict[str, list[float]] = {}  # video path -> Qwen3-VL timestamps
 
     def weights(self) -> list[torch.Tensor]:
         return list(self.model.model.visual.parameters())
@@ -448,12 +449,15 @@ class _QwenVideo:
         return torch.stack([output.pooler_output[0], *levels])
 
     def _timestamps(self, question: Question) -> list[float]:
-        try:
-            fps, total = video_fps_and_length(question.video_path)
-        except (VideoError, OSError):  # the video is skipped at evaluation; this prompt only sizes the text
-            fps, total = 1.0, self.frames
-        indices = frame_indices(total, self.frames)
-        return qwen3_timestamps(indices, fps, self.preprocess["temporal_patch_size"])
+        """Per-group seconds of the question's video; probed once per video (its questions share them)."""
+        if question.video_path not in self._seconds:
+            try:
+                fps, total = video_fps_and_length(question.video_path)
+            except (VideoError, OSError):  # the video is skipped at evaluation; this prompt only sizes the text
+                fps, total = 1.0, self.frames
+            indices = frame_indices(total, self.frames)
+            self._seconds[question.video_path] = qwen3_timestamps(indices, fps, self.preprocess["temporal_patch_size"])
+        return self._seconds[question.video_path]
 
     def expand(self, ids: list[int], question: Question) -> list[int]:
         """`<|vision_start|><|video_pad|><|vision_end|>` -> the processor's expansion: T*N pads (Qwen2.5-VL), or

@@ -8,7 +8,7 @@ import math
 import torch
 
 from adatp.config import AdaTPConfig
-from adatp.pruned_lm import VideoCall, _Positions
+from adatp.pruned_lm import VideoCall, _Positions, video_token_mask
 
 
 def _inner_class():
@@ -43,11 +43,7 @@ class LlavaOnevisionAdapter:
         shape = self._video_shape(kwargs)
         if shape is None:
             return None
-        if input_ids is not None:
-            video = input_ids == self.video_token_id
-        else:  # the stock model finds video placeholders in embeddings the same way
-            marker = self.inner.get_input_embeddings().weight[self.video_token_id]
-            video = (kwargs["inputs_embeds"] == marker).all(-1)
+        video = video_token_mask(self.inner, self.video_token_id, input_ids, kwargs)
         videos, frames = shape
         return VideoCall(video_mask=video, grids=((frames, self.tokens_per_frame),) * videos, trailing=1)
 

@@ -15,7 +15,7 @@ import warnings
 import torch
 
 from adatp.config import AdaTPConfig, ConfigError
-from adatp.pruned_lm import VideoCall, _Positions
+from adatp.pruned_lm import VideoCall, _Positions, video_token_mask
 
 
 class _QwenAdapter:
@@ -76,11 +76,7 @@ class _QwenAdapter:
                 return None
         else:
             return None
-        if input_ids is not None:
-            video = input_ids == self.video_token_id
-        else:  # the stock model finds video placeholders in embeddings the same way
-            marker = self.inner.get_input_embeddings().weight[self.video_token_id]
-            video = (kwargs["inputs_embeds"] == marker).all(-1)
+        video = video_token_mask(self.inner, self.video_token_id, input_ids, kwargs)
         return VideoCall(video_mask=video, grids=grids, trailing=0)
 
     @staticmethod
