@@ -38,9 +38,10 @@ class BadInput(Exception):
 def _bad_input_types() -> tuple[type[BaseException], ...]:
     from adatp import ConfigError
     from autotune.spec import SpecError
+    from autotune.storage import StorageOutage
     from autotune.study import StudyError
 
-    return (SpecError, StudyError, ConfigError, BadInput)
+    return (SpecError, StudyError, ConfigError, BadInput, StorageOutage)
 
 
 def guarded(command: Callable) -> Callable:
@@ -54,8 +55,8 @@ def guarded(command: Callable) -> Callable:
         except typer.Exit:
             raise
         except KeyboardInterrupt:
-            typer.echo("\ninterrupted: the running trial is recorded as FAIL (interrupted) and queued again; "
-                       "run the same command to resume", err=True)
+            typer.echo("\ninterrupted: nothing finished is lost (a running trial is recorded as FAIL (interrupted) "
+                       "and queued again); run the same command to resume", err=True)
             raise typer.Exit(130) from None
         except Exception as error:
             if debug:
@@ -134,12 +135,12 @@ def study(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
     from autotune.spec import mask_url
     from autotune.study import create_studies, run_studies
 
+    _stop_on_signals()
     spec = _spec(spec_path, overrides)
     devices = [item.strip() for item in gpus.split(",") if item.strip()]
     if devices and not all(item.isdigit() for item in devices):
         raise BadInput(f"--gpus: expected comma-separated device ids like 0,1,2, got {gpus!r}")
     _quiet_libraries()
-    _stop_on_signals()
     workspace = _workspace(spec)
     studies = create_studies(workspace)
     typer.echo(f"studies in {mask_url(spec.storage)}: " + ", ".join(
@@ -201,9 +202,9 @@ def worker(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
     """Join the spec's existing studies (created by `autotune study`) and run trials until each has n_trials."""
     from autotune.study import open_studies, run_studies
 
+    _stop_on_signals()
     spec = _spec(spec_path, overrides)
     _quiet_libraries()
-    _stop_on_signals()
     workspace = _workspace(spec)
     run_studies(workspace, open_studies(workspace), progress=progress, echo=typer.echo)
     _print_status(spec)
@@ -213,9 +214,11 @@ def _print_status(spec) -> bool:
     from rich.console import Console
     from rich.table import Table
 
+    from autotune.storage import stale_trial_numbers
     from autotune.study import ATTR, best_feasible, finished_count, load_studies
 
     studies = load_studies(spec)
+    notes = []
     table = Table(title=f"{spec.name}: {spec.n_trials} trials planned per budget")
     for column in ("budget", "study", "retention", "done", "COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING",
                    f"best tune {spec.objective}", "trial", "FLOPs ratio"):
@@ -233,6 +236,12 @@ def _print_status(spec) -> bool:
         rungs = Counter(t.user_attrs.get("rung") for t in trials if t.state.name == "PRUNED")
         if rungs:  # where pruned trials stopped: rung index -> count
             counts["PRUNED"] += " (" + ", ".join(f"r{rung}: {n}" for rung, n in sorted(rungs.items())) + ")"
+        stale = stale_trial_numbers(found)
+        if stale:
+            counts["RUNNING"] += f" ({len(stale)} stale)"
+            notes.append(f"{found.study_name}: trial(s) {', '.join(map(str, stale))} RUNNING with a worker silent for "
+                         f"more than heartbeat.grace ({spec.heartbeat.grace} s): the next worker fails them and runs "
+                         f"them again (`autotune worker {spec.source or spec.name}`)")
         table.add_row(
             f"{budget:.2f}", found.study_name, f"{found.user_attrs.get(ATTR, {}).get('retention', float('nan')):.4f}",
             f"{finished_count(found)}/{spec.n_trials}", *counts.values(),
@@ -240,6 +249,8 @@ def _print_status(spec) -> bool:
             f"{best.user_attrs['flops_ratio']:.4f}" if best else "-",
         )
     Console(width=200).print(table)
+    for note in notes:
+        typer.echo(note)
     return any_study
 
 
@@ -404,6 +415,9 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None
 
 
 def main() -> None:
+    from autotune.interrupt import STOP
+
+    STOP.install()  # before Typer parses anything: a signal during start-up exits 130, not -15
     app()
 
 

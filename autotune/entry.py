@@ -20,6 +20,19 @@ def missing_service_modules() -> list[str]:
 
 
 def main() -> None:
+    from autotune.interrupt import STOP
+
+    # Installed before the heavy imports (torch, transformers, MLflow take seconds): SIGTERM or Ctrl-C during
+    # start-up ends the command with 130 and one line instead of dying by the signal.
+    STOP.install()
+    try:
+        _main()
+    except KeyboardInterrupt:
+        print("\ninterrupted during start-up; nothing was written", file=sys.stderr)
+        sys.exit(130)
+
+
+def _main() -> None:
     missing = missing_service_modules()
     if missing:
         print(f"autotune: the tuning service needs the 'tune' extra ({', '.join(missing)} not installed): "

@@ -150,10 +150,13 @@ class PrunerSpec:
 class HeartbeatSpec:
     """Optuna storage heartbeats: a worker beats every `interval` s; a RUNNING trial silent for `grace` s is failed
     by the next worker that starts a trial, and re-run once. The beat runs in a thread, so long GPU trials need no
-    longer interval; `grace` (> interval) absorbs database or network stalls."""
+    longer interval; `grace` (> interval) absorbs database or network stalls. A worker rides out a database outage
+    of up to `outage` s (its calls and its heartbeat retried with backoff), then exits 2 in one line and its trial
+    is re-run by the next worker (see `autotune.storage`)."""
 
     interval: int = 60      # seconds, >= 1
     grace: int = 600        # seconds, > interval
+    outage: int = 300       # seconds, >= 1
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -739,7 +742,8 @@ def _heartbeat(raw: dict) -> HeartbeatSpec:
     grace = _integer("heartbeat.grace", section.get("grace", 600), 1)
     if grace <= interval:
         raise SpecError(f"heartbeat.grace: must exceed heartbeat.interval ({interval}), got {grace}")
-    return HeartbeatSpec(interval=interval, grace=grace)
+    outage = _integer("heartbeat.outage", section.get("outage", 300), 1)
+    return HeartbeatSpec(interval=interval, grace=grace, outage=outage)
 
 
 def _storage(value: Any) -> str:

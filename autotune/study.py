@@ -33,6 +33,7 @@ from adatp.flops import kept_count, min_flops_ratio
 from autotune.data import PROTOCOL_VERSION, LoadReport, Question, load_dataset, split_by_video
 from autotune.interrupt import STOP
 from autotune.spec import StudySpec, mask_url
+from autotune.storage import STALE_REASON, StorageOutage, ensure_sqlite_parent, quiet_optuna, storage_for
 from autotune.versions import package_versions
 
 INTERRUPTED = "interrupted"
@@ -120,62 +121,8 @@ def make_pruner(spec: StudySpec, sizes: Sequence[int]) -> optuna.pruners.BasePru
     raise StudyError(f"pruner.name: unknown pruner {pruner.name!r}")
 
 
-def quiet_optuna() -> None:
-    """Our progress bar and tables report trials; Optuna's per-trial log lines and experimental warnings would not."""
-    import warnings
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-
-def ensure_sqlite_parent(url: str) -> None:
-    """SQLite creates the database file but not its directory."""
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-
-
-# Connecting to the storage: attempts, and the first wait (doubling, capped at 8 s).
-CONNECT_ATTEMPTS = 5
-CONNECT_BACKOFF_S = 0.5
-
-
-def storage_for(url: str, heartbeat_interval: int = 60, grace_period: int = 600, attempts: int = CONNECT_ATTEMPTS,
-                backoff_s: float = CONNECT_BACKOFF_S) -> optuna.storages.BaseStorage:
-    """The Optuna storage, with connection retries and backoff.
-
-    Heartbeats let a later worker fail (and re-run once) a trial whose worker died; the re-run keeps a link to
-    the trial it replaces. An unreachable database raises StudyError (exit 2) after `attempts` tries.
-    """
-    import sqlalchemy.exc
-
-    quiet_optuna()
-    if url.startswith("journal:///"):  # one machine, processes share the file through its lock; no heartbeats
-        path = Path(url.removeprefix("journal://"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        journal = optuna.storages.journal
-        return journal.JournalStorage(journal.JournalFileBackend(str(path)))
-    ensure_sqlite_parent(url)
-    wait = backoff_s
-    for attempt in range(1, attempts + 1):
-        try:
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite")
-                else {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}},
-            )
-        except sqlalchemy.exc.OperationalError as error:
-            if attempt == attempts:
-                reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
-                raise StudyError(f"storage: cannot reach {mask_url(url)} after {attempts} attempts: "
-                                 f"{reason}") from None
-            time.sleep(wait)
-            wait = min(wait * 2, 8.0)
-    raise AssertionError("unreachable")
-
-
 def spec_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
-    return storage_for(spec.storage, spec.heartbeat.interval, spec.heartbeat.grace)
+    return storage_for(spec.storage, spec.heartbeat.interval, spec.heartbeat.grace, spec.heartbeat.outage)
 
 
 # -- the workspace: spec, questions, and (lazily) the engine and the tracker ---------------------------------------
@@ -229,10 +176,12 @@ class Workspace:
 
 
 def open_tracker(spec: StudySpec):
-    from autotune.tracking import Tracker
+    from autotune.tracking import Tracker, build_sqlite_store
 
     ensure_sqlite_parent(spec.tracking_uri)
     check_tracking_reachable(spec.tracking_uri)
+    if spec.tracking_uri.startswith("sqlite:///"):
+        build_sqlite_store(spec.tracking_uri)
     # An MLflow server stores artifacts where it was told to (--artifacts-destination); a local store, here.
     location = None if spec.tracking_uri.startswith(("http://", "https://")) else spec.artifact_location
     return Tracker(spec.tracking_uri, spec.name, location)
@@ -319,10 +268,16 @@ _MUST_MATCH = ("retention", "rungs", "objective", "dataset", "tune_questions", "
 def create_studies(workspace: Workspace, create: bool = True) -> dict[float, optuna.Study]:
     """Create (or reopen) every budget's study, its parent MLflow run and its enqueued warm starts.
 
+    Safe to interrupt anywhere and run again: each step checks what is there (a warm start already enqueued is not
+    enqueued again; the parent run is found by tag and gets whatever params it lacks) and the study is marked
+    created (its `autotune` attribute) only after every step. The database writes run with signals deferred
+    (`autotune.interrupt`), so Ctrl-C or SIGTERM stops between them, never inside one.
     create=False (workers): the studies must exist already, made by `autotune study` before any worker starts.
     """
     spec = workspace.spec
-    storage = spec_storage(spec)
+    with STOP.deferred():
+        storage = spec_storage(spec)
+    STOP.check()
     if not create:
         existing = set(optuna.get_all_study_names(storage))
         for name in study_names(spec).values():
@@ -340,30 +295,44 @@ def create_studies(workspace: Workspace, create: bool = True) -> dict[float, opt
         # Workers joining a study draw their own stream; the creating process uses the recorded seed.
         seed = sampler_seed(spec, budget) + (0 if create else 1000 * (os.getpid() % 100_000 + 1))
         workspace.seeds[name] = seed
-        study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True,
-                                    sampler=make_sampler(spec, seed),
-                                    pruner=make_pruner(spec, sizes))
-        known = study.user_attrs.get(ATTR)
-        if known is None and not create:
-            raise StudyError(f"study {name} is still being created; start workers after `autotune study` has begun")
-        if known is None:
-            study.enqueue_trial(default_params(spec), user_attrs={"warm_start": "default"})
-            for params in spec.warm_start:
-                study.enqueue_trial(dict(params), user_attrs={"warm_start": "spec"})
-            run_id = workspace.tracker.study_run(
-                name, params={"spec": spec.to_dict(), "retention": retention, "rungs": sizes,
-                              "video": settings["video"]},
-                tags={"autotune.spec": spec.name, "autotune.budget": f"{budget:.2f}", "protocol": PROTOCOL_VERSION,
-                      **{f"version.{k}": v for k, v in settings["versions"].items()}})
-            study.set_user_attr("mlflow_run_id", run_id)
-            study.set_user_attr(ATTR, settings)
-        else:
-            changed = [key for key in _MUST_MATCH if known.get(key) != settings[key]]
-            if changed:
-                raise StudyError(f"study {name} exists with different {', '.join(changed)} "
-                                 f"(in {mask_url(spec.storage)}); use another spec name or workdir")
+        with STOP.deferred():
+            study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                                        load_if_exists=True, sampler=make_sampler(spec, seed),
+                                        pruner=make_pruner(spec, sizes))
+            known = study.user_attrs.get(ATTR)
+            if known is None and not create:
+                raise StudyError(f"study {name} is still being created; start workers after `autotune study` "
+                                 "has begun")
+            if known is None:
+                _finish_creating(workspace, study, budget, retention, sizes, settings)
+            else:
+                changed = [key for key in _MUST_MATCH if known.get(key) != settings[key]]
+                if changed:
+                    raise StudyError(f"study {name} exists with different {', '.join(changed)} "
+                                     f"(in {mask_url(spec.storage)}); use another spec name or workdir")
+        STOP.check()
         studies[budget] = study
     return studies
+
+
+def _finish_creating(workspace: Workspace, study: optuna.Study, budget: float, retention: float, sizes: list[int],
+                     settings: dict) -> None:
+    """The steps of creating a study, each skipped when an interrupted earlier run already did it."""
+    spec = workspace.spec
+    enqueued = {(trial.user_attrs.get("warm_start"), trial.user_attrs.get("warm_start_index"))
+                for trial in study.get_trials(deepcopy=False)}
+    if ("default", None) not in enqueued:
+        study.enqueue_trial(default_params(spec), user_attrs={"warm_start": "default"})
+    for position, params in enumerate(spec.warm_start):
+        if ("spec", position) not in enqueued:
+            study.enqueue_trial(dict(params), user_attrs={"warm_start": "spec", "warm_start_index": position})
+    run_id = workspace.tracker.study_run(
+        study.study_name, params={"spec": spec.to_dict(), "retention": retention, "rungs": sizes,
+                                  "video": settings["video"]},
+        tags={"autotune.spec": spec.name, "autotune.budget": f"{budget:.2f}", "protocol": PROTOCOL_VERSION,
+              **{f"version.{k}": v for k, v in settings["versions"].items()}})
+    study.set_user_attr("mlflow_run_id", run_id)
+    study.set_user_attr(ATTR, settings)  # last: marks the study created
 
 
 def open_studies(workspace: Workspace) -> dict[float, optuna.Study]:
@@ -523,6 +492,8 @@ def make_objective(workspace: Workspace, study: optuna.Study,
                 with contextlib.suppress(Exception):
                     tracker.set_state(run_id, "FAIL", tags={"fail_reason": INTERRUPTED})
             raise
+        except StorageOutage:
+            raise  # nothing can be recorded now; the stale-heartbeat pass of the next worker fails and re-runs it
         except Exception as error:
             release_gpu_memory()
             trial.set_user_attr("fail_reason", _one_line(error))
@@ -573,45 +544,104 @@ def run_studies(workspace: Workspace, studies: dict[float, optuna.Study], progre
         bar = tqdm(total=planned, initial=done, desc="trials", unit="trial")
     try:
         with STOP.deferred():  # Ctrl-C / SIGTERM stop at the next batch boundary (see autotune.interrupt)
-            _run_each(workspace, studies, bar)
+            _run_each(workspace, studies, bar, echo)
     finally:
         if bar is not None:
             bar.close()
 
 
-def _run_each(workspace: Workspace, studies: dict[float, optuna.Study], bar) -> None:
-    """The trial loop of `run_studies`; `STOP.check()` between trials, and between batches inside one."""
+def _run_each(workspace: Workspace, studies: dict[float, optuna.Study], bar,
+              echo: Callable[[str], None] = print) -> None:
+    """The trial loop of `run_studies`; `STOP.check()` between trials, and between batches inside one.
+
+    A study's plan is done when n_trials trials counted and none is WAITING or RUNNING. A study whose only open
+    trials run on other workers is left for a second pass, after the other studies: there this worker waits for
+    them to end, or for a dead worker's trial to go stale (`heartbeat.grace`), be failed, queued again and run
+    here, so the last workers never leave a study stuck with a RUNNING trial.
+    """
+    later = [(budget, study) for budget, study in studies.items()
+             if not _run_study(workspace, budget, study, bar, echo, wait=False)]
+    for budget, study in later:
+        _run_study(workspace, budget, study, bar, echo, wait=True)
+
+
+def _run_study(workspace: Workspace, budget: float, study: optuna.Study, bar, echo: Callable[[str], None],
+               wait: bool) -> bool:
+    """Run the study's trials until its plan is done (True), or, without `wait`, until only trials of other
+    workers are open (False)."""
     spec = workspace.spec
-    for budget, study in studies.items():
-        current: dict[str, Any] = {}
-        objective = make_objective(workspace, study, current)
-        failures = 0
-        while True:
-            # A trial whose worker died is failed (and queued again) once its heartbeat is stale.
-            optuna.storages.fail_stale_trials(study)
-            waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-            if finished_count(study) >= spec.n_trials and not waiting:
+    current: dict[str, Any] = {}
+    objective = make_objective(workspace, study, current)
+    failures, said = 0, None
+    while True:
+        # A trial whose worker died is failed (and queued again) once its heartbeat is stale.
+        optuna.storages.fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+        waiting = [trial for trial in trials if trial.state == TrialState.WAITING]
+        running = [trial for trial in trials if trial.state == TrialState.RUNNING]
+        if finished_count(study) >= spec.n_trials and not waiting:
+            if not running or not optuna.storages.is_heartbeat_enabled(study._storage):
                 break
-            current.clear()
-            STOP.check()
-            try:
-                study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
-            except KeyboardInterrupt:
-                _interrupted_outside_objective(study, current.get("trial"))
+            if not wait:
+                return False
+            said = _wait_for_running(study, running, said, echo)
+            continue
+        current.clear()
+        STOP.check()
+        try:
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+        except KeyboardInterrupt:
+            _interrupted_outside_objective(study, current.get("trial"))
+            raise
+        except Exception as error:
+            outage = _outage_in(error)
+            if outage is None:
                 raise
-            if "trial" not in current:
-                continue
-            last = study._storage.get_trial(current["trial"]._trial_id)
-            failures = failures + 1 if last.state == TrialState.FAIL else 0
-            if failures >= MAX_CONSECUTIVE_FAILURES:
-                raise RuntimeError(f"{study.study_name}: {failures} trials in a row failed; last: "
-                                   f"{last.user_attrs.get('fail_reason', 'unknown')}")
-            if bar is not None and counts_toward_plan(last) and bar.n < bar.total:
-                bar.update(1)
-                best = best_feasible(study)
-                bar.set_postfix_str(f"b{budget:.2f} best {best.value:.3f}" if best else f"b{budget:.2f}")
-        sync_runs(workspace, study)
-        summarise_study(workspace, study)
+            number = current["trial"].number if "trial" in current else None
+            raise StorageOutage(f"{outage}" + ("" if number is None else
+                                f"; trial {number} stays RUNNING until its heartbeat is stale "
+                                f"({spec.heartbeat.grace} s), then the next worker runs it again")) from None
+        if "trial" not in current:
+            continue
+        last = study._storage.get_trial(current["trial"]._trial_id)
+        failures = failures + 1 if last.state == TrialState.FAIL else 0
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            raise RuntimeError(f"{study.study_name}: {failures} trials in a row failed; last: "
+                               f"{last.user_attrs.get('fail_reason', 'unknown')}")
+        if bar is not None and counts_toward_plan(last) and bar.n < bar.total:
+            bar.update(1)
+            best = best_feasible(study)
+            bar.set_postfix_str(f"b{budget:.2f} best {best.value:.3f}" if best else f"b{budget:.2f}")
+    sync_runs(workspace, study)
+    summarise_study(workspace, study)
+    return True
+
+
+def _wait_for_running(study: optuna.Study, running: list[FrozenTrial], said: tuple | None,
+                      echo: Callable[[str], None]) -> tuple:
+    """The plan is counted but other workers' trials are RUNNING: wait for them to end, or to go stale and come
+    back queued. Says why once per set of trials; returns what it said."""
+    storage = study._storage
+    key = tuple(trial.number for trial in running)
+    if key != said:
+        grace = getattr(getattr(storage, "_backend", storage), "grace_period", None)
+        names = ", ".join(f"{trial.number} ({trial.user_attrs.get('worker', 'unknown worker')})" for trial in running)
+        echo(f"{study.study_name}: plan counted, waiting for RUNNING trial(s) {names} to finish; a trial whose "
+             f"worker is silent for {grace} s is failed and run again here")
+    STOP.check()
+    time.sleep(min(5.0, max(0.5, storage.get_heartbeat_interval() or 1)))
+    return key
+
+
+def _outage_in(error: BaseException) -> StorageOutage | None:
+    """The StorageOutage behind `error` (Optuna's trial bookkeeping may raise something else on top of it)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, StorageOutage):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _interrupted_outside_objective(study: optuna.Study, trial: optuna.Trial | None) -> None:
@@ -648,7 +678,7 @@ def sync_runs(workspace: Workspace, study: optuna.Study) -> None:
             run_id = run.info.run_id
         tags = {}
         if trial.state == TrialState.FAIL:
-            tags["fail_reason"] = trial.user_attrs.get("fail_reason", "worker died (stale heartbeat)")
+            tags["fail_reason"] = trial.user_attrs.get("fail_reason", STALE_REASON)
         tracker.set_state(run_id, trial.state.name, tags=tags)
 
 

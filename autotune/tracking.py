@@ -9,7 +9,9 @@ the rung it reached in `optuna.rung`.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -18,6 +20,8 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from autotune.storage import Resilient
 
 # MLflow's limit for one param value.
 _PARAM_LIMIT = 6000
@@ -48,6 +52,42 @@ def flat_params(data: Mapping[str, Any]) -> dict[str, str]:
     return {key: str(value)[:_PARAM_LIMIT] for key, value in _flat("", data)}
 
 
+def _store_complete(path: Path) -> bool:
+    """An MLflow SQLite store whose schema was built to the end (MLflow stamps `alembic_version` last)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            return connection.execute("select count(*) from alembic_version").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
+def build_sqlite_store(uri: str) -> None:
+    """Build a missing MLflow SQLite store in a side file and link it into place whole.
+
+    MLflow builds its schema in many steps; a first run interrupted among them left a store no later run could
+    open (`table spans already exists`). A store found half-built (no `alembic_version` stamp, so MLflow cannot
+    use it) is moved aside as `<name>.incomplete-<time>` and built again.
+    """
+    path = Path(uri.removeprefix("sqlite:///"))
+    if path.exists():
+        if _store_complete(path):
+            return
+        aside = path.with_name(f"{path.name}.incomplete-{int(time.time())}")
+        os.replace(path, aside)
+        print(f"tracking: {path} was half-built (an interrupted first run); moved aside to {aside.name}, "
+              "building it again", file=sys.stderr)
+    side = path.with_name(f".{path.name}.building-{os.getpid()}")
+    side.unlink(missing_ok=True)
+    MlflowClient(tracking_uri=f"sqlite:///{side}").search_experiments(max_results=1)
+    try:
+        os.link(side, path)  # fails if another process built it first: theirs is as good
+    except FileExistsError:
+        pass
+    side.unlink()
+
+
 class Tracker:
     """MLflow client bound to one experiment (one spec). Creating it creates the experiment if it is missing.
 
@@ -59,7 +99,7 @@ class Tracker:
         if artifact_location and "://" not in artifact_location:
             Path(artifact_location).mkdir(parents=True, exist_ok=True)
             artifact_location = Path(artifact_location).resolve().as_uri()
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = Resilient(MlflowClient(tracking_uri=tracking_uri))  # rides out a database outage
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
@@ -85,14 +125,16 @@ class Tracker:
         return self.client.create_run(self.experiment_id, tags=_text_values(tags), run_name=run_name).info.run_id
 
     def study_run(self, study_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
-        """The parent run of an Optuna study (created with its params once; found by tag afterwards)."""
+        """The parent run of an Optuna study: created once, found by tag afterwards; params it lacks (an earlier
+        creation was interrupted between the run and its params) are logged."""
         found = self._search({"autotune.kind": "study", "autotune.study": study_name})
         if found:
-            return found[0].info.run_id
-        tags = _text_values({"autotune.kind": "study", "autotune.study": study_name, **tags})
-        run = self.client.create_run(self.experiment_id, run_name=study_name, tags=tags)
-        self.log(run.info.run_id, params=params)
-        return run.info.run_id
+            run_id = found[0].info.run_id
+        else:
+            tags = _text_values({"autotune.kind": "study", "autotune.study": study_name, **tags})
+            run_id = self.client.create_run(self.experiment_id, run_name=study_name, tags=tags).info.run_id
+        self.log(run_id, params=params)
+        return run_id
 
     def trial_run(self, parent_id: str, study_name: str, trial_number: int, params: Mapping[str, Any],
                   tags: Mapping[str, str]) -> str:

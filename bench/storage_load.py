@@ -2,7 +2,7 @@
 
 No model: a trial suggests the four thresholds, reports four rungs (15, 30, 60, 120 questions) to a
 successive-halving pruner, sets three user attributes and the FLOPs constraint, and sleeps a simulated compute time
-spread over the rungs (a pruned trial sleeps only for the rungs it ran). The storage is `autotune.study.storage_for`,
+spread over the rungs (a pruned trial sleeps only for the rungs it ran). The storage is `autotune.storage.storage_for`,
 the one our workers use (heartbeats, stale-trial retry, SQLite timeout); the sampler is TPE with constant liar,
 multivariate, a seed per worker and 8 startup trials, as `make_sampler` builds it; `study.optimize` catches
 exceptions and skips gc as `run_studies` does (run_studies' extra per-trial reads around `optimize` are not here).
@@ -39,7 +39,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from autotune.study import quiet_optuna, storage_for
+from autotune.storage import quiet_optuna, storage_for
 from autotune.versions import package_versions
 
 RESULTS = Path(__file__).parent / "results"
@@ -332,7 +332,7 @@ def main() -> None:
         benchmark="storage_load", timestamp=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         settings=dict(backends=args.backends, workers=args.workers, compute_ms=args.compute_ms,
                       trials_per_worker=args.trials, rungs=list(RUNGS), space=SPACE,
-                      storage="autotune.study.storage_for",
+                      storage="autotune.storage.storage_for",
                       sampler=dict(name="tpe", constant_liar=True, multivariate=True, seed="worker index",
                                    n_startup_trials=N_STARTUP_TRIALS),
                       pruner=dict(name="successive_halving", min_resource=RUNGS[0], reduction_factor=REDUCTION_FACTOR),

@@ -1,0 +1,306 @@
+"""The Optuna storage and the MLflow client, made to ride out a database outage.
+
+A study runs for days against one PostgreSQL: a restart, a failover or a network cut must not end the fleet. Every
+storage call (and every MLflow call) that fails for a reason that passes, a refused or dropped connection, a locked
+SQLite file, is retried with backoff (0.5 s doubling to 5 s) until the database answers, for up to
+`heartbeat.outage` seconds (`OUTAGE.limit_s`) counted from the start of the outage. The heartbeat thread retries
+the same way, so it survives and the trial it guards is not re-run. Past the limit the call raises
+`StorageOutage`: the worker ends with one line, and its RUNNING trial is failed and re-run by the next worker once
+its heartbeat is stale.
+
+After an outage every worker's last heartbeat is old. So a worker does not judge any trial stale until it has been
+connected for `interval + 5 s + 2 s` (`STALE_JUDGE_MARGIN_S`), long enough for the live workers' heartbeat threads
+to beat again; otherwise the first worker back would fail (and re-run) its neighbours' running trials.
+
+A trial failed for a stale heartbeat gets `fail_reason` = "worker died (stale heartbeat)" before its state changes
+(Optuna refuses attributes on finished trials), whichever worker or Optuna call fails it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+
+from autotune.spec import mask_url
+
+T = TypeVar("T")
+
+STALE_REASON = "worker died (stale heartbeat)"
+# Retry waits: the first, doubling up to the last.
+FIRST_WAIT_S = 0.5
+MAX_WAIT_S = 5.0
+# After (re)connecting, wait this long beyond one heartbeat interval before failing anyone's trial as stale.
+STALE_JUDGE_MARGIN_S = MAX_WAIT_S + 2.0
+# Connecting at start-up: attempts (the first wait doubles, capped at 8 s). A worker that cannot reach the database
+# at all exits 2 quickly; the outage rule above is for workers that were connected.
+CONNECT_ATTEMPTS = 5
+CONNECT_BACKOFF_S = 0.5
+
+
+class StorageOutage(RuntimeError):
+    """The database stayed unreachable for longer than `heartbeat.outage` seconds (exit 2, one line)."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """True when `error` (or what it wraps) is a connection failure or a lock: worth retrying, not a bug.
+
+    PostgreSQL: any OperationalError / InterfaceError / disconnect (refused, dropped, server shutting down).
+    SQLite: only "database is locked" and "unable to open" (other SQLite OperationalErrors are broken schemas).
+    MLflow over HTTP: connection errors. Optuna and MLflow wrap these; the whole chain is searched.
+    """
+    import sqlalchemy.exc
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, StorageOutage):
+            return False
+        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, (sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.InterfaceError)):
+            return True
+        if isinstance(current, sqlalchemy.exc.OperationalError):
+            original = current.orig
+            if original is not None and type(original).__module__.startswith("sqlite3"):
+                text = str(original).lower()
+                return "locked" in text or "unable to open" in text
+            return True
+        if isinstance(current, ConnectionError) or type(current).__name__ in ("NewConnectionError", "MaxRetryError"):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost line that says what went wrong, e.g. 'connection refused'."""
+    current, last = error, error
+    while current is not None:
+        last = current
+        current = current.__cause__ or current.__context__
+    text = (str(last).strip().splitlines() or [type(last).__name__])[0]
+    return f"{type(last).__name__}: {text}"[:200]
+
+
+class _Outage:
+    """Process-wide view of the database's health, shared by the main thread and the heartbeat thread."""
+
+    def __init__(self) -> None:
+        self.limit_s = 300.0
+        self.heartbeat_interval_s = 60.0
+        self.since: float | None = None        # monotonic start of the current outage
+        self.connected_at: float | None = None  # monotonic time of the first success after the last outage
+        self.outages = 0
+        self.echo: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
+        self._lock = threading.Lock()
+
+    def run(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`call(*args, **kwargs)`, retried through a transient outage of up to `limit_s` seconds."""
+        wait = FIRST_WAIT_S
+        while True:
+            try:
+                result = call(*args, **kwargs)
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                down_s = self._failed(error)
+                if down_s > self.limit_s:
+                    raise StorageOutage(f"storage: the database has been unreachable for {down_s:.0f} s, longer "
+                                        f"than heartbeat.outage ({self.limit_s:g} s): {_reason(error)}") from None
+                time.sleep(min(wait, max(0.05, self.limit_s - down_s + 0.05)))
+                wait = min(wait * 2, MAX_WAIT_S)
+                continue
+            if self.since is not None or self.connected_at is None:
+                self._succeeded()
+            return result
+
+    def _failed(self, error: BaseException) -> float:
+        with self._lock:
+            now = time.monotonic()
+            if self.since is None:
+                self.since = now
+                self.outages += 1
+                self.echo(f"storage: database unreachable ({_reason(error)}); retrying for up to "
+                          f"{self.limit_s:g} s")
+            return now - self.since
+
+    def _succeeded(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if self.since is not None:
+                self.echo(f"storage: database back after {now - self.since:.0f} s; carrying on")
+                self.since = None
+                self.connected_at = now
+            elif self.connected_at is None:
+                self.connected_at = now
+
+    def may_judge_stale(self) -> bool:
+        """Connected long enough that a live worker's heartbeat would have been recorded since the last outage."""
+        if self.since is not None or self.connected_at is None:
+            return False
+        return time.monotonic() - self.connected_at >= self.heartbeat_interval_s + STALE_JUDGE_MARGIN_S
+
+
+OUTAGE = _Outage()
+
+# The RDBStorage methods that reach the database (those _CachedStorage calls, and the public ones we call).
+_RETRIED = (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
+    "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
+    "get_all_studies", "create_new_trial", "_create_new_trial", "set_trial_param", "_set_trial_param",
+    "get_trial_param", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+    "get_trial_user_attrs", "get_trial_system_attrs", "get_trial_id_from_study_id_trial_number", "get_trial",
+    "get_all_trials", "_get_trials", "get_n_trials", "get_best_trial", "_get_best_trial_id",
+    "get_trial_number_from_id", "get_trial_params",
+)
+
+
+def _retried(name: str) -> Callable:
+    method = getattr(RDBStorage, name)
+
+    def call(self, *args, **kwargs):
+        return OUTAGE.run(method, self, *args, **kwargs)
+
+    call.__name__ = name
+    call.__doc__ = method.__doc__
+    return call
+
+
+class ResilientRDBStorage(RDBStorage):
+    """RDBStorage whose database calls ride out an outage (see the module docstring)."""
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
+        attempts = 0
+
+        def once() -> bool:
+            nonlocal attempts
+            attempts += 1
+            try:
+                return RDBStorage.set_trial_state_values(self, trial_id, state, values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # A retry after a commit whose answer the dropped connection lost: the state is already ours.
+                if attempts > 1 and RDBStorage.get_trial(self, trial_id).state == state:
+                    return True
+                raise
+
+        return OUTAGE.run(once)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            OUTAGE.run(RDBStorage.record_heartbeat, self, trial_id)
+        except StorageOutage:
+            pass  # the main thread reports the outage and ends the worker; the heartbeat thread stays quiet
+
+    def stale_trial_ids(self, study_id: int) -> list[int]:
+        """RUNNING trials whose heartbeat is older than the grace period (a pure query)."""
+        return OUTAGE.run(RDBStorage._get_stale_trial_ids, self, study_id)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """What Optuna's `fail_stale_trials` fails: none until this worker may judge, each with its reason set."""
+        if not OUTAGE.may_judge_stale():
+            return []
+        stale = self.stale_trial_ids(study_id)
+        for trial_id in stale:
+            try:
+                self.set_trial_user_attr(trial_id, "fail_reason", STALE_REASON)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # another worker failed it first
+        return stale
+
+
+for _name in _RETRIED:
+    setattr(ResilientRDBStorage, _name, _retried(_name))
+
+
+def quiet_optuna() -> None:
+    """Our progress bar and tables report trials; Optuna's per-trial log lines and experimental warnings would not."""
+    import warnings
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def ensure_sqlite_parent(url: str) -> None:
+    """SQLite creates the database file but not its directory."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def storage_for(url: str, heartbeat_interval: int = 60, grace_period: int = 600, outage_s: float = 300.0,
+                attempts: int = CONNECT_ATTEMPTS, backoff_s: float = CONNECT_BACKOFF_S) -> optuna.storages.BaseStorage:
+    """The Optuna storage: connection retries at start, outage retries afterwards, heartbeats.
+
+    Heartbeats let a later worker fail (and re-run once) a trial whose worker died; the re-run keeps a link to
+    the trial it replaces. A database unreachable at start raises `StorageOutage` after `attempts` tries (exit 2).
+    """
+    import sqlalchemy.exc
+
+    quiet_optuna()
+    OUTAGE.limit_s = float(outage_s)
+    OUTAGE.heartbeat_interval_s = float(heartbeat_interval)
+    if url.startswith("journal:///"):  # one machine, processes share the file through its lock; no heartbeats
+        path = Path(url.removeprefix("journal://"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        journal = optuna.storages.journal
+        return journal.JournalStorage(journal.JournalFileBackend(str(path)))
+    ensure_sqlite_parent(url)
+    wait = backoff_s
+    for attempt in range(1, attempts + 1):
+        try:
+            return ResilientRDBStorage(
+                url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite")
+                else {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}},
+            )
+        except sqlalchemy.exc.OperationalError as error:
+            if attempt == attempts:
+                reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+                raise StorageOutage(f"storage: cannot reach {mask_url(url)} after {attempts} attempts: "
+                                    f"{reason}") from None
+            time.sleep(wait)
+            wait = min(wait * 2, 8.0)
+    raise AssertionError("unreachable")
+
+
+def backend_of(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
+    """The storage behind Optuna's in-process cache (`optuna.load_study` wraps an RDBStorage in one)."""
+    return getattr(storage, "_backend", storage)
+
+
+def stale_trial_numbers(study: optuna.Study) -> list[int]:
+    """Numbers of the study's RUNNING trials whose worker has been silent for longer than the grace period."""
+    backend = backend_of(study._storage)
+    if not isinstance(backend, ResilientRDBStorage):
+        return []
+    stale = set(backend.stale_trial_ids(study._study_id))
+    return [trial.number for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if trial._trial_id in stale]
+
+
+class Resilient:
+    """A proxy whose method calls ride out an outage (`OUTAGE.run`): for the MLflow client."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+        # MLflow logs each failed database call with its traceback; the retry loop reports the outage instead.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._target, name)
+        if not callable(value):
+            return value
+
+        def call(*args, **kwargs):
+            return OUTAGE.run(value, *args, **kwargs)
+
+        return call
