@@ -580,7 +580,7 @@ def _run_study(workspace: Workspace, budget: float, study: optuna.Study, bar, ec
         waiting = [trial for trial in trials if trial.state == TrialState.WAITING]
         running = [trial for trial in trials if trial.state == TrialState.RUNNING]
         if finished_count(study) >= spec.n_trials and not waiting:
-            if not running or not optuna.storages.is_heartbeat_enabled(study._storage):
+            if not running or not _heartbeats(study):
                 break
             if not wait:
                 return False
@@ -615,6 +615,11 @@ def _run_study(workspace: Workspace, budget: float, study: optuna.Study, bar, ec
     sync_runs(workspace, study)
     summarise_study(workspace, study)
     return True
+
+
+def _heartbeats(study: optuna.Study) -> bool:
+    """Whether the storage records heartbeats (RDB storages do; the journal file does not)."""
+    return getattr(study._storage, "get_heartbeat_interval", lambda: None)() is not None
 
 
 def _wait_for_running(study: optuna.Study, running: list[FrozenTrial], said: tuple | None,

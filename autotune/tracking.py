@@ -13,6 +13,7 @@ import contextlib
 import os
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -78,8 +79,8 @@ def build_sqlite_store(uri: str) -> None:
         os.replace(path, aside)
         print(f"tracking: {path} was half-built (an interrupted first run); moved aside to {aside.name}, "
               "building it again", file=sys.stderr)
-    side = path.with_name(f".{path.name}.building-{os.getpid()}")
-    side.unlink(missing_ok=True)
+    # A fresh name per build: MLflow caches a store per URI, and a reused name would point at a removed file.
+    side = path.with_name(f".{path.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     MlflowClient(tracking_uri=f"sqlite:///{side}").search_experiments(max_results=1)
     try:
         os.link(side, path)  # fails if another process built it first: theirs is as good
