@@ -115,6 +115,8 @@ def test_workers_ride_out_a_postgres_restart_and_a_30_s_stop(tmp_path, cluster):
                  for line in output.splitlines() if "database back after" in line]
     assert max(downtimes) >= 25  # the 30 s stop was ridden out, not dodged
     trials = load_studies(spec)[0.5].get_trials()
+    print(f"\nfaults: restart 5 s + stop 30 s, 2 workers: outages seen {sorted(downtimes)} s, "
+          f"{len(trials)} trials, states {sorted({t.state.name for t in trials})}")
     assert sum(map(counts_toward_plan, trials)) >= 14
     # Nothing failed, nothing was re-run: no live worker's trial was taken for a dead one's.
     assert {trial.state.name for trial in trials} <= {"COMPLETE", "PRUNED"}, [(t.number, t.state) for t in trials]
@@ -152,6 +154,7 @@ def test_a_longer_outage_ends_the_worker_in_one_line_and_its_trial_is_run_again(
     assert "longer than heartbeat.outage (6 s)" in error_lines[0]
     assert f"trial {hit.number} stays RUNNING" in error_lines[0]
     assert 6 <= ended_after < 60
+    print(f"\nfaults: outage > heartbeat.outage (6 s): worker exited 2 after {ended_after:.1f} s")
     # `status` flags the dead worker's trial once its heartbeat is stale.
     time.sleep(spec.heartbeat.grace + 1)
     result = CliRunner().invoke(app, ["status", str(path)])
@@ -175,9 +178,10 @@ def test_a_longer_outage_ends_the_worker_in_one_line_and_its_trial_is_run_again(
 
 
 def test_last_worker_waits_out_the_grace_and_reruns_a_trial_killed_at_the_end(tmp_path, cluster):
+    # grace 15 s outlasts the trials still running when the kill lands: the survivor counts the plan first.
     path = spec_file(tmp_path, "faults", REPO / ".autotune" / "unused", n_trials=6, batch_size=1,
                      storage=_database(cluster), tracking_uri=_database(cluster), dataset=DATA_24,
-                     heartbeat={"interval": 1, "grace": 4, "outage": 60})
+                     heartbeat={"interval": 1, "grace": 15, "outage": 60})
     spec = load_spec(path)
     create_studies(Workspace.open(spec))
     workers = [_worker(path), _worker(path)]
@@ -203,6 +207,7 @@ def test_last_worker_waits_out_the_grace_and_reruns_a_trial_killed_at_the_end(tm
         for worker in workers:
             worker.kill()
     assert survivor.returncode == 0, output
+    assert f"waiting for RUNNING trial(s) {killed.number} " in output, output
     trials = load_studies(spec)[0.5].get_trials()
     by_number = {trial.number: trial for trial in trials}
     assert by_number[killed.number].state.name == "FAIL"
@@ -262,6 +267,7 @@ def test_sigterm_at_ten_random_moments_of_study_creation_then_a_rerun_completes(
         assert sorted(run.data.tags["autotune.budget"] for run in parents) == ["0.50", "0.70"]
         assert all(run.data.params.get("retention") for run in parents)
     assert sum(code == 130 for _, code in outcomes) >= 5, outcomes  # most signals landed before the end
+    print(f"\nfaults: SIGTERM (moment s, exit) {outcomes} of a {duration:.1f} s run; every rerun completed")
 
 
 def test_a_half_built_mlflow_store_is_moved_aside_and_built_again(tmp_path):
