@@ -55,10 +55,10 @@ def guarded(command: Callable) -> Callable:
         except typer.Exit:
             raise
         except KeyboardInterrupt:
-            typer.echo("\ninterrupted: nothing finished is lost (a running trial is recorded as FAIL (interrupted) "
-                       "and queued again); run the same command to resume", err=True)
-            raise typer.Exit(130) from None
+            _exit_interrupted()
         except Exception as error:
+            if _interrupted(error):
+                _exit_interrupted()
             if debug:
                 raise
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -70,6 +70,23 @@ def guarded(command: Callable) -> Callable:
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _interrupted(error: BaseException | None) -> bool:
+    """A KeyboardInterrupt that a library turned into another exception (transformers' lazy imports do)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _exit_interrupted() -> None:
+    typer.echo("\ninterrupted: nothing finished is lost (a running trial is recorded as FAIL (interrupted) and "
+               "queued again); run the same command to resume", err=True)
+    raise typer.Exit(130) from None
 
 
 def _spec(path: str, overrides: list[str] | None):
@@ -120,7 +137,7 @@ def _stop_on_signals() -> None:
     the running trial is FAIL (interrupted) and queued again. A second signal stops at once."""
     from autotune.interrupt import STOP
 
-    STOP.install()
+    STOP.install(exit_at_once=True)
 
 
 @app.command()
@@ -350,17 +367,21 @@ def ui(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
     command, environment = mlflow_server_command(uri, host, port)
     # The server runs in its own process group (uvicorn and MLflow's job runner are its children): stopping it stops
     # them all, whether the stop came from Ctrl-C or a SIGINT/SIGTERM sent to this process alone.
-    server = subprocess.Popen(command, env=environment, start_new_session=True)
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # While the server runs, both signals raise KeyboardInterrupt here (not the command's exit-at-once handler).
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    server = None
     try:
+        server = subprocess.Popen(command, env=environment, start_new_session=True)
         if _wait_until_serving(server, host, port):
             typer.echo(f"MLflow UI for {spec.name} ({mask_url(uri)}): http://{host}:{port}  (Ctrl-C stops it)")
         raise typer.Exit(server.wait())
     except KeyboardInterrupt:
-        stop_process_group(server)
+        if server is not None:
+            stop_process_group(server)
         raise typer.Exit(0) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def mlflow_server_command(uri: str, host: str, port: int) -> tuple[list[str], dict[str, str]]:
@@ -415,10 +436,21 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None
 
 
 def main() -> None:
-    from autotune.interrupt import STOP
+    from autotune.interrupt import STOP, ignore_signals_for_exit
 
-    STOP.install()  # before Typer parses anything: a signal during start-up exits 130, not -15
-    app()
+    STOP.install(exit_at_once=True)  # before Typer parses anything: a signal during start-up exits 130, not -15
+    try:
+        app()
+    except SystemExit as done:
+        if done.code == 130:
+            # Python ends a process whose interrupt cut through a C-level import with SIGINT (-2), whatever exit
+            # code follows; what was interrupted is recorded already, so leave with the documented 130.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        raise
+    finally:
+        ignore_signals_for_exit()  # done: a signal during interpreter shutdown must not turn 0 into -15
 
 
 if __name__ == "__main__":

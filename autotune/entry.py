@@ -8,6 +8,7 @@ it knows they are there.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 
 # Import name -> distribution, for what the CLI imports at start-up (the rest of the extra loads on use).
@@ -20,16 +21,18 @@ def missing_service_modules() -> list[str]:
 
 
 def main() -> None:
-    from autotune.interrupt import STOP
+    from autotune.interrupt import STOP, ignore_signals_for_exit
 
     # Installed before the heavy imports (torch, transformers, MLflow take seconds): SIGTERM or Ctrl-C during
     # start-up ends the command with 130 and one line instead of dying by the signal.
-    STOP.install()
+    STOP.install(exit_at_once=True)
     try:
         _main()
     except KeyboardInterrupt:
-        print("\ninterrupted during start-up; nothing was written", file=sys.stderr)
-        sys.exit(130)
+        print("\ninterrupted during start-up; nothing was written", file=sys.stderr, flush=True)
+        os._exit(130)  # not sys.exit: Python would report an interrupted C-level import as death by SIGINT
+    finally:
+        ignore_signals_for_exit()
 
 
 def _main() -> None:

@@ -53,3 +53,22 @@ def test_the_worker_parent_never_forces_and_counts_every_signal(installed):
 
 def test_a_stop_request_is_a_keyboard_interrupt_for_existing_handlers():
     assert issubclass(StopRequested, KeyboardInterrupt) and not issubclass(StopRequested, Exception)
+
+
+def test_the_command_handler_exits_130_at_once_outside_deferred_blocks():
+    import subprocess
+    import sys
+
+    code = ("import os, signal, time\n"
+            "from autotune.interrupt import STOP\n"
+            "STOP.install(exit_at_once=True)\n"
+            "with STOP.deferred():\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    print('deferred', STOP.signals, flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "time.sleep(5)\n"
+            "print('not reached', flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130
+    assert done.stdout == "deferred 1\n"
+    assert done.stderr.strip() == "interrupted: stopped at once (nothing was being written); run the same command to resume"
