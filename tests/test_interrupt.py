@@ -71,4 +71,5 @@ def test_the_command_handler_exits_130_at_once_outside_deferred_blocks():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 130
     assert done.stdout == "deferred 1\n"
-    assert done.stderr.strip() == "interrupted: stopped at once (nothing was being written); run the same command to resume"
+    assert done.stderr.strip() == ("interrupted: stopped at once (nothing was being written); "
+                                   "run the same command to resume")
