@@ -1,5 +1,5 @@
-"""The `autotune` command line. Exit codes: 0 ok, 2 bad input (one line, no traceback), 1 internal error,
-130 interrupted (run the same command again to resume).
+"""The `autotune` command line. Exit codes: 0 ok, 2 bad input or an unreachable storage (one line, no traceback),
+1 internal error, 130 interrupted (run the same command again to resume).
 
     autotune study studies/demo.yaml n_trials=12      # create the studies (one per budget), then run trials here
     autotune worker studies/demo.yaml                 # join existing studies from another process or machine
