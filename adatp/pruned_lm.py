@@ -113,6 +113,9 @@ class PruningState:
     profile: bool = False  # when True, selection_seconds accumulates scoring + selection time (synchronised)
     selection_seconds: float = 0.0
     graphs: SelectionGraphs | None = None  # CUDA-graph replay of the selection (None: always eager)
+    prefix: object = None  # adatp.prefix.Prefix the calls continue (`use_prefix`), else None
+    capture_prefix: bool = False  # `encode_prefix`: the next call's layers < K go into `captured`
+    captured: object = None
 
     @property
     def video_token_id(self) -> int:
@@ -310,27 +313,41 @@ def attention_scores(
     attn = layer.self_attn
     batch, length, _ = hidden.shape
     rows = int(query_rows.sum(-1).max()) if rows is None else rows
-    normed = layer.input_layernorm(hidden)
-    head_dim = attn.head_dim
-    query = attn.q_proj(normed[:, length - rows :]).view(batch, rows, -1, head_dim)
-    key = attn.k_proj(normed).view(batch, length, -1, head_dim)
-    if hasattr(attn, "q_norm"):
-        query, key = attn.q_norm(query), attn.k_norm(key)
-    query, key = query.transpose(1, 2), key.transpose(1, 2)
+    key = attn.k_proj(layer.input_layernorm(hidden)).view(batch, length, -1, attn.head_dim)
+    if hasattr(attn, "k_norm"):
+        key = attn.k_norm(key)
     cos, sin = position_embeddings
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    query = query * cos[:, :, length - rows :] + _rotate_half(query) * sin[:, :, length - rows :]
-    key = key * cos + _rotate_half(key) * sin
-    kv_heads = key.shape[1]
-    query = query.reshape(batch, kv_heads, -1, rows, head_dim)  # [B, Hkv, G, T, d]: GQA without repeating keys
-    logits = torch.einsum("bkgtd,bkld->bkgtl", query.float(), key.float()) * attn.scaling
+    key = key.transpose(1, 2)
+    key = key * cos.unsqueeze(1) + _rotate_half(key) * sin.unsqueeze(1)
     row_position = torch.arange(length - rows, length, device=hidden.device)
     allowed = (torch.arange(length, device=hidden.device)[None, :] <= row_position[:, None])[None] & key_mask[:, None]
+    return mean_query_attention(layer, hidden[:, length - rows :], (cos[:, length - rows :], sin[:, length - rows :]),
+                                key, allowed, query_rows[:, length - rows :])
+
+
+def mean_query_attention(layer, rows_hidden: torch.Tensor, rows_embeddings, key: torch.Tensor,
+                         allowed: torch.Tensor, valid_rows: torch.Tensor) -> torch.Tensor:
+    """Attention of T query rows to L keys, averaged over heads and valid rows -> [B, L].
+
+    rows_hidden: the layer's input at the rows [B, T, D]; rows_embeddings: their (cos, sin) [B, T, d]; key: the
+    layer's keys [B, Hkv, L, d] after its norm and RoPE (as its cache holds them); allowed [B, T, L] bool;
+    valid_rows [B, T] bool. Grouped-query attention without repeating the keys.
+    """
+    attn = layer.self_attn
+    batch, rows, _ = rows_hidden.shape
+    query = attn.q_proj(layer.input_layernorm(rows_hidden)).view(batch, rows, -1, attn.head_dim)
+    if hasattr(attn, "q_norm"):
+        query = attn.q_norm(query)
+    cos, sin = rows_embeddings
+    query = query.transpose(1, 2)
+    query = query * cos.unsqueeze(1) + _rotate_half(query) * sin.unsqueeze(1)
+    query = query.reshape(batch, key.shape[1], -1, rows, attn.head_dim)  # [B, Hkv, G, T, d]
+    logits = torch.einsum("bkgtd,bkld->bkgtl", query.float(), key.float()) * attn.scaling
     logits = logits.masked_fill(~allowed[:, None, None], float("-inf"))
     probs = logits.softmax(-1).nan_to_num(0.0)
-    valid_rows = query_rows[:, length - rows :].float()  # [B, T]
+    valid = valid_rows.float()  # [B, T]
     per_row = probs.mean(dim=(1, 2))  # [B, T, L]
-    return (per_row * valid_rows[..., None]).sum(1) / valid_rows.sum(-1, keepdim=True).clamp(min=1)
+    return (per_row * valid[..., None]).sum(1) / valid.sum(-1, keepdim=True).clamp(min=1)
 
 
 def _mask_mapping(lm, hidden, mask_2d, cache, text_positions, layer_idx):
@@ -440,6 +457,8 @@ def _language_model_forward(self, input_ids=None, attention_mask=None, position_
         not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2)
     if inputs_embeds is None and input_ids is not None:
         inputs_embeds = self.embed_tokens(input_ids)
+    if state.prefix is not None or (state.capture_prefix and call is not None):
+        return _prefix_call(self, state, call, attention_mask, position_ids, inputs_embeds, kwargs)
     layout = None
     if plan is None and call is not None and not dict_mask and _is_fresh(past_key_values):
         batch, length = inputs_embeds.shape[:2]
@@ -456,6 +475,23 @@ def _language_model_forward(self, input_ids=None, attention_mask=None, position_
     return _pruned_forward(self, state=state, call=call, layout=layout, plan=plan, attention_mask=attention_mask,
                            position_ids=position_ids, past_key_values=past_key_values, inputs_embeds=inputs_embeds,
                            use_cache=use_cache, **kwargs)
+
+
+def _prefix_call(lm, state, call, attention_mask, position_ids, inputs_embeds, kwargs):
+    """`adatp.prefix`: encode a prefix (layers < K), or run a suffix that continues one (logits only)."""
+    from adatp import prefix as prefixes
+
+    batch, length, _ = inputs_embeds.shape
+    device = inputs_embeds.device
+    positions = state.adapter.positions(position_ids, batch, length, 0, device)
+    if state.prefix is not None:
+        if call is not None:
+            raise ValueError("adatp: a call continuing a prefix holds the question only, not another video")
+        hidden = prefixes.prefixed_forward(lm, state, inputs_embeds, _mask_2d(attention_mask, batch, length, device),
+                                           positions, kwargs)
+    else:
+        hidden = prefixes.capture(lm, state, call, inputs_embeds, positions, kwargs)
+    return BaseModelOutputWithPast(last_hidden_state=lm.norm(hidden))
 
 
 def _mask_2d(attention_mask, batch: int, length: int, device) -> torch.Tensor:

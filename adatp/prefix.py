@@ -1,0 +1,239 @@
+"""Prefix cache: what no threshold can change, computed once per video.
+
+With `score: attention` at `prune_layer: K`, layers 0..K-1 over the prefix (everything up to the last video token:
+system prompt, video, Qwen3-VL's timestamps) compute the same thing for every config and every question of that
+video: attention is causal and the question comes after the video. `encode_prefix` runs the prefix once through
+layers < K and keeps their keys and values, the hidden state entering layer K and the per-frame mean input
+embeddings (relevance `llm`). A call under `use_prefix` then holds only the question (the suffix): it runs through
+layers < K against the cached keys and values, the few-row attention scores at layer K-1 come from the cached keys
+plus the question's, the selection runs as in a full pruned prefill, the kept prefix rows are gathered from the
+cached layer-K input, and layers >= K run on kept prefix + question. Positions are the ones the full call would
+have: the prefix's own, and for the suffix the next ones (`suffix_position_ids`).
+
+Same predictions as the full pruned prefill, logits equal within dtype tolerance (tests/test_prefix.py). Limits:
+one prefix per call (every row continues the same prefix: batch the questions of one video), `positions:
+original`, scores from `attention` (or none: uniform / random), relevance `llm`; logits only (no cache returned).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+from adatp.pruned_lm import (
+    _deepstack,
+    _gather_rows,
+    _mask_mapping,
+    _Positions,
+    _run_layers,
+    mean_query_attention,
+    state_of,
+)
+from adatp.select import select_visual_tokens
+
+
+@dataclasses.dataclass
+class Prefix:
+    """A prefix run through layers < K, for one video (P tokens, F frames of N tokens, K = prune_layer)."""
+
+    keys: torch.Tensor  # [K, Hkv, P, d] as layers < K cache them (after their norms and RoPE)
+    values: torch.Tensor  # [K, Hkv, P, d]
+    hidden: torch.Tensor  # [P, D] the input of layer K
+    rope: torch.Tensor  # [P] positions, or [3, P] M-RoPE ids
+    text: torch.Tensor | None  # [P] text position ids where the model passes them to its layers
+    next_rope: torch.Tensor  # [1] or [3]: the position the model gives a text token right after the prefix
+    video_columns: torch.Tensor  # [F*N] columns of the prunable video tokens
+    frame_features: torch.Tensor  # [F, D] float32 mean input embedding per frame (relevance `llm`)
+    deepstack: torch.Tensor | None  # [levels - K, F*N, D] Qwen3-VL additions after layers >= K, video tokens only
+    frames: int
+    per_frame: int
+
+    @property
+    def prune_layer(self) -> int:
+        return self.keys.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.hidden.shape[0]
+
+    def nbytes(self) -> int:
+        return sum(tensor.numel() * tensor.element_size() for tensor in self.tensors().values())
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors, by field name (what a cache stores; `from_tensors` rebuilds the prefix)."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+                if isinstance(getattr(self, field.name), torch.Tensor)}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> Prefix:
+        """Inverse of `tensors` (frames and tokens per frame follow from the shapes)."""
+        frames = tensors["frame_features"].shape[0]
+        return cls(**{name: tensors.get(name) for name in ("keys", "values", "hidden", "rope", "text", "next_rope",
+                                                           "video_columns", "frame_features", "deepstack")},
+                   frames=frames, per_frame=tensors["video_columns"].shape[0] // frames)
+
+    def to(self, device: torch.device | str) -> Prefix:
+        moved = {name: tensor.to(device) for name, tensor in self.tensors().items()}
+        return dataclasses.replace(self, **moved)
+
+
+def supports(config) -> bool:
+    """Whether a config's trials can run from a prefix (else they need the full pruned prefill)."""
+    scores_ok = not config.uses_scores or config.score == "attention"
+    return (config.prune_layer >= 1 and scores_ok and config.positions == "original"
+            and config.relevance == "llm")
+
+
+def encode_prefix(model, **inputs) -> Prefix:
+    """Run the prefix of one video (batch 1, `input_ids` ending at the last video token, with the video's inputs as
+    the model takes them) through layers < K of a model pruned with `adatp.enable` (K = its config's prune_layer)."""
+    state = state_of(model)
+    if state is None or not supports(state.config):
+        raise ValueError("adatp: encode_prefix needs a model enabled with a config that prefixes serve "
+                         "(prune_layer >= 1, score 'attention', positions 'original', relevance 'llm')")
+    # One text token more than the prefix: the position the model gives it is where a question starts (each model
+    # and release has its own rule after a video, e.g. Qwen2.5-VL resumes at the grid's side, not at max + 1).
+    ids = inputs["input_ids"]
+    probe = ids[:, :1].masked_fill(ids[:, :1] == state.video_token_id, 0)
+    inputs = {**inputs, "input_ids": torch.cat([ids, probe], dim=1)}
+    for name, fill in (("attention_mask", 1), ("mm_token_type_ids", 0)):
+        if inputs.get(name) is not None:
+            inputs[name] = torch.cat([inputs[name], torch.full_like(inputs[name][:, :1], fill)], dim=1)
+    state.capture_prefix, state.captured = True, None
+    try:
+        with torch.no_grad():
+            model(**inputs, use_cache=False, logits_to_keep=1)
+    finally:
+        state.capture_prefix = False
+    prefix, state.captured = state.captured, None
+    if prefix is None:
+        raise ValueError("adatp: encode_prefix found no whole video in the prefix")
+    return prefix
+
+
+def suffix_position_ids(prefix: Prefix, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded suffix batch ([B, q] mask) that continues `prefix`: [B, q], or [3, B, q]."""
+    ordinal = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    if prefix.rope.dim() == 1:
+        return ordinal + prefix.next_rope
+    return ordinal[None] + prefix.next_rope[:, None, None]
+
+
+@contextlib.contextmanager
+def use_prefix(model, prefix: Prefix) -> Iterator[None]:
+    """Inside: the model's calls hold suffixes continuing `prefix` (pass `suffix_position_ids`); logits only."""
+    state = state_of(model)
+    if state is None:
+        raise ValueError("adatp: use_prefix needs a model enabled with adatp.enable")
+    if prefix.prune_layer != state.config.prune_layer:
+        raise ValueError(f"adatp: the prefix was encoded for prune_layer {prefix.prune_layer}, the config prunes "
+                         f"at {state.config.prune_layer}")
+    state.prefix = prefix
+    try:
+        yield
+    finally:
+        state.prefix = None
+
+
+def capture(lm, state, call, embeds, positions: _Positions, kwargs) -> torch.Tensor:
+    """The prefix pass (`encode_prefix`): layers < K over the whole prefix, kept in `state.captured`."""
+    prune_layer = state.config.prune_layer
+    next_rope = positions.rope[..., 0, -1:].flatten()
+    embeds, positions = embeds[:, :-1], _Positions(positions.rope[..., :-1], None if positions.text is None
+                                                    else positions.text[:, :-1])  # without the probe token
+    length = embeds.shape[1]
+    if embeds.shape[0] != 1 or call.videos != 1:
+        raise ValueError("adatp: encode_prefix takes one prefix holding one video")
+    frames, per_frame = call.grids[0]
+    columns = torch.nonzero(call.video_mask[0]).flatten()[: frames * per_frame]
+    if int(columns.max()) + 1 + call.trailing != length:
+        raise ValueError("adatp: the prefix must end with its video (the question comes after it)")
+    deepstack = [level[:, :-1] for level in _deepstack(
+        torch.cat([embeds, embeds[:, :1]], dim=1), kwargs.pop("visual_pos_masks", None),
+        kwargs.pop("deepstack_visual_embeds", None))]
+    cache = DynamicCache(config=lm.config)
+    mask = torch.ones(1, length, dtype=torch.bool, device=embeds.device)
+    masks = _mask_mapping(lm, embeds, mask, cache, positions.text, 0)
+    hidden = _run_layers(lm, embeds, range(prune_layer), masks, lm.rotary_emb(embeds, positions.rope), positions,
+                         cache, True, kwargs, deepstack)
+    width = embeds.shape[-1]
+    state.captured = Prefix(
+        keys=torch.stack([cache.layers[index].keys[0] for index in range(prune_layer)]),
+        values=torch.stack([cache.layers[index].values[0] for index in range(prune_layer)]),
+        hidden=hidden[0],
+        rope=positions.rope[..., 0, :],
+        text=None if positions.text is None else positions.text[0],
+        next_rope=next_rope,
+        video_columns=columns,
+        frame_features=embeds[0, columns].float().view(frames, per_frame, width).mean(1),
+        deepstack=torch.stack([level[0, columns] for level in deepstack[prune_layer:]])
+        if len(deepstack) > prune_layer else None,
+        frames=frames,
+        per_frame=per_frame,
+    )
+    return hidden
+
+
+def prefixed_forward(lm, state, embeds, mask_2d, positions: _Positions, kwargs) -> torch.Tensor:
+    """Suffix rows [B, q] continuing `state.prefix`: returns the last layer's hidden states [B, P' + q, D]."""
+    prefix: Prefix = state.prefix
+    config = state.config
+    prune_layer = prefix.prune_layer
+    batch, length, width = embeds.shape
+    device = embeds.device
+    cached = prefix.length
+    # Layers < K: the suffix against the prefix's cached keys and values (every row continues the same prefix).
+    cache = DynamicCache(config=lm.config)
+    for index in range(prune_layer):
+        cache.update(prefix.keys[index].expand(batch, -1, -1, -1), prefix.values[index].expand(batch, -1, -1, -1),
+                     index)
+    full_mask = torch.cat([torch.ones(batch, cached, dtype=torch.bool, device=device), mask_2d], dim=1)
+    masks = _mask_mapping(lm, embeds, full_mask, cache, positions.text, 0)
+    embeddings = lm.rotary_emb(embeds, positions.rope)
+    hidden = _run_layers(lm, embeds, range(prune_layer - 1), masks, embeddings, positions, cache, True, kwargs)
+    scoring_input = hidden
+    hidden = _run_layers(lm, hidden, [prune_layer - 1], masks, embeddings, positions, cache, True, kwargs)
+
+    visual = prefix.frames * prefix.per_frame
+    scores = None
+    if config.uses_scores:  # score 'attention' (`supports`): the question rows to every key, from the cache
+        keys = cache.layers[prune_layer - 1].keys  # [B, Hkv, P + q, d]: the prefix's and now the suffix's
+        rows = torch.arange(cached, cached + length, device=device)
+        allowed = (torch.arange(cached + length, device=device)[None, :] <= rows[:, None])[None] & full_mask[:, None]
+        per_key = mean_query_attention(lm.layers[prune_layer - 1], scoring_input, embeddings, keys, allowed, mask_2d)
+        scores = per_key[:, prefix.video_columns].view(batch, prefix.frames, prefix.per_frame)
+    weights = mask_2d.float()[..., None]
+    question = (embeds.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
+    kept = select_visual_tokens(config, prefix.frames, prefix.per_frame, batch=batch, device=device, scores=scores,
+                                frame_features=prefix.frame_features.expand(batch, -1, -1), question=question)
+    state.kept_indices, state.frames, state.plan = kept, prefix.frames, None
+
+    # Layers >= K: the kept prefix rows (text and kept video tokens, in order) + the suffix, at their positions.
+    keep = torch.ones(batch, cached, dtype=torch.bool, device=device)
+    keep[:, prefix.video_columns] = False
+    keep.scatter_(1, prefix.video_columns[kept], True)
+    kept_length = cached - visual + kept.shape[1]
+    keep_columns = keep.to(torch.uint8).argsort(dim=-1, stable=True)[:, cached - kept_length :]
+    hidden = torch.cat([_gather_rows(prefix.hidden.expand(batch, -1, -1), keep_columns), hidden], dim=1)
+    axes = prefix.rope.shape[:-1]  # () for 1D RoPE, (3,) for M-RoPE
+    prefix_rope = prefix.rope.unsqueeze(-2).expand(*axes, batch, -1).gather(-1, keep_columns.expand(*axes, -1, -1))
+    rope = torch.cat([prefix_rope, positions.rope], dim=-1)
+    text = None
+    if prefix.text is not None and positions.text is not None:
+        text = torch.cat([prefix.text.expand(batch, -1).gather(1, keep_columns), positions.text], dim=1)
+    layer_positions = _Positions(rope, text)
+    layer_mask = torch.cat([torch.ones(batch, kept_length, dtype=torch.bool, device=device), mask_2d], dim=1)
+    deepstack = [None] * prune_layer
+    if prefix.deepstack is not None:
+        for level in prefix.deepstack:
+            dense = torch.zeros(batch, cached, width, dtype=hidden.dtype, device=device)
+            dense[:, prefix.video_columns] = level.to(hidden.dtype)
+            deepstack.append(torch.cat([_gather_rows(dense, keep_columns),
+                                        torch.zeros(batch, length, width, dtype=hidden.dtype, device=device)], 1))
+    masks = _mask_mapping(lm, hidden, layer_mask, None, layer_positions.text, prune_layer)
+    return _run_layers(lm, hidden, range(prune_layer, len(lm.layers)), masks, lm.rotary_emb(hidden, rope),
+                       layer_positions, None, False, kwargs, deepstack)
