@@ -257,3 +257,24 @@ def scoring_flops(text_config: Any, n_tokens: int, n_query: int) -> float:
         + n_tokens * shape.hidden * shape.kv_heads * shape.head_dim
         + n_query * n_tokens * width
     )
+
+
+def prefixed_flops(text_config: Any, n_visual: int, n_prefix_text: int, n_question: int, retention: float,
+                   prune_layer: int) -> float:
+    """Prefill MACs of one question run from a cached prefix (`adatp.prefix`), in the paper convention.
+
+    The prefix (n_prefix_text + n_visual tokens) went through layers < K once per video; a question's n_question
+    tokens then cost, in each layer < K, their own projections and MLP plus attention to prefix + question
+    (2 * q * (P + q) * H*d), and layers >= K run on the kept visual tokens + all text, as in the pruned prefill.
+    Compare with `prefill_flops(text_config, n_visual, n_prefix_text + n_question, retention, prune_layer)`.
+    """
+    shape = lm_shape(text_config)
+    n_text = n_prefix_text + n_question
+    _check_counts(shape, n_visual, n_text, prune_layer)
+    if prune_layer < 1:
+        raise ValueError(f"prune_layer must be >= 1 for a prefix cache, got {prune_layer}")
+    linear, quadratic = _macs_per_token(shape)
+    prefix = n_visual + n_prefix_text
+    below = linear * n_question + quadratic * n_question * (prefix + n_question)
+    above = layer_flops(shape, kept_count(n_visual, retention) + n_text)
+    return float(prune_layer * below + (shape.layers - prune_layer) * above)

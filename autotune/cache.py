@@ -67,6 +67,17 @@ class FeatureCache:
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / f"{key}.pt"
 
+    def delete(self, key: str) -> None:
+        """Forget `key` in memory and on disk (an entry another cache made redundant)."""
+        entry = self._memory.pop(key, None)
+        if entry is not None:
+            self._memory_used -= _nbytes(entry)
+        if self.directory is not None and self._path(key).exists():
+            size = self._path(key).stat().st_size
+            self._path(key).unlink(missing_ok=True)
+            if self._disk_used is not None:
+                self._disk_used -= size
+
     def get(self, key: str, valid: Callable[[torch.Tensor], bool] | None = None) -> torch.Tensor | None:
         """The tensor under `key`, or None. `valid` checks a disk entry before use (shape, dtype): one that fails
         it, like a torn or foreign file, is deleted and counts as a miss (`rejected` counts them)."""
@@ -77,7 +88,7 @@ class FeatureCache:
         if self.directory is not None and self._path(key).exists():
             try:
                 tensor = torch.load(self._path(key), weights_only=True, map_location="cpu")
-                usable = isinstance(tensor, torch.Tensor) and (valid is None or valid(tensor))
+                usable = _is_entry(tensor) and (valid is None or valid(tensor))
             except Exception:  # a torn or foreign file is a miss, not a crash
                 usable = False
             if usable:
@@ -89,8 +100,8 @@ class FeatureCache:
         self.misses += 1
         return None
 
-    def put(self, key: str, tensor: torch.Tensor) -> None:
-        tensor = tensor.detach().cpu().contiguous()
+    def put(self, key: str, tensor: torch.Tensor | dict[str, torch.Tensor]) -> None:
+        tensor = _to_host(tensor)
         self._remember(key, tensor)
         if self.directory is not None:
             path = self._path(key)
@@ -114,17 +125,16 @@ class FeatureCache:
             self.put(key, tensor)
         return tensor
 
-    def _remember(self, key: str, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
+    def _remember(self, key: str, tensor: torch.Tensor | dict[str, torch.Tensor]) -> None:
         if key in self._memory:
             return
         if self.pin_memory:
-            tensor = tensor.pin_memory()
+            tensor = _map(tensor, torch.Tensor.pin_memory)
         self._memory[key] = tensor
-        self._memory_used += size
+        self._memory_used += _nbytes(tensor)
         while self._memory_used > self.memory_bytes and len(self._memory) > 1:
             _, old = self._memory.popitem(last=False)
-            self._memory_used -= old.numel() * old.element_size()
+            self._memory_used -= _nbytes(old)
 
     def _evict_disk(self) -> None:
         files = [(p.stat().st_mtime, p.stat().st_size, p) for p in self.directory.glob("*/*.pt")]
@@ -139,3 +149,24 @@ class FeatureCache:
     def clear_memory(self) -> None:
         self._memory.clear()
         self._memory_used = 0
+
+
+# An entry is a tensor, or a dict of named tensors (a prefix: `adatp.Prefix.tensors()`).
+def _is_entry(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    return isinstance(value, dict) and bool(value) and all(
+        isinstance(key, str) and isinstance(tensor, torch.Tensor) for key, tensor in value.items())
+
+
+def _map(value, function):
+    return function(value) if isinstance(value, torch.Tensor) else {key: function(t) for key, t in value.items()}
+
+
+def _to_host(value):
+    return _map(value, lambda tensor: tensor.detach().cpu().contiguous())
+
+
+def _nbytes(value) -> int:
+    tensors = [value] if isinstance(value, torch.Tensor) else list(value.values())
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)

@@ -42,6 +42,10 @@ from adatp.video import (
 from autotune.cache import FeatureCache, tensor_digest
 from autotune.data.protocol import PROTOCOL_VERSION, Question, build_prompt, extract_answer, letters
 
+# Bounds of the prefix cache (a 7B prefix at 32 frames and K = 2 is ~71 MB in bfloat16: README, Trial cost).
+PREFIX_MEMORY = 4 << 30
+PREFIX_DISK = 40 << 30
+
 
 def render_prompt(tokenizer, question: Question, template: str | None = None) -> str:
     """The full prompt text through the model's chat template: one user turn holding the video, then the text."""
@@ -124,12 +128,16 @@ class Engine:
     cache_dir: where vision features and vanilla answers persist (None: memory only).
     cuda_graphs: on CUDA, replay AdaTP's token selection from CUDA graphs (`adatp.enable(..., cuda_graphs=True)`).
     frame_size: Qwen-VL only: [height, width] every frame is resized to first (see `ModelSpec.frame_size`).
+    prefix_cache: run configs that allow it (`adatp.prefix.supports`) from a per-video prefix cache: layers < K
+        over system prompt + video once per (video, prefix tokens, K), kept in memory (4 GiB LRU) and on disk
+        (40 GiB, oldest first out) under cache_dir/prefixes; a video's vision features are dropped from the
+        feature cache once its prefix is stored (the prefix holds what trials need).
     """
 
     def __init__(self, model: str, device: str = "cpu", dtype: str = "float32", attn_implementation: str = "sdpa",
                  frames: int | None = None, cache_dir: str | os.PathLike[str] | None = None,
                  trust_remote_code: bool = False, cuda_graphs: bool = False,
-                 frame_size: tuple[int, int] | None = None) -> None:
+                 frame_size: tuple[int, int] | None = None, prefix_cache: bool = True) -> None:
         if not (Path(model).is_dir() or "/" in model):
             raise FileNotFoundError(f"model {model!r}: not a local directory or a hub id")
         loaded, tokenizer = load_model(model, dtype, attn_implementation, trust_remote_code)
@@ -139,20 +147,22 @@ class Engine:
         preprocess = read(local) if local is not None else {}
         saved_frames = _saved_num_frames(str(local)) if local is not None else None
         self._attach(loaded, tokenizer, device, frames or saved_frames or 32, cache_dir, preprocess,
-                     model_path=model, cuda_graphs=cuda_graphs, frame_size=frame_size)
+                     model_path=model, cuda_graphs=cuda_graphs, frame_size=frame_size, prefix_cache=prefix_cache)
 
     @classmethod
     def from_model(cls, model, tokenizer, device: str = "cpu", frames: int = 32,
                    cache_dir: str | os.PathLike[str] | None = None, preprocess: dict | None = None,
-                   cuda_graphs: bool = False, frame_size: tuple[int, int] | None = None) -> Engine:
+                   cuda_graphs: bool = False, frame_size: tuple[int, int] | None = None,
+                   prefix_cache: bool = True) -> Engine:
         """An engine around a model already in memory (e.g. built from config for a GPU benchmark)."""
         engine = cls.__new__(cls)
         engine._attach(model, tokenizer, device, frames, cache_dir, preprocess or {}, model_path="<in memory>",
-                       cuda_graphs=cuda_graphs, frame_size=frame_size)
+                       cuda_graphs=cuda_graphs, frame_size=frame_size, prefix_cache=prefix_cache)
         return engine
 
     def _attach(self, model, tokenizer, device: str, frames: int, cache_dir, preprocess: dict,
-                model_path: str, cuda_graphs: bool, frame_size: tuple[int, int] | None) -> None:
+                model_path: str, cuda_graphs: bool, frame_size: tuple[int, int] | None,
+                prefix_cache: bool = True) -> None:
         self.model_path = model_path
         self.cuda_graphs = cuda_graphs
         self.device = torch.device(device)
@@ -177,8 +187,12 @@ class Engine:
         self.cache = FeatureCache(Path(cache_dir) / "features" if cache_dir else None,
                                   pin_memory=self.device.type == "cuda")
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.prefix_cache = prefix_cache
+        self.prefixes = FeatureCache(Path(cache_dir) / "prefixes" if cache_dir else None, memory_bytes=PREFIX_MEMORY,
+                                     disk_bytes=PREFIX_DISK, pin_memory=self.device.type == "cuda")
         self.model_key = tensor_digest(self.video.weights())[:16]
         self.vision_calls = 0
+        self.prefix_builds = 0
         self._prompts: dict[str, list[int]] = {}
         self._letter_ids = {letter: self.tokenizer.convert_tokens_to_ids(letter) for letter in letters(26)}
 
@@ -237,25 +251,37 @@ class Engine:
         ratios: list[float] = []
         state = (adatp.enable(self.model, config, profile=True, cuda_graphs=self.cuda_graphs)
                  if config is not None else None)
+        prefixed = (config is not None and mode == "logits" and self.prefix_cache
+                    and adatp.prefix.supports(config))
         try:
-            batches = range(0, len(questions), batch_size)
+            batches = self._batches(questions, batch_size, by_prefix=prefixed)
             if progress:
                 from tqdm import tqdm
 
                 batches = tqdm(batches, desc="questions", unit="batch", leave=False)
-            for start in batches:
+            for batch in batches:
                 if before_batch is not None:
                     before_batch()
-                ready, features = [], []
-                for question in questions[start : start + batch_size]:
+                if prefixed:
                     try:
-                        features.append(self.video_features(question.video_path, seconds))
-                        ready.append(question)
+                        prefix = self._prefix(batch[0], config.prune_layer, seconds)
                     except (VideoError, OSError) as error:
-                        skipped[question.qid] = str(error).splitlines()[0] if str(error) else type(error).__name__
-                if not ready:
-                    continue
-                answers = self._answer(ready, features, mode, seconds)
+                        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                        skipped.update({question.qid: reason for question in batch})
+                        continue
+                    ready, answers = batch, self._answer_from_prefix(batch, prefix, seconds)
+                else:
+                    ready, features = [], []
+                    for question in batch:
+                        try:
+                            features.append(self.video_features(question.video_path, seconds))
+                            ready.append(question)
+                        except (VideoError, OSError) as error:
+                            skipped[question.qid] = (str(error).splitlines()[0] if str(error)
+                                                     else type(error).__name__)
+                    if not ready:
+                        continue
+                    answers = self._answer(ready, features, mode, seconds)
                 predictions.update(zip([q.qid for q in ready], answers, strict=True))
                 for question in ready:
                     n_text = len(self._prompt(question)) - self.n_visual
@@ -279,6 +305,83 @@ class Engine:
             skipped=skipped,
         )
 
+    def _split(self, question: Question) -> int:
+        """Where the question's prompt leaves its prefix: the index after its last video token."""
+        ids = self._prompt(question)
+        return len(ids) - ids[::-1].index(self.video_token_id)
+
+    def _batches(self, questions: Sequence[Question], batch_size: int, by_prefix: bool) -> list[list[Question]]:
+        """Batches in order; with `by_prefix`, the questions sharing a prefix (video and the tokens before and with
+        it) batched together, so one cached prefix serves the whole batch."""
+        if not by_prefix:
+            return [list(questions[start : start + batch_size]) for start in range(0, len(questions), batch_size)]
+        groups: dict[tuple, list[Question]] = {}
+        for question in questions:
+            groups.setdefault((question.video_path, tuple(self._prompt(question)[: self._split(question)])),
+                              []).append(question)
+        return [group[start : start + batch_size] for group in groups.values()
+                for start in range(0, len(group), batch_size)]
+
+    def _prefix(self, question: Question, prune_layer: int, seconds: dict[str, float]) -> adatp.Prefix:
+        """The cached prefix of the question's video (built once: the first trial that needs it pays)."""
+        prefix_ids = self._prompt(question)[: self._split(question)]
+        video_key = self.cache.video_key(self.model_key, question.video_path, self.frames)
+        digest = hashlib.sha256(json.dumps(prefix_ids).encode()).hexdigest()[:16]
+        key = hashlib.sha256(f"{video_key}|{digest}|{prune_layer}|{self.model.dtype}|prefix-v1".encode()).hexdigest()
+        width = self.model.config.text_config.hidden_size
+
+        def valid(tensors) -> bool:
+            return (isinstance(tensors, dict) and {"keys", "values", "hidden", "rope", "video_columns",
+                                                    "frame_features", "next_rope"} <= set(tensors)
+                    and tensors["keys"].shape[0] == prune_layer
+                    and tuple(tensors["hidden"].shape) == (len(prefix_ids), width)
+                    and tensors["hidden"].dtype == self.model.dtype
+                    and tensors["video_columns"].numel() == self.n_visual)
+
+        stored = self.prefixes.get(key, valid=valid)
+        if stored is not None:
+            return adatp.Prefix.from_tensors(stored).to(self.device)
+        features = self.video_features(question.video_path, seconds)
+        start = time.perf_counter()
+        input_ids = torch.tensor([prefix_ids], device=self.device)
+        inputs = self.video.model_inputs(input_ids, [features.to(self.device, self.model.dtype)])
+        prefix = adatp.encode_prefix(self.model, input_ids=input_ids, **inputs)
+        self._sync()
+        seconds["prefix"] += time.perf_counter() - start
+        self.prefixes.put(key, prefix.tensors())
+        self.prefix_builds += 1
+        self.cache.delete(video_key)  # trials of this video need the prefix only now
+        return prefix
+
+    def _answer_from_prefix(self, questions: list[Question], prefix: adatp.Prefix,
+                            seconds: dict[str, float]) -> list[str | None]:
+        suffixes = [self._prompt(question)[self._split(question) :] for question in questions]
+        width = max(map(len, suffixes))
+        input_ids = torch.full((len(suffixes), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros(len(suffixes), width, dtype=torch.long)
+        for row, ids in enumerate(suffixes):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            mask[row, width - len(ids) :] = 1
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        start = time.perf_counter()
+        with torch.no_grad(), adatp.use_prefix(self.model, prefix):
+            logits = self.model(input_ids=input_ids, attention_mask=mask,
+                                position_ids=adatp.suffix_position_ids(prefix, mask), logits_to_keep=1,
+                                use_cache=False).logits[:, -1].float()
+        answers = self._letters(logits, questions)
+        self._sync()
+        seconds["prefill"] += time.perf_counter() - start
+        return answers
+
+    def _letters(self, logits: torch.Tensor, questions: list[Question]) -> list[str]:
+        """Each row's answer: the option letter with the highest next-token logit."""
+        answers = []
+        for row, question in enumerate(questions):
+            options = letters(len(question.options))
+            ids = torch.tensor([self._letter_ids[letter] for letter in options], device=logits.device)
+            answers.append(options[int(logits[row, ids].argmax())])
+        return answers
+
     def _batch_inputs(self, questions: list[Question], features: list[torch.Tensor]) -> dict:
         encoded = [self._prompt(q) for q in questions]
         width = max(map(len, encoded))
@@ -300,11 +403,7 @@ class Engine:
         with torch.no_grad():
             if mode == "logits":
                 logits = self.model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1].float()
-                answers = []
-                for row, question in enumerate(questions):
-                    options = letters(len(question.options))
-                    ids = torch.tensor([self._letter_ids[letter] for letter in options], device=logits.device)
-                    answers.append(options[int(logits[row, ids].argmax())])
+                answers = self._letters(logits, questions)
             else:
                 output = self.model.generate(**inputs, max_new_tokens=16, do_sample=False,
                                              pad_token_id=self.tokenizer.pad_token_id)
@@ -490,7 +589,7 @@ class _QwenVideo:
 
 
 def _new_seconds() -> dict[str, float]:
-    return {"decode": 0.0, "vision": 0.0, "prefill": 0.0, "selection": 0.0}
+    return {"decode": 0.0, "vision": 0.0, "prefix": 0.0, "prefill": 0.0, "selection": 0.0}
 
 
 def _saved_num_frames(model: str) -> int | None:

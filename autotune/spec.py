@@ -87,6 +87,9 @@ class ModelSpec:
         so all videos of a study share one grid (one visual token count, one retention per budget). None: the
         engine's default for the family (Qwen: 360 x 640, a 16:9 frame). LLaVA-OneVision resizes to its vision
         tower's square input and takes no frame_size.
+    prefix_cache: run trials from a per-video prefix cache when the config allows it (`score: attention` at
+        `prune_layer` >= 1): layers < K over system prompt + video once per video, not once per trial and
+        question (`adatp.prefix`; same answers). On by default.
     """
 
     path: str
@@ -96,6 +99,7 @@ class ModelSpec:
     trust_remote_code: bool = False
     cuda_graphs: bool = False
     frame_size: tuple[int, int] | None = None
+    prefix_cache: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -530,7 +534,8 @@ def _model(raw: dict, check_paths: bool) -> ModelSpec:
         elif not os.path.isfile(os.path.join(path, "config.json")):
             raise SpecError(f"model.path: {path} has no config.json (not a saved model directory)")
     trust, graphs = section.get("trust_remote_code", False), section.get("cuda_graphs", False)
-    for key, value in (("trust_remote_code", trust), ("cuda_graphs", graphs)):
+    prefix_cache = section.get("prefix_cache", True)
+    for key, value in (("trust_remote_code", trust), ("cuda_graphs", graphs), ("prefix_cache", prefix_cache)):
         if not isinstance(value, bool):
             raise SpecError(f"model.{key}: must be true or false, got {value!r}")
     device = section.get("device", "cpu")
@@ -546,6 +551,7 @@ def _model(raw: dict, check_paths: bool) -> ModelSpec:
         trust_remote_code=trust,
         cuda_graphs=graphs,
         frame_size=_frame_size(section.get("frame_size")),
+        prefix_cache=prefix_cache,
     )
 
 

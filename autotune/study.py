@@ -152,7 +152,8 @@ class Workspace:
             self._engine = Engine(model.path, device=model.device, dtype=model.dtype,
                                   attn_implementation=model.attn_implementation, frames=self.spec.dataset.frames,
                                   cache_dir=self.spec.cache_dir, trust_remote_code=model.trust_remote_code,
-                                  cuda_graphs=model.cuda_graphs, frame_size=model.frame_size)
+                                  cuda_graphs=model.cuda_graphs, frame_size=model.frame_size,
+                                  prefix_cache=model.prefix_cache)
         return self._engine
 
     @property

@@ -132,15 +132,16 @@ def test_feature_cache_bounds_and_weights_only(tmp_path):
 
 
 def test_poisoned_cache_entries_are_misses(model_dir, dataset, tmp_path):
-    """A valid .pt holding the wrong tensor, and a torn vanilla-answers file: recomputed, never a failed trial."""
-    engine = Engine(str(model_dir), cache_dir=tmp_path / "cache")
+    """A valid .pt holding the wrong tensor, and a torn vanilla-answers file: recomputed, never a failed trial.
+    (Feature entries; the prefix cache's are in test_engine_prefix.py, so it is off here.)"""
+    engine = Engine(str(model_dir), cache_dir=tmp_path / "cache", prefix_cache=False)
     reference = engine.evaluate(dataset, adatp.AdaTPConfig(retention=0.3))
     files = sorted((tmp_path / "cache" / "features").glob("*/*.pt"))
     assert len(files) == len({q.video_id for q in dataset})
     torch.save(torch.zeros(3, 5), files[0])  # loads fine, wrong shape
     torch.save(torch.zeros(engine.n_visual + 1, engine.model.config.text_config.hidden_size, dtype=torch.long),
                files[1])  # right shape, not features
-    fresh = Engine(str(model_dir), cache_dir=tmp_path / "cache")
+    fresh = Engine(str(model_dir), cache_dir=tmp_path / "cache", prefix_cache=False)
     again = fresh.evaluate(dataset, adatp.AdaTPConfig(retention=0.3))
     assert again.predictions == reference.predictions and not again.skipped
     assert fresh.cache.rejected == 2 and fresh.vision_calls == 2

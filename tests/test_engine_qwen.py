@@ -116,3 +116,15 @@ def test_llava_takes_no_frame_size():
 
     with pytest.raises(ValueError, match="frame_size applies to Qwen-VL models only"):
         Engine(str(DEFAULT_DIR), frame_size=(32, 32))
+
+
+@pytest.mark.parametrize("prune_layer", [1, 2])
+def test_cached_prefixes_give_the_uncached_answers(model_dir, dataset, tmp_path, prune_layer):
+    """Questions of one video batched on one cached prefix (3D positions, Qwen3-VL's timestamps and deepstack)
+    answer as the full pruned prefill does."""
+    config = adatp.AdaTPConfig(retention=0.3, prune_layer=prune_layer, tau_s=0.6)
+    cached = Engine(str(model_dir), frame_size=FRAME_SIZE, cache_dir=tmp_path / "cached")
+    plain = Engine(str(model_dir), frame_size=FRAME_SIZE, cache_dir=tmp_path / "plain", prefix_cache=False)
+    got = cached.evaluate(dataset, config, batch_size=3)
+    assert got.predictions == plain.evaluate(dataset, config, batch_size=3).predictions
+    assert cached.prefix_builds == len({q.video_id for q in dataset})
