@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark of the project in one go (about 8 minutes on an H100; estimated, the Qwen steps have
-# not run on a GPU yet):
+# Every GPU check and benchmark of the project in one go (about 10 minutes on an H100; estimated, the Qwen steps and
+# the prefix-cache comparison have not run on a GPU yet):
 #   tests/test_graphs.py, selection_cost, prefill_speed (LLaVA-OV 7b and 0.5b; Qwen2.5-VL-7B's LM at 16 x 256 video
-#   tokens, about 1 minute), trial_cost (7b, 0.5b, qwen2.5-vl-7b), prefill_profile (7b at budget 0.2).
-# Two calls of under 10 minutes: STEPS="test_graphs selection_cost prefill_speed_7b prefill_speed_0.5b
-#   prefill_speed_qwen2.5-vl-7b", then STEPS="trial_cost_7b trial_cost_0.5b trial_cost_qwen2.5-vl-7b prefill_profile_7b".
+#   tokens, about 1 minute), prefill_profile (7b at budget 0.2), trial_cost (7b and qwen2.5-vl-7b with the prefix
+#   cache compared at budgets 0.2 / 0.3 / 0.5; 0.5b without).
+# Two calls of under 10 minutes (the step limits of each call add up to under 600 s): STEPS="test_graphs
+#   selection_cost prefill_speed_7b prefill_speed_0.5b prefill_speed_qwen2.5-vl-7b prefill_profile_7b", then
+#   STEPS="trial_cost_7b trial_cost_0.5b trial_cost_qwen2.5-vl-7b".
 # Results land in bench/results/ (or in $OUT when set, e.g. on a lent machine), each step's log under logs/ there
 # (packed into logs.tgz under $OUT).
 # Wheels in $WHEELS (default .whl/: e.g. transformers 5.23, decord, av, pytest) are installed first into a
@@ -53,14 +55,14 @@ if [[ $steps == all || $steps == *trial_cost* ]] && { ! "$python" -c "import dec
         || { ! "$python" -c "import av" 2>/dev/null && [ ! -f "$data/meta.json" ]; }; }; then
     echo "!! trial_cost needs decord, and PyAV or a synthetic set made beforehand in $data"; status=1
 fi
-step trial_cost_7b 300 "$python" bench/trial_cost.py --shape 7b --repeats 3 --data "$data" \
-    --out "$results/trial_cost_7b.json"
-step trial_cost_0.5b 180 "$python" bench/trial_cost.py --shape 0.5b --repeats 3 --data "$data" \
-    --out "$results/trial_cost_0.5b.json"
-step trial_cost_qwen2.5-vl-7b 300 "$python" bench/trial_cost.py --shape qwen2.5-vl-7b --repeats 3 --data "$data" \
-    --out "$results/trial_cost_qwen2.5-vl-7b.json"
-step prefill_profile_7b 180 "$python" bench/prefill_profile.py --shape 7b --budget 0.2 \
+step prefill_profile_7b 120 "$python" bench/prefill_profile.py --shape 7b --budget 0.2 \
     --out "$results/prefill_profile_7b.json"
+step trial_cost_7b 250 "$python" bench/trial_cost.py --shape 7b --repeats 3 --data "$data" \
+    --out "$results/trial_cost_7b.json"
+step trial_cost_0.5b 90 "$python" bench/trial_cost.py --shape 0.5b --repeats 3 --no-prefix --data "$data" \
+    --out "$results/trial_cost_0.5b.json"
+step trial_cost_qwen2.5-vl-7b 250 "$python" bench/trial_cost.py --shape qwen2.5-vl-7b --repeats 3 --data "$data" \
+    --out "$results/trial_cost_qwen2.5-vl-7b.json"
 echo "== tables (bench/tables.py: paste into the README; tests/test_readme_numbers.py checks they are there)"
 "$python" bench/tables.py --results "$results"
 if [[ -n ${OUT:-} ]]; then  # a lent machine sends back few files: the logs travel as one archive

@@ -55,8 +55,30 @@ def selection_cost(data: dict) -> str:
 def trial_cost(data: dict) -> str:
     rows = [[r["trial"], str(r["questions"]), *(f"{r[k]:.3f}" for k in ("decode", "vision", "selection", "prefill",
                                                                       "total"))] for r in data["rows"]]
-    return _table(["trial", "questions", "decode s", "vision s", "selection s", "LM prefill s", "total s"],
-                  ["l"] + ["r"] * 6, rows)
+    table = _table(["trial", "questions", "decode s", "vision s", "selection s", "LM prefill s", "total s"],
+                   ["l"] + ["r"] * 6, rows)
+    return table + _prefix_table(data.get("prefix_cache"))
+
+
+def _prefix_table(rows: list[dict] | None) -> str:
+    """Warm trials with and without the prefix cache over the pure pruned prefill (trial_cost's prefix_cache)."""
+    if not rows:
+        return ""
+    body = [[f"{r['kind']} {r['point']:.2f}", f"{r['retention']:.3f}", f"{r['flops_ratio']:.3f}",
+             f"{r['pure_pruned_prefill_s']:.3f}", f"{r['warm_uncached_s']:.3f}", f"{r['warm_cached_s']:.3f}",
+             f"{r['uncached_over_pure']:.2f}", f"{r['cached_over_pure']:.2f}",
+             f"{r['analytic_cached_over_pruned']:.3f}"] for r in rows]
+    return "\n\n" + _table(["point", "retention", "FLOPs ratio", "pure pruned prefill s", "warm trial s",
+                             "warm cached trial s", "trial / pure", "cached / pure", "cached FLOPs / pruned"],
+                            ["l"] + ["r"] * 8, body)
+
+
+def trial_cost_cpu_estimate(data: dict) -> str:
+    rows = [[f"{r['budget']:.2f}", f"{r['retention']:.3f}", str(r["kept"]), f"{r['uncached_28_layers_s']:.1f}",
+             f"{r['cached_28_layers_s']:.1f}", f"{r['cached_over_pure_28']:.3f}",
+             f"{r['analytic_cached_over_pruned']:.3f}"] for r in data["rows"]]
+    return _table(["budget", "retention", "kept", "pure pruned prefill s (28 layers)", "cached trial s (28 layers)",
+                   "cached / pure", "cached FLOPs / pruned"], ["r"] * 7, rows)
 
 
 def trial_cost_gpu(data: dict) -> str:
@@ -64,11 +86,12 @@ def trial_cost_gpu(data: dict) -> str:
             for label, v in data["variants"].items()]
     table = _table(["selection", "warm trial s", "pure pruned prefill s", "trial / pure"], ["l", "r", "r", "r"], rows)
     if "pruned_tflops" not in data:  # not a CUDA run
-        return table
+        return table + _prefix_table(data.get("prefix_cache"))
 
     def mfu(key: str) -> str:
         return "" if data.get(key) is None else f" (MFU {data[key]:.1%})"
 
+    table += _prefix_table(data.get("prefix_cache"))
     return (table + f"\n\npure prefill: pruned {data['pruned_tflops']:.0f} TFLOP/s{mfu('mfu_pruned')}, vanilla "
             f"{data['vanilla_tflops']:.0f} TFLOP/s{mfu('mfu_vanilla')}; latency ratio {data['latency_ratio']:.3f} at "
             f"padded FLOPs ratio {data['padded_flops_ratio']:.3f}")
@@ -122,6 +145,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "trial_cost_7b": trial_cost_gpu,
     "trial_cost_0.5b": trial_cost_gpu,
     "trial_cost_qwen2.5-vl-7b": trial_cost_gpu,
+    "trial_cost_7b-cpu": trial_cost_cpu_estimate,
     "storage_load": storage_load,
     "demo_model_quality_qwen": demo_model_quality,
     "search_efficiency": search_efficiency,

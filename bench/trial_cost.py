@@ -116,9 +116,145 @@ def batch_flops(engine: Engine, batches: list[dict], config) -> float:
     return total
 
 
+PREFIX_POINTS = (0.2, 0.3, 0.5)
+
+
+def compare_prefix_cache(engine: Engine, questions, batches: list[dict], args, budgets: bool) -> list[dict]:
+    """Warm trials with and without the prefix cache, over the pure pruned prefill, at budgets (or, where the LM is
+    too shallow to reach them at prune_layer 2, retentions) 0.2 / 0.3 / 0.5; and the analytic FLOPs a cached
+    trial still spends per question, as a fraction of the pruned prefill."""
+    from adatp.flops import prefixed_flops
+
+    text_config = engine.model.config.text_config
+    n_text = max(len(engine._prompt(q)) for q in questions) - engine.n_visual
+    configs = [adatp.AdaTPConfig(prune_layer=2, retention=adatp.retention_for_budget(
+        text_config, engine.n_visual, n_text, point, 2) if budgets else point) for point in PREFIX_POINTS]
+    timings, pures = {}, {}
+    # Every uncached trial first: a stored prefix drops the video's features, which uncached trials need.
+    for cached in (False, True):
+        engine.prefix_cache = cached
+        for point, config in zip(PREFIX_POINTS, configs, strict=True):
+            engine.evaluate(questions, config.replace(tau_s=0.45), args.batch_size)  # builds prefixes once
+            timings[cached, point] = [engine.evaluate(questions, config.replace(tau_s=0.5 + 0.1 * repeat),
+                                                      args.batch_size).seconds["total"]
+                                      for repeat in range(args.repeats)]
+            if not cached:
+                pures[point] = statistics.median(pure_prefill_seconds(
+                    engine, batches, config.replace(tau_s=0.5 + 0.1 * repeat)) for repeat in range(args.repeats))
+    rows = []
+    for point, config in zip(PREFIX_POINTS, configs, strict=True):
+        retention, pure = config.retention, pures[point]
+        shares = []
+        for question in questions:
+            split = engine._split(question)
+            n_question = len(engine._prompt(question)) - split
+            n_prefix_text = split - engine.n_visual
+            shares.append(prefixed_flops(text_config, engine.n_visual, n_prefix_text, n_question, retention, 2)
+                          / prefill_flops(text_config, engine.n_visual, n_prefix_text + n_question, retention, 2))
+        uncached, cached = statistics.median(timings[False, point]), statistics.median(timings[True, point])
+        rows.append(dict(point=point, kind="budget" if budgets else "retention", retention=retention,
+                         flops_ratio=adatp.flops_ratio(text_config, engine.n_visual, n_text, retention, 2),
+                         pure_pruned_prefill_s=pure, warm_uncached_s=uncached, warm_cached_s=cached,
+                         uncached_over_pure=uncached / pure, cached_over_pure=cached / pure,
+                         analytic_cached_over_pruned=statistics.mean(shares),
+                         warm_uncached_runs_s=timings[False, point], warm_cached_runs_s=timings[True, point]))
+    engine.prefix_cache = False
+    return rows
+
+
+def print_prefix_rows(rows: list[dict]) -> None:
+    print(f"{'kind':9} {'point':>5} {'FLOPs':>6} {'pure s':>8} {'warm s':>8} {'cached s':>8} {'warm/pure':>9} "
+          f"{'cached/pure':>11} {'FLOPs cached/pruned':>19}")
+    for row in rows:
+        print(f"{row['kind']:9} {row['point']:>5.2f} {row['flops_ratio']:>6.3f} {row['pure_pruned_prefill_s']:>8.3f} "
+              f"{row['warm_uncached_s']:>8.3f} {row['warm_cached_s']:>8.3f} {row['uncached_over_pure']:>9.2f} "
+              f"{row['cached_over_pure']:>11.2f} {row['analytic_cached_over_pruned']:>19.3f}")
+
+
+def estimate_7b_cpu(args) -> None:
+    """`--shape 7b-cpu`: the cached and uncached trial at LLaVA-OV-7B's full width on the CPU, estimated at 28 layers.
+
+    A 3-layer LM at the Qwen2-7B widths (random weights, float32, as bench/prune_overhead.py): the whole pruned
+    prefill (2 full layers, scoring, selection, 1 pruned layer) and the whole cached trial (the question through 2
+    layers against the cached prefix, scoring from cached keys, selection, 1 pruned layer) are timed, and one
+    pruned layer alone; each estimate adds 25 more pruned layers. 32 x 196 visual tokens, 14 prefix and 50
+    question tokens, prune_layer 2, one question per call.
+    """
+    from prune_overhead import FRAMES, PER_FRAME, PREFIX, QUESTION, QWEN2_7B, random_llava_ov, timed
+
+    from adatp.flops import LMShape, prefixed_flops
+    from adatp.pruned_lm import VideoCall
+
+    torch.manual_seed(0)
+    model = random_llava_ov(dict(QWEN2_7B, num_hidden_layers=3, vocab_size=1024), "cpu", torch.float32)
+    lm = model.model.language_model
+    shape_28 = LMShape(layers=28, hidden=3584, intermediate=18944, kv_heads=4, head_dim=128, heads=28)
+    n_visual = FRAMES * PER_FRAME
+    prefix_length = PREFIX + n_visual + 1
+    length = prefix_length + QUESTION
+    embeds = torch.randn(1, length + 1, 3584) * 0.02  # + 1: the probe token encode_prefix appends
+    video = torch.zeros(1, length + 1, dtype=torch.bool)
+    video[:, PREFIX:prefix_length] = True
+    call = VideoCall(video_mask=video[:, :length], grids=((FRAMES, PER_FRAME),), trailing=1)
+    prefix_call = VideoCall(video_mask=video[:, : prefix_length + 1], grids=((FRAMES, PER_FRAME),), trailing=1)
+    suffix = embeds[:, prefix_length:length]
+    positions = torch.arange(prefix_length, length)[None]
+    rows = []
+    with torch.no_grad():
+        for budget in PREFIX_POINTS:
+            retention = adatp.retention_for_budget(shape_28, n_visual, length - n_visual, budget, 2)
+            config = adatp.AdaTPConfig(retention=retention, prune_layer=2)
+            with adatp.pruning(model, config) as state:
+                def uncached(state=state):
+                    state.pending = call
+                    lm(inputs_embeds=embeds[:, :length], use_cache=False)
+
+                state.capture_prefix, state.pending = True, prefix_call
+                lm(inputs_embeds=embeds[:, : prefix_length + 1], use_cache=False)
+                state.capture_prefix, prefix = False, state.captured
+
+                def cached(state=state, prefix=prefix):
+                    state.prefix = prefix
+                    lm(inputs_embeds=suffix, position_ids=positions, use_cache=False)
+                    state.prefix = None
+
+                t_uncached = timed(uncached, max(1, args.repeats // 2), "cpu", warmup=False)
+                t_cached = timed(cached, args.repeats, "cpu")
+            kept = adatp.flops.kept_count(n_visual, retention)
+            kept_input = embeds[:, : length - n_visual + kept]
+            def pruned_layer(hidden=kept_input, layer=lm.layers[2]):
+                at = torch.arange(hidden.shape[1])[None]
+                layer(hidden, attention_mask=None, position_embeddings=lm.rotary_emb(hidden, at), position_ids=at)
+
+            t_layer = timed(pruned_layer, args.repeats, "cpu")
+            uncached_28, cached_28 = t_uncached + 25 * t_layer, t_cached + 25 * t_layer
+            flops_share = (prefixed_flops(shape_28, n_visual, PREFIX + 1, QUESTION, retention, 2)
+                           / adatp.prefill_flops(shape_28, n_visual, PREFIX + 1 + QUESTION, retention, 2))
+            rows.append(dict(budget=budget, retention=retention, kept=kept, uncached_3_layers_s=t_uncached,
+                             cached_3_layers_s=t_cached, pruned_layer_s=t_layer, uncached_28_layers_s=uncached_28,
+                             cached_28_layers_s=cached_28, cached_over_pure_28=cached_28 / uncached_28,
+                             analytic_cached_over_pruned=flops_share, prefix_bytes_float32=prefix.nbytes()))
+    result = dict(benchmark="trial_cost", shape="7b-cpu", date=datetime.date.today().isoformat(), device="cpu",
+                  cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+                  torch=torch.__version__, transformers=transformers.__version__, repeats=args.repeats,
+                  prefix_tokens=prefix_length, question_tokens=QUESTION, rows=rows)
+    out = Path(args.out or Path(__file__).parent / "results" / "trial_cost_7b-cpu.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print("trial_cost (7b-cpu): LLaVA-OV-7B widths, 3 layers timed, 28 estimated; prune_layer 2")
+    print(f"{'budget':>6} {'kept':>5} {'pure 28L s':>10} {'cached 28L s':>12} {'cached/pure':>11} {'FLOPs share':>11}")
+    for row in rows:
+        print(f"{row['budget']:>6.2f} {row['kept']:>5} {row['uncached_28_layers_s']:>10.1f} "
+              f"{row['cached_28_layers_s']:>12.1f} {row['cached_over_pure_28']:>11.3f} "
+              f"{row['analytic_cached_over_pruned']:>11.3f}")
+    print(f"prefix entry: {rows[0]['prefix_bytes_float32'] / 1e6:.1f} MB in float32 "
+          f"(about {rows[0]['prefix_bytes_float32'] / 2e6:.1f} MB in bfloat16)")
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", choices=("demo", "7b", "0.5b", "qwen2.5-vl-7b"), default="demo")
+    parser.add_argument("--shape", choices=("demo", "7b", "0.5b", "qwen2.5-vl-7b", "7b-cpu"), default="demo")
     parser.add_argument("--smoke", action="store_true",
                         help="GPU shapes on the CPU at width 64 (checks the script, not the speed)")
     parser.add_argument("--model", default=str(DEFAULT_DIR), help="--shape demo only")
@@ -130,8 +266,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None,
                         help="GPU shapes: a synthetic set made beforehand with the same --videos (seed 777, "
                              "32 frames), for machines without PyAV; made there if missing or different")
+    parser.add_argument("--no-prefix", action="store_true", help="skip the prefix-cache comparison")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    if args.shape == "7b-cpu":
+        estimate_7b_cpu(args)
+        return
     name = "trial_cost" if args.shape == "demo" else f"trial_cost_{args.shape}{'_smoke' if args.smoke else ''}"
     default_dir = Path(tempfile.gettempdir()) if args.smoke else Path(__file__).parent / "results"
     out = Path(args.out or default_dir / f"{name}.json")
@@ -157,6 +297,7 @@ def main() -> None:
         config = adatp.AdaTPConfig(retention=retention, prune_layer=2)
     questions = synthetic.load(data).questions
 
+    engine.prefix_cache = False  # the rows below: the full pruned prefill; the prefix cache is compared after them
     cold = engine.evaluate(questions, config, args.batch_size)
     batches = prepared_batches(engine, questions, args.batch_size)
     parts = ("decode", "vision", "selection", "prefill")
@@ -179,6 +320,8 @@ def main() -> None:
         measured[label] = dict(warm_trial_s=warm_total, pure_pruned_prefill_s=pure, warm_over_pure=warm_total / pure,
                                warm_trials_s=[r.seconds["total"] for r in warm_runs], pure_prefills_s=pure_runs)
     engine.cuda_graphs = False
+    prefix_rows = ([] if args.no_prefix else
+                   compare_prefix_cache(engine, questions, batches, args, budgets=args.shape != "demo"))
     result = dict(
         benchmark="trial_cost", shape=args.shape, date=datetime.date.today().isoformat(), device=args.device,
         cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(), torch=torch.__version__,
@@ -186,7 +329,7 @@ def main() -> None:
         batch_size=args.batch_size, repeats=args.repeats, config=config.to_dict(), rows=rows, variants=measured,
         pure_pruned_prefill_s=measured["eager"]["pure_pruned_prefill_s"],  # the engine's default; see variants
         warm_over_pure=measured["eager"]["warm_over_pure"],
-        vision_calls=engine.vision_calls, flops_ratio=cold.flops_ratio,
+        vision_calls=engine.vision_calls, flops_ratio=cold.flops_ratio, prefix_cache=prefix_rows,
     )
     mfu_text = ""
     if engine.device.type == "cuda":
@@ -216,6 +359,8 @@ def main() -> None:
     for label, m in measured.items():
         print(f"{label}: pure pruned prefill {m['pure_pruned_prefill_s']:.3f} s; warm trial / pure prefill = "
               f"{m['warm_over_pure']:.2f}x")
+    if prefix_rows:
+        print_prefix_rows(prefix_rows)
     print(f"vision tower ran {engine.vision_calls} times for {videos} videos{mfu_text}")
     print(f"wrote {out}")
 
