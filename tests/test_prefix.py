@@ -104,3 +104,35 @@ def test_prefix_refuses_configs_it_cannot_serve():
     with adatp.pruning(model, AdaTPConfig(prune_layer=1, score="attention")):
         with pytest.raises(ValueError, match="encoded for prune_layer 2"), adatp.use_prefix(model, prefix):
             pass
+
+
+def test_prefixed_flops_is_half_of_flop_counter_on_a_cached_question():
+    """adatp.flops.prefixed_flops against torch's FlopCounterMode on the real cached path (eager attention, which the
+    counter sees on CPU), plus the cached scoring (the question's queries against every key; no key projection)
+    and the one row of logits."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from adatp.flops import kept_count, lm_shape, prefixed_flops
+
+    family = FAMILIES["llava_onevision"]
+    model = tiny.tiny_model(layers=4, attn="eager", seed=3)
+    prefix_ids, questions, video = _one_video(family, frames=4, seed=5)
+    question = questions[1][None]
+    mask = torch.ones_like(question)
+    with torch.no_grad(), adatp.pruning(model, AdaTPConfig(retention=0.4, prune_layer=2, score="attention")):
+        prefix = adatp.encode_prefix(model, input_ids=prefix_ids[None], **video(1))
+        with adatp.use_prefix(model, prefix), FlopCounterMode(display=False) as counter:
+            model(input_ids=question, attention_mask=mask, position_ids=adatp.suffix_position_ids(prefix, mask),
+                  logits_to_keep=1, use_cache=False)
+    text = model.config.text_config
+    shape = lm_shape(text)
+    n_visual, n_question = 4 * family.tokens_per_frame, question.shape[1]
+    n_prefix = len(prefix_ids)
+    width = shape.attention_width
+    scoring = n_question * shape.hidden * width + n_question * (n_prefix + n_question) * width
+    logits = shape.hidden * text.vocab_size
+    expected = 2 * (prefixed_flops(text, n_visual, n_prefix - n_visual, n_question, 0.4, 2) + scoring + logits)
+    counted = counter.get_total_flops()
+    # Exact up to rotary tables built with `@` (at most one head_dim per position, for the two rotary calls).
+    rows = n_question + kept_count(n_visual, 0.4) + n_prefix - n_visual + n_question
+    assert 0 <= counted - expected <= rows * shape.head_dim, (counted, expected)
