@@ -89,7 +89,7 @@ def _runs_match_trials(spec, trials) -> None:
 def test_workers_ride_out_a_postgres_restart_and_a_30_s_stop(tmp_path, cluster):
     path = spec_file(tmp_path, "faults", REPO / ".autotune" / "unused", n_trials=14, batch_size=1,
                      storage=_database(cluster), tracking_uri=_database(cluster), dataset=DATA_24,
-                     heartbeat={"interval": 1, "grace": 3, "outage": 120})
+                     heartbeat={"interval": 1, "grace": 6, "outage": 120})
     spec = load_spec(path)
     create_studies(Workspace.open(spec))
     workers = [_worker(path), _worker(path)]
