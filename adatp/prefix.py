@@ -30,6 +30,7 @@ from adatp.pruned_lm import (
     _mask_mapping,
     _Positions,
     _run_layers,
+    _timer,
     mean_query_attention,
     state_of,
 )
@@ -200,16 +201,20 @@ def prefixed_forward(lm, state, embeds, mask_2d, positions: _Positions, kwargs) 
 
     visual = prefix.frames * prefix.per_frame
     scores = None
-    if config.uses_scores:  # score 'attention' (`supports`): the question rows to every key, from the cache
-        keys = cache.layers[prune_layer - 1].keys  # [B, Hkv, P + q, d]: the prefix's and now the suffix's
-        rows = torch.arange(cached, cached + length, device=device)
-        allowed = (torch.arange(cached + length, device=device)[None, :] <= rows[:, None])[None] & full_mask[:, None]
-        per_key = mean_query_attention(lm.layers[prune_layer - 1], scoring_input, embeddings, keys, allowed, mask_2d)
-        scores = per_key[:, prefix.video_columns].view(batch, prefix.frames, prefix.per_frame)
-    weights = mask_2d.float()[..., None]
-    question = (embeds.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
-    kept = select_visual_tokens(config, prefix.frames, prefix.per_frame, batch=batch, device=device, scores=scores,
-                                frame_features=prefix.frame_features.expand(batch, -1, -1), question=question)
+    with _timer(state, device):  # scoring and selection, as `selection_seconds` counts them in a full prefill
+        if config.uses_scores:  # score 'attention' (`supports`): the question rows to every key, from the cache
+            keys = cache.layers[prune_layer - 1].keys  # [B, Hkv, P + q, d]: the prefix's and now the suffix's
+            rows = torch.arange(cached, cached + length, device=device)
+            allowed = ((torch.arange(cached + length, device=device)[None, :] <= rows[:, None])[None]
+                       & full_mask[:, None])
+            per_key = mean_query_attention(lm.layers[prune_layer - 1], scoring_input, embeddings, keys, allowed,
+                                           mask_2d)
+            scores = per_key[:, prefix.video_columns].view(batch, prefix.frames, prefix.per_frame)
+        weights = mask_2d.float()[..., None]
+        question = (embeds.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
+        kept = select_visual_tokens(config, prefix.frames, prefix.per_frame, batch=batch, device=device,
+                                    scores=scores, frame_features=prefix.frame_features.expand(batch, -1, -1),
+                                    question=question)
     state.kept_indices, state.frames, state.plan = kept, prefix.frames, None
 
     # Layers >= K: the kept prefix rows (text and kept video tokens, in order) + the suffix, at their positions.
