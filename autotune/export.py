@@ -113,7 +113,11 @@ def export_presets(workspace: Workspace, progress: bool = False, echo=print) -> 
         path = adatp.save_preset(preset, preset_path(workspace, budget))
         run_id = study.user_attrs["mlflow_run_id"]
         tracker.artifact(run_id, path, artifact_path="preset")
+        selected = {**{f"selected.{name}": round(value, 4) for name, value in best.params.items()},
+                    "selected.retention": round(retention, 4), "selected.trial": best.number}
+        winner = tracker.mark_selected(study.study_name, best.number)
         tracker.log(run_id, metrics={
+            **selected,
             "test_accuracy": results["test_accuracy"]["value"],
             "test_accuracy_ci95_low": results["test_accuracy"]["ci95"][0],
             "test_accuracy_ci95_high": results["test_accuracy"]["ci95"][1],
@@ -121,10 +125,42 @@ def export_presets(workspace: Workspace, progress: bool = False, echo=print) -> 
             "default_test_accuracy": results["default_accuracy"]["value"],
             "test_minus_default": versus_default["value"], "test_minus_vanilla": versus_vanilla["value"],
             "test_flops_ratio": tuned.flops_ratio,
-        }, tags={"preset": str(path)})
+        }, tags={"preset": str(path), "selected.trial": best.number, "selected.run_id": winner or "",
+                 "mlflow.note.content": run_description(spec, budget, best, retention, results, path,
+                                                        tracker.experiment_id, winner)})
         exported.append(Exported(budget, study.study_name, path=path, preset=adatp.load_preset(path),
                                  message=verdict(budget, versus_default)))
     return exported
+
+
+def run_description(spec, budget: float, best, retention: float, results: dict, path: Path, experiment_id: str,
+                    winner: str | None) -> str:
+    """The parent run's Markdown description: the answer (thresholds to use) and how good it is on held-out data."""
+    names = [*best.params, "retention"]
+    values = {**best.params, "retention": retention}
+    test, vanilla, default = (results[key] for key in ("test_accuracy", "vanilla_accuracy", "default_accuracy"))
+    paired = results["paired"]
+    low, high = paired["test_minus_default_ci95"]
+    trial = f"trial #{best.number:03d}"
+    if winner:
+        trial = f"[{trial}](#/experiments/{experiment_id}/runs/{winner})"
+    return "\n".join([
+        f"**Use these thresholds at FLOPs budget {budget:.2f} on {spec.dataset.name}** ({trial}, chosen on the tune "
+        f"split only; preset `{path}`):",
+        "",
+        "| " + " | ".join(names) + " |",
+        "|" + "---|" * len(names),
+        "| " + " | ".join(f"{values[name]:.4f}" for name in names) + " |",
+        "",
+        f"Held-out test split ({test['n']} questions), FLOPs ratio {results['flops_ratio']:.4f}:",
+        "",
+        "| config | test accuracy |",
+        "|---|---|",
+        f"| tuned | {test['value']:.3f} [95% CI {test['ci95'][0]:.3f}, {test['ci95'][1]:.3f}] |",
+        f"| default config, same retention | {default['value']:.3f} |",
+        f"| vanilla (no pruning) | {vanilla['value']:.3f} |",
+        f"| tuned - default | {paired['test_minus_default']:+.3f} [95% CI {low:+.3f}, {high:+.3f}] |",
+    ])
 
 
 def model_label(path: str) -> str:

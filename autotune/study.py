@@ -333,6 +333,7 @@ def _finish_creating(workspace: Workspace, study: optuna.Study, budget: float, r
         tags={"autotune.spec": spec.name, "autotune.budget": f"{budget:.2f}", "protocol": PROTOCOL_VERSION,
               **{f"version.{k}": v for k, v in settings["versions"].items()}})
     study.set_user_attr("mlflow_run_id", run_id)
+    study.set_metric_names([f"tune_{spec.objective}"])  # named in optuna-dashboard, not "Objective 0"
     study.set_user_attr(ATTR, settings)  # last: marks the study created
 
 
@@ -507,7 +508,8 @@ def make_objective(workspace: Workspace, study: optuna.Study,
             trial.report(outcome.value, outcome.questions)
             trial.set_user_attr("rung", outcome.rung)
             trial.set_user_attr("questions", outcome.questions)
-            tracker.log(run_id, metrics={metric: outcome.value, "rung": outcome.rung}, step=outcome.questions)
+            tracker.log(run_id, metrics={metric: outcome.value}, tags={"optuna.rung": outcome.rung},
+                        step=outcome.questions)
             if outcome.rung < len(sizes) - 1 and trial.should_prune():
                 tracker.log(run_id, metrics={"seconds": outcome.seconds})
                 tracker.set_state(run_id, "PRUNED", tags={"optuna.rung": outcome.rung,
@@ -523,7 +525,7 @@ def make_objective(workspace: Workspace, study: optuna.Study,
         trial.set_constraint("flops", final.flops_ratio - budget)
         tracker.log(run_id, metrics={"flops_ratio": final.flops_ratio, "kept_tokens": kept,
                                      "visual_tokens": n_visual, "seconds": final.seconds,
-                                     "skipped": final.skipped, "value": final.value})
+                                     "skipped": final.skipped})
         tracker.set_state(run_id, "COMPLETE", tags={"feasible": final.flops_ratio <= budget})
         return final.value
 
@@ -689,11 +691,12 @@ def sync_runs(workspace: Workspace, study: optuna.Study) -> None:
 
 
 def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per trial: number, state, value, rung reached, FLOPs ratio, feasibility, thresholds."""
+    """One row per trial: number, state, tune objective, rung reached, FLOPs ratio, feasibility, thresholds."""
+    objective = study.user_attrs.get(ATTR, {}).get("objective", "accuracy")
     rows = []
     for trial in study.get_trials(deepcopy=False):
         rows.append({
-            "trial": trial.number, "state": trial.state.name, "value": trial.value,
+            "trial": trial.number, "state": trial.state.name, f"tune_{objective}": trial.value,
             "rung": trial.user_attrs.get("rung"), "questions": trial.user_attrs.get("questions"),
             "flops_ratio": trial.user_attrs.get("flops_ratio"), "feasible": is_feasible(trial),
             "fail_reason": trial.user_attrs.get("fail_reason"), **trial.params,

@@ -27,7 +27,8 @@ from autotune.storage import Resilient
 # MLflow's limit for one param value.
 _PARAM_LIMIT = 6000
 # Optuna trial state -> MLflow run status of the child run.
-RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "RUNNING": "RUNNING",
+# PRUNED is KILLED (the pruner stopped it), so the runs table tells it from a trial that ran to its end.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "RUNNING": "RUNNING",
               "WAITING": "SCHEDULED"}
 
 
@@ -144,10 +145,22 @@ class Tracker:
         found = self._search(key)
         if found:
             return found[0].info.run_id
-        run = self.client.create_run(self.experiment_id, run_name=f"{study_name}-t{trial_number:03d}",
+        budget = study_name.rsplit("-", 1)[-1]  # studies are named <spec>-<dataset>-b0.25
+        run = self.client.create_run(self.experiment_id, run_name=f"{budget} #{trial_number:03d}",
                                      tags=_text_values({**key, MLFLOW_PARENT_RUN_ID: parent_id, **tags}))
         self.log(run.info.run_id, params=params)
         return run.info.run_id
+
+    def mark_selected(self, study_name: str, trial_number: int) -> str | None:
+        """Tag the selected trial's run `autotune.selected: true` (and untag any earlier choice); its run id."""
+        winner = None
+        for number, run in self.trial_runs(study_name).items():
+            if number == trial_number:
+                self.client.set_tag(run.info.run_id, "autotune.selected", "true")
+                winner = run.info.run_id
+            elif "autotune.selected" in run.data.tags:
+                self.client.delete_tag(run.info.run_id, "autotune.selected")
+        return winner
 
     def summary_run(self, spec_name: str, tags: Mapping[str, str]) -> str:
         return self._find_or_create({"autotune.kind": "summary", "autotune.study": f"{spec_name}-summary",

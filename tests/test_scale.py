@@ -187,7 +187,7 @@ def _summary(spec):
         params = tuple(sorted((k, round(float(v), 6)) for k, v in run.data.params.items()
                               if k in ("tau_s", "tau_t", "alpha_boost", "gamma_cap")))
         rows.add((run.data.tags["optuna.trial_number"], run.data.tags["optuna.state"], params,
-                  round(run.data.metrics.get("value", -1.0), 6)))
+                  round(run.data.metrics.get("tune_accuracy", -1.0), 6)))
     return rows
 
 

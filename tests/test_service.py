@@ -83,7 +83,9 @@ def test_each_budget_has_its_planned_trials_and_one_child_run_per_trial(done):
             run = by_number[trial.number]
             assert run.data.tags["optuna.state"] == trial.state.name
             assert run.data.tags["mlflow.parentRunId"] == parent_id
-            assert run.info.status == ("FINISHED" if trial.state.name in ("COMPLETE", "PRUNED") else "FAILED")
+            assert run.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(trial.state.name, "FAILED")
+            assert run.info.run_name == f"b{budget:.2f} #{trial.number:03d}"
+            assert "rung" not in run.data.metrics and "value" not in run.data.metrics
             steps = [m.step for m in client.get_metric_history(run.info.run_id, "tune_accuracy")]
             assert steps == study.user_attrs[ATTR]["rungs"][: trial.user_attrs["rung"] + 1]
             if trial.state == optuna.trial.TrialState.PRUNED:
@@ -97,6 +99,38 @@ def test_each_budget_has_its_planned_trials_and_one_child_run_per_trial(done):
         artifacts = {a.path for a in client.list_artifacts(parent_id)}
         assert {"trials.csv", "pareto.png", "pareto.html", "preset"} <= artifacts
         assert client.get_run(parent_id).data.tags["protocol"].startswith("adatp-mcq/")
+
+
+def test_the_parent_run_holds_the_answer_and_points_at_the_winning_trial(done):
+    """After export, each budget's parent run shows the thresholds to use, their held-out accuracy with its CI and a
+    description, and the winning trial's run is tagged: the answer without opening an artifact."""
+    _, spec, _, _ = done
+    for budget, study in load_studies(spec).items():
+        assert study.metric_names == ["tune_accuracy"]
+        preset = adatp.load_preset(Path(spec.presets_dir) / f"svc-synthetic-b{budget:.2f}.yaml")
+        client, (parent,) = mlflow_runs(spec, "study", study.study_name)
+        metrics, tags = parent.data.metrics, parent.data.tags
+        for name in spec.space:
+            assert metrics[f"selected.{name}"] == round(getattr(preset.config, name), 4)
+        assert metrics["selected.retention"] == round(preset.config.retention, 4)
+        trial = preset.provenance["trial"]
+        assert metrics["selected.trial"] == trial and tags["selected.trial"] == str(trial)
+        test = preset.results["test_accuracy"]
+        assert (metrics["test_accuracy"], metrics["test_accuracy_ci95_low"], metrics["test_accuracy_ci95_high"]) == (
+            test["value"], *test["ci95"])
+        description = tags["mlflow.note.content"]
+        assert description.startswith(f"**Use these thresholds at FLOPs budget {budget:.2f} on synthetic**")
+        assert "| " + " | ".join(f"{getattr(preset.config, name):.4f}" for name in [*spec.space, "retention"]) + " |" \
+            in description
+        assert f"| tuned | {test['value']:.3f} [95% CI {test['ci95'][0]:.3f}, {test['ci95'][1]:.3f}] |" in description
+        selected = [run for run in mlflow_runs(spec, "trial", study.study_name)[1]
+                    if run.data.tags.get("autotune.selected") == "true"]
+        assert [int(run.data.tags["optuna.trial_number"]) for run in selected] == [trial]
+        assert tags["selected.run_id"] == selected[0].info.run_id
+        assert f"(#/experiments/{parent.info.experiment_id}/runs/{selected[0].info.run_id})" in description
+        header = (Path(client.download_artifacts(parent.info.run_id, "trials.csv", str(Path(spec.workdir) / "dl")))
+                  .read_text().splitlines()[0].split(","))
+        assert header[:3] == ["trial", "state", "tune_accuracy"]
 
 
 def test_default_config_is_enqueued_once_and_rerun_adds_nothing(done):
