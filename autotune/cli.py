@@ -89,6 +89,13 @@ def _exit_interrupted() -> None:
     raise typer.Exit(130) from None
 
 
+def _console():
+    """Tables fit an interactive terminal (rich wraps cells to its width); piped output is not wrapped."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
 def _spec(path: str, overrides: list[str] | None):
     from autotune.spec import load_spec
 
@@ -228,14 +235,13 @@ def worker(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
 
 
 def _print_status(spec) -> bool:
-    from rich.console import Console
     from rich.table import Table
 
     from autotune.storage import stale_trial_numbers
     from autotune.study import ATTR, best_feasible, finished_count, load_studies
 
     studies = load_studies(spec)
-    notes = []
+    notes, rung_note = [], None
     table = Table(title=f"{spec.name}: {spec.n_trials} trials planned per budget")
     for column in ("budget", "study", "retention", "done", "COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING",
                    f"best tune {spec.objective}", "trial", "FLOPs ratio"):
@@ -253,6 +259,9 @@ def _print_status(spec) -> bool:
         rungs = Counter(t.user_attrs.get("rung") for t in trials if t.state.name == "PRUNED")
         if rungs:  # where pruned trials stopped: rung index -> count
             counts["PRUNED"] += " (" + ", ".join(f"r{rung}: {n}" for rung, n in sorted(rungs.items())) + ")"
+            sizes = found.user_attrs.get(ATTR, {}).get("rungs", [])
+            rung_note = ("PRUNED (rK: n): n trials stopped by the pruner after rung K, rungs of "
+                         + "/".join(map(str, sizes)) + " tune questions (r0 = the first)")
         stale = stale_trial_numbers(found)
         if stale:
             counts["RUNNING"] += f" ({len(stale)} stale)"
@@ -265,10 +274,45 @@ def _print_status(spec) -> bool:
             f"{best.value:.4f}" if best else "-", str(best.number) if best else "-",
             f"{best.user_attrs['flops_ratio']:.4f}" if best else "-",
         )
-    Console(width=200).print(table)
-    for note in notes:
+    _console().print(table)
+    for note in ([rung_note] if rung_note else []) + notes:
         typer.echo(note)
+    _print_selected(spec)
     return any_study
+
+
+def _print_selected(spec) -> None:
+    """Per budget, the thresholds `autotune export` selected and their held-out accuracy (from the presets)."""
+    from rich.table import Table
+
+    from autotune.export import preset_path_for
+
+    presets = {budget: preset_path_for(spec, budget) for budget in spec.budgets}
+    found = {budget: path for budget, path in presets.items() if path.is_file()}
+    if not found:
+        typer.echo(f"no thresholds selected yet: `autotune export {spec.source or spec.name}` picks them per budget")
+        return
+    import adatp
+
+    names = list(spec.space)
+    table = Table(title=f"{spec.name}: selected thresholds per budget (tune split) and their test-split accuracy")
+    for column in ("budget", "trial", *names, "test accuracy [95% CI]", "vanilla", "default", "preset"):
+        table.add_column(column, justify="left" if column == "preset" else "right")
+    for budget, path in found.items():
+        try:
+            preset = adatp.load_preset(path)
+        except adatp.ConfigError as error:
+            table.add_row(f"{budget:.2f}", "-", *["-"] * len(names), f"unreadable: {error}", "-", "-", str(path))
+            continue
+        results = preset.results
+        test = results.get("test_accuracy", {})
+        ci = test.get("ci95") or [float("nan")] * 2
+        table.add_row(f"{budget:.2f}", str(preset.provenance.get("trial", "-")),
+                      *[f"{getattr(preset.config, name):.3f}" for name in names],
+                      f"{test.get('value', float('nan')):.3f} [{ci[0]:.3f}, {ci[1]:.3f}]",
+                      f"{results.get('vanilla_accuracy', {}).get('value', float('nan')):.3f}",
+                      f"{results.get('default_accuracy', {}).get('value', float('nan')):.3f}", str(path))
+    _console().print(table)
 
 
 @app.command()
@@ -281,29 +325,29 @@ def status(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG) -> N
 
 
 def _pareto(spec, log: bool = True) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from autotune.export import summarise_pareto
 
     directory = Path(spec.workdir) / "pareto"
     points, front, volume = summarise_pareto(spec, directory, log=log)
-    table = Table(title=f"{spec.name}: Pareto front across budgets ({len(front)} of {len(points)} feasible trials; "
-                        f"hypervolume {volume:.4f})")
+    table = Table(title=f"{spec.name}: Pareto front across budgets ({len(front)} on the front, of {len(points)} "
+                        f"feasible COMPLETE trials; hypervolume {volume:.4f})")
     names = list(spec.space)
     for column in ("budget", "trial", "FLOPs ratio", f"tune {spec.objective}", *names):
         table.add_column(column, justify="right")
     for point in front:
         table.add_row(f"{point.budget:.2f}", str(point.trial), f"{point.flops_ratio:.4f}", f"{point.accuracy:.4f}",
                       *[f"{(point.params or {}).get(name, float('nan')):.3f}" for name in names])
-    Console(width=160).print(table)
+    _console().print(table)
     typer.echo(f"Pareto plots: {directory / 'pareto.png'}  {directory / 'pareto.html'}")
 
 
 @app.command()
 @guarded
 def pareto(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
-           log: bool = typer.Option(True, help="also log the plots to the spec's MLflow summary run")) -> None:
+           log: bool = typer.Option(False, help="also log the plots to the spec's MLflow summary run (read-only "
+                                                "by default)")) -> None:
     """Cross-budget Pareto front (table and plots) from all feasible trials; hypervolume."""
     spec = _spec(spec_path, overrides)
     _quiet_libraries()
@@ -315,7 +359,6 @@ def pareto(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
 def export(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
            progress: bool = typer.Option(True, help="show progress bars")) -> None:
     """Evaluate each budget's best config once on the test split; write presets (and log them to MLflow)."""
-    from rich.console import Console
     from rich.table import Table
 
     from autotune.export import export_presets
@@ -339,7 +382,7 @@ def export(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
                       f"{tune:.3f}", f"{test['value']:.3f} [{test['ci95'][0]:.3f}, {test['ci95'][1]:.3f}]",
                       f"{results['vanilla_accuracy']['value']:.3f}", f"{results['default_accuracy']['value']:.3f}",
                       f"{paired['test_minus_default']:+.3f} [{low:+.3f}, {high:+.3f}]", str(item.path))
-    Console(width=200).print(table)
+    _console().print(table)
     for item in exported:
         typer.echo(item.message)
     if not any(item.path for item in exported):

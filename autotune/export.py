@@ -37,7 +37,11 @@ class Exported:
 
 
 def preset_path(workspace: Workspace, budget: float) -> Path:
-    spec = workspace.spec
+    return preset_path_for(workspace.spec, budget)
+
+
+def preset_path_for(spec, budget: float) -> Path:
+    """Where `export` writes (and `status` reads) a budget's preset."""
     return Path(spec.presets_dir) / f"{spec.name}-{spec.dataset.name}-b{budget:.2f}.yaml"
 
 

@@ -189,11 +189,26 @@ def test_status_and_pareto_report_the_studies(done):
         if pruned:  # the status table says where pruned trials stopped
             rung = min(pruned)
             assert f"r{rung}: {pruned.count(rung)}" in status.output
-    pareto = invoke("pareto", path)
-    assert pareto.exit_code == 0, pareto.output
-    assert "hypervolume" in pareto.output
+            sizes = "/".join(map(str, study.user_attrs[ATTR]["rungs"]))
+            assert f"stopped by the pruner after rung K, rungs of {sizes} tune questions" in status.output
+    # The answer per budget: the selected thresholds and their held-out accuracy, read from the presets.
+    for budget in spec.budgets:
+        preset = adatp.load_preset(Path(spec.presets_dir) / f"svc-synthetic-b{budget:.2f}.yaml")
+        test = preset.results["test_accuracy"]
+        row = next(line for line in status.output.splitlines() if line.lstrip("│ ").startswith(f"{budget:.2f}")
+                   and f"b{budget:.2f}.yaml" in line)
+        assert f"{preset.config.tau_s:.3f}" in row and f"{preset.config.gamma_cap:.3f}" in row
+        assert f"{test['value']:.3f} [{test['ci95'][0]:.3f}, {test['ci95'][1]:.3f}]" in row
     client, summaries = mlflow_runs(spec, "summary")
     (summary,) = summaries
+    logged = len(client.get_metric_history(summary.info.run_id, "hypervolume"))
+    pareto = invoke("pareto", path)
+    assert pareto.exit_code == 0, pareto.output
+    assert "hypervolume" in pareto.output and "on the front, of" in pareto.output
+    assert len(client.get_metric_history(summary.info.run_id, "hypervolume")) == logged  # read-only by default
+    assert invoke("pareto", path, "--log").exit_code == 0
+    assert len(client.get_metric_history(summary.info.run_id, "hypervolume")) == logged + 1
+    (summary,) = mlflow_runs(spec, "summary")[1]
     assert 0 < summary.data.metrics["hypervolume"] <= 1
     assert {a.path for a in client.list_artifacts(summary.info.run_id, "pareto")} == {
         "pareto/pareto.png", "pareto/pareto.html", "pareto/pareto_front.csv"}
