@@ -73,7 +73,7 @@ def test_demo_spec_loads(monkeypatch):
     assert spec.tracking_uri == f"sqlite:///{REPO}/.autotune/demo/mlflow.db"
     assert spec.artifact_location == str(REPO / ".autotune" / "demo" / "mlartifacts")
     assert spec.cache_dir == str(REPO / ".autotune" / "demo" / "cache")
-    assert spec.presets_dir == str(REPO / "presets")
+    assert spec.presets_dir == str(REPO / ".autotune" / "demo" / "presets")  # make demo leaves tracked files alone
     assert spec.study_name(0.3) == "demo-synthetic-b0.30"
     assert spec.study_name(0.5) == "demo-synthetic-b0.50"
 
