@@ -705,21 +705,23 @@ def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
 
 
 def summarise_study(workspace: Workspace, study: optuna.Study) -> None:
-    """Parent-run metrics and artifacts of one study: best tune value, hypervolume, trials table, Pareto plots."""
+    """Parent-run metrics and artifacts of one study: best tune value, hypervolume, trials table, and the plots that
+    carry information within one budget (`autotune.plots`: history, each threshold, importance)."""
     import csv
     import tempfile
 
-    from autotune.pareto import hypervolume, plot_html, plot_png
+    from autotune.pareto import hypervolume
+    from autotune.plots import study_plots
 
+    spec = workspace.spec
     tracker = workspace.tracker
     run_id = study.user_attrs["mlflow_run_id"]
-    points = study_points(study)
     best = best_feasible(study)
     states = [trial.state.name for trial in study.get_trials(deepcopy=False)]
     tracker.log(run_id, metrics={
-        f"best_tune_{workspace.spec.objective}": best.value if best else None,
+        f"best_tune_{spec.objective}": best.value if best else None,
         "best_trial": best.number if best else None,
-        "hypervolume": hypervolume(points),
+        "hypervolume": hypervolume(study_points(study)),
         **{f"trials_{state.lower()}": states.count(state) for state in ("COMPLETE", "PRUNED", "FAIL")},
     })
     with tempfile.TemporaryDirectory() as tmp:
@@ -731,11 +733,9 @@ def summarise_study(workspace: Workspace, study: optuna.Study) -> None:
             writer.writeheader()
             writer.writerows(rows)
         tracker.artifact(run_id, table)
-        if points:
-            title = f"{study.study_name}: tune {workspace.spec.objective} vs FLOPs ratio"
-            tracker.artifact(run_id, plot_png(points, Path(tmp) / "pareto.png", title=title))
-            tracker.artifact(run_id, plot_html(points, Path(tmp) / "pareto.html", title=title))
-    if finished_count(study) >= workspace.spec.n_trials:
+        for path in study_plots(study, Path(tmp), spec.objective, list(spec.space), best.number if best else None):
+            tracker.artifact(run_id, path)
+    if finished_count(study) >= spec.n_trials:
         tracker.finish(run_id)
 
 

@@ -221,7 +221,7 @@ def test_mlflow_server_on_loopback_shows_the_same_runs_as_the_embedded_store(tmp
         client = MlflowClient(served_spec.tracking_uri)
         experiment = client.get_experiment_by_name("scale")
         (parent,) = client.search_runs([experiment.experiment_id], "tags.`autotune.kind` = 'study'")
-        assert {"trials.csv", "pareto.png", "pareto.html"} <= {a.path for a in client.list_artifacts(
+        assert {"trials.csv", "history.png", "thresholds.png"} <= {a.path for a in client.list_artifacts(
             parent.info.run_id)}
         assert (tmp_path / "server-artifacts").is_dir()  # artifacts went through the server
     finally:
@@ -251,7 +251,7 @@ def test_no_password_reaches_mlflow_or_logs(tmp_path, pg_database):
             if file.is_file():
                 seen += 1
                 assert SECRET.encode() not in file.read_bytes(), file
-    assert seen >= 4  # trials.csv, pareto plots, preset
+    assert seen >= 4  # trials.csv, the per-budget plots, preset, the summary's Pareto plots
     assert "postgresql://postgres:***@" in repr(runs[-1].data.params) + "".join(
         repr(r.data.params) for r in runs)
     for study in load_studies(spec).values():

@@ -97,7 +97,7 @@ def test_each_budget_has_its_planned_trials_and_one_child_run_per_trial(done):
                 assert budget - 0.02 < trial.user_attrs["flops_ratio"] <= budget
                 assert run.data.metrics["tune_accuracy"] == pytest.approx(trial.value)
         artifacts = {a.path for a in client.list_artifacts(parent_id)}
-        assert {"trials.csv", "pareto.png", "pareto.html", "preset"} <= artifacts
+        assert {"trials.csv", "history.png", "thresholds.png", "preset"} <= artifacts
         assert client.get_run(parent_id).data.tags["protocol"].startswith("adatp-mcq/")
 
 
