@@ -7,6 +7,7 @@
     autotune export studies/demo.yaml                 # test-split evaluation of each budget's best -> presets
     autotune pareto studies/demo.yaml                 # cross-budget Pareto table and plots
     autotune ui studies/demo.yaml                     # MLflow UI for the spec's store on 127.0.0.1
+    autotune dashboard studies/demo.yaml              # optuna-dashboard on the spec's storage, read-only
 """
 
 from __future__ import annotations
@@ -425,6 +426,25 @@ def ui(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@app.command()
+@guarded
+def dashboard(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
+              host: str = typer.Option("127.0.0.1", help="interface to listen on (loopback by default)"),
+              port: int = typer.Option(8080, help="port to listen on")) -> None:
+    """optuna-dashboard on the spec's Optuna storage, read-only (no study or trial can be edited or deleted)."""
+    from autotune.storage import ReadOnlyStorage
+    from autotune.study import load_studies, spec_storage
+
+    spec = _spec(spec_path, overrides)
+    if not any(study is not None for study in load_studies(spec).values()):
+        raise BadInput(f"no study of {spec.name} exists yet: run `autotune study {spec_path}` first")
+    _check_port_free(host, port)
+    import optuna_dashboard
+
+    typer.echo(f"optuna-dashboard for {spec.name} (read-only): http://{host}:{port}  (Ctrl-C stops it)")
+    optuna_dashboard.run_server(ReadOnlyStorage(spec_storage(spec)), host=host, port=port)
 
 
 def mlflow_server_command(uri: str, host: str, port: int) -> tuple[list[str], dict[str, str]]:

@@ -304,3 +304,37 @@ class Resilient:
             return OUTAGE.run(value, *args, **kwargs)
 
         return call
+
+
+class ReadOnlyStorage(optuna.storages.BaseStorage):
+    """A view of a storage that refuses every write (`autotune dashboard`: a UI must not delete or edit a study).
+
+    Reads go to the wrapped storage; `create_*`, `delete_*` and `set_*` raise PermissionError naming the call.
+    """
+
+    def __init__(self, storage: optuna.storages.BaseStorage) -> None:
+        self._storage = storage
+
+    def __getattr__(self, name: str):  # the non-abstract reads (get_n_trials, get_best_trial, ...)
+        return getattr(self._storage, name)
+
+
+def _read(name: str):
+    def call(self, *args, **kwargs):
+        return getattr(self._storage, name)(*args, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
+def _refuse(name: str):
+    def call(self, *args, **kwargs):
+        raise PermissionError(f"read-only storage: {name} is not allowed here")
+
+    call.__name__ = name
+    return call
+
+
+for _name in optuna.storages.BaseStorage.__abstractmethods__:
+    setattr(ReadOnlyStorage, _name, (_refuse if _name.startswith(("create_", "delete_", "set_")) else _read)(_name))
+ReadOnlyStorage.__abstractmethods__ = frozenset()

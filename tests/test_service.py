@@ -465,3 +465,34 @@ def test_journal_file_storage_runs_the_plan(tmp_path):
     assert sum(map(counts_toward_plan, study.get_trials())) == 3
     _, children = mlflow_runs(spec, "trial", study.study_name)
     assert len(children) == len(study.get_trials())
+
+
+def test_dashboard_serves_the_studies_read_only(done):
+    import json as jsonlib
+
+    from autotune.cli import stop_process_group
+
+    path, spec, _, _ = done
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "autotune.cli", "dashboard", str(path), "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/studies", timeout=2) as answer:
+                    studies = jsonlib.loads(answer.read())["study_summaries"]
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, "the dashboard did not start"
+                time.sleep(0.3)
+        names = {study["study_name"]: study["study_id"] for study in studies}
+        assert set(names) == {spec.study_name(0.3), spec.study_name(0.5)}
+        request = urllib.request.Request(f"{base}/api/studies/{names[spec.study_name(0.3)]}", method="DELETE")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code >= 400
+        assert all(study is not None for study in load_studies(spec).values())  # nothing deleted
+    finally:
+        stop_process_group(server)
