@@ -75,13 +75,9 @@ def guarded(command: Callable) -> Callable:
 
 def _interrupted(error: BaseException | None) -> bool:
     """A KeyboardInterrupt that a library turned into another exception (transformers' lazy imports do)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, KeyboardInterrupt):
-            return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return False
+    from autotune.interrupt import cause_of
+
+    return cause_of(error, KeyboardInterrupt) is not None
 
 
 def _exit_interrupted() -> None:

@@ -355,13 +355,7 @@ class Engine:
 
     def _answer_from_prefix(self, questions: list[Question], prefix: adatp.Prefix,
                             seconds: dict[str, float]) -> list[str | None]:
-        suffixes = [self._prompt(question)[self._split(question) :] for question in questions]
-        width = max(map(len, suffixes))
-        input_ids = torch.full((len(suffixes), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros(len(suffixes), width, dtype=torch.long)
-        for row, ids in enumerate(suffixes):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            mask[row, width - len(ids) :] = 1
+        input_ids, mask = self._left_padded([self._prompt(q)[self._split(q) :] for q in questions])
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         start = time.perf_counter()
         with torch.no_grad(), adatp.use_prefix(self.model, prefix):
@@ -382,14 +376,18 @@ class Engine:
             answers.append(options[int(logits[row, ids].argmax())])
         return answers
 
-    def _batch_inputs(self, questions: list[Question], features: list[torch.Tensor]) -> dict:
-        encoded = [self._prompt(q) for q in questions]
-        width = max(map(len, encoded))
-        input_ids = torch.full((len(encoded), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros(len(encoded), width, dtype=torch.long)
-        for row, ids in enumerate(encoded):
+    def _left_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token rows -> (input_ids, attention_mask) [B, longest], padded on the left (the last token lines up)."""
+        width = max(map(len, rows))
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for row, ids in enumerate(rows):
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             mask[row, width - len(ids) :] = 1
+        return input_ids, mask
+
+    def _batch_inputs(self, questions: list[Question], features: list[torch.Tensor]) -> dict:
+        input_ids, mask = self._left_padded([self._prompt(q) for q in questions])
         # Copied one by one from (pinned) host memory to the device: no host-side stack of the batch.
         on_device = [f.to(self.device, self.model.dtype, non_blocking=True) for f in features]
         input_ids = input_ids.to(self.device)

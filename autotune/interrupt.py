@@ -69,6 +69,18 @@ class _Stop:
 STOP = _Stop()
 
 
+def cause_of(error: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of type `kind` in `error`'s chain (`__cause__`, else `__context__`), or None: libraries
+    wrap what matters here (an interrupt, a storage outage) in exceptions of their own."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def ignore_signals_for_exit() -> None:
     """Ignore SIGINT and SIGTERM for the rest of the process: call once the command's work is committed.
 

@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 import adatp
 from adatp.flops import kept_count, min_flops_ratio
 from autotune.data import PROTOCOL_VERSION, LoadReport, Question, load_dataset, split_by_video
-from autotune.interrupt import STOP
+from autotune.interrupt import STOP, cause_of
 from autotune.spec import StudySpec, mask_url
 from autotune.storage import STALE_REASON, StorageOutage, ensure_sqlite_parent, quiet_optuna, storage_for
 from autotune.versions import package_versions
@@ -597,7 +597,7 @@ def _run_study(workspace: Workspace, budget: float, study: optuna.Study, bar, ec
             _interrupted_outside_objective(study, current.get("trial"))
             raise
         except Exception as error:
-            outage = _outage_in(error)
+            outage = cause_of(error, StorageOutage)  # Optuna's bookkeeping may raise on top of it
             if outage is None:
                 raise
             number = current["trial"].number if "trial" in current else None
@@ -639,17 +639,6 @@ def _wait_for_running(study: optuna.Study, running: list[FrozenTrial], said: tup
     STOP.check()
     time.sleep(min(5.0, max(0.5, storage.get_heartbeat_interval() or 1)))
     return key
-
-
-def _outage_in(error: BaseException) -> StorageOutage | None:
-    """The StorageOutage behind `error` (Optuna's trial bookkeeping may raise something else on top of it)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, StorageOutage):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
 
 
 def _interrupted_outside_objective(study: optuna.Study, trial: optuna.Trial | None) -> None:
