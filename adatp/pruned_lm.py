@@ -137,15 +137,16 @@ def _timer(state: PruningState, device: torch.device):
 
 
 def enable(model, config: AdaTPConfig, tokenizer=None, profile: bool = False,
-           cuda_graphs: bool = False) -> PruningState:
+           cuda_graphs: bool = True) -> PruningState:
     """Turn AdaTP on for `model` (forward and generate). Re-enabling replaces the config.
 
     model: a supported Video LLM (`adatp.models.SUPPORTED`), the `...ForConditionalGeneration` class or its inner
         multimodal model.
     tokenizer: the model's tokenizer, needed only for `relevance: siglip` (to recover the question text).
     profile: accumulate the time spent scoring and selecting in `state.selection_seconds`.
-    cuda_graphs: on a CUDA device, replay the selection from a CUDA graph (`adatp.graphs`; same indices). Off by
-        default until tests/test_graphs.py and bench/prefill_speed.py have run on a GPU with it.
+    cuda_graphs: on a CUDA device, replay the selection from a CUDA graph (`adatp.graphs`; the same indices, checked
+        on an H100 by tests/test_graphs.py and bench/prefill_speed.py). On by default: at batch 1 it saves 0.7-8.6 ms
+        per pruned prefill (README, Performance). Never used on CPU, inside `torch.compile` or inside a capture.
     """
     from adatp.models import adapter_for
 
@@ -213,7 +214,7 @@ def disable(model) -> None:
 
 
 @contextlib.contextmanager
-def pruning(model, config: AdaTPConfig, tokenizer=None, cuda_graphs: bool = False) -> Iterator[PruningState]:
+def pruning(model, config: AdaTPConfig, tokenizer=None, cuda_graphs: bool = True) -> Iterator[PruningState]:
     """`with adatp.pruning(model, config): ...` enables AdaTP inside the block only."""
     state = enable(model, config, tokenizer=tokenizer, cuda_graphs=cuda_graphs)
     try:
@@ -642,7 +643,8 @@ def _select(state, frames, per_frame, batch, scores, frame_features, question, d
     def select(**tensors):
         return select_visual_tokens(config, frames, per_frame, batch=batch, device=device, **tensors)
 
-    if state.graphs is None or device.type != "cuda" or config.method not in GRAPHED_METHODS:
+    if (state.graphs is None or device.type != "cuda" or config.method not in GRAPHED_METHODS
+            or torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing()):
         return select(scores=scores, frame_features=frame_features, question=question)
     inputs = {"scores": scores}
     if config.method != "fastv":

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark of the project in one go (about 10 minutes on an H100; estimated, the Qwen steps and
-# the prefix-cache comparison have not run on a GPU yet):
+# Every GPU check and benchmark of the project in one go (about 11 minutes on an H100, measured 2026-11-27):
 #   tests/test_graphs.py, selection_cost, prefill_speed (LLaVA-OV 7b and 0.5b; Qwen2.5-VL-7B's LM at 16 x 256 video
-#   tokens, about 1 minute), prefill_profile (7b at budget 0.2), trial_cost (7b and qwen2.5-vl-7b with the prefix
-#   cache compared at budgets 0.2 / 0.3 / 0.5; 0.5b without).
-# Two calls of under 10 minutes (the step limits of each call add up to under 600 s): STEPS="test_graphs
-#   selection_cost prefill_speed_7b prefill_speed_0.5b prefill_speed_qwen2.5-vl-7b prefill_profile_7b", then
-#   STEPS="trial_cost_7b trial_cost_0.5b trial_cost_qwen2.5-vl-7b".
+#   tokens), prefill_profile (7b at budget 0.2), trial_cost (7b and qwen2.5-vl-7b with the prefix cache compared at
+#   budgets 0.2 / 0.3 / 0.5; 0.5b without).
+# Measured on an H100 (wall time of each call, wheel install included): test_graphs + selection_cost 61 s;
+#   prefill_speed_7b + prefill_speed_0.5b 90 s; prefill_speed_qwen2.5-vl-7b + the three trial_cost steps 476 s.
+# Two calls of under 10 minutes: STEPS="test_graphs selection_cost prefill_speed_7b prefill_speed_0.5b
+#   prefill_speed_qwen2.5-vl-7b prefill_profile_7b trial_cost_0.5b" (about 4 minutes), then
+#   STEPS="trial_cost_7b trial_cost_qwen2.5-vl-7b" (about 6 minutes).
 # Results land in bench/results/ (or in $OUT when set, e.g. on a lent machine), each step's log under logs/ there
 # (packed into logs.tgz under $OUT).
 # Wheels in $WHEELS (default .whl/: e.g. transformers 5.23, decord, av, pytest) are installed first into a
@@ -28,7 +29,7 @@ python=${PYTHON:-python3}
 logs=$results/logs
 mkdir -p "$logs"
 if compgen -G "$wheels/*.whl" >/dev/null; then
-    "$python" -m pip install -q --no-index --no-deps --no-compile --target /tmp/adatp-site "$wheels"/*.whl
+    "$python" -m pip install -q --upgrade --no-index --no-deps --no-compile --target /tmp/adatp-site "$wheels"/*.whl
     export PYTHONPATH=/tmp/adatp-site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD:$PWD/bench:${PYTHONPATH:-}

@@ -68,3 +68,33 @@ def test_cpu_never_captures():
     eager, _ = _run(model, inputs, CONFIGS[0], cuda_graphs=False)
     assert (state.graphs.captures, state.graphs.replays) == (0, 0)
     assert all(torch.equal(a[1], b[1]) and torch.equal(a[0], b[0]) for a, b in zip(graphed, eager, strict=True))
+
+
+def test_graphs_are_the_default_and_idle_on_cpu():
+    model = tiny_model(4)
+    inputs = video_batch(2, seed=6)
+    state = adatp.enable(model, CONFIGS[0])
+    try:
+        with torch.no_grad():
+            default_logits = model(**inputs).logits
+    finally:
+        adatp.disable(model)
+    eager, _ = _run(model, inputs, CONFIGS[0], cuda_graphs=False)
+    assert state.graphs is not None and (state.graphs.captures, state.graphs.replays) == (0, 0)
+    assert torch.equal(default_logits, eager[0][0])
+
+
+@cuda
+def test_no_capture_inside_torch_compile():
+    model = tiny_model(4).cuda()
+    inputs = {k: v.cuda() for k, v in video_batch(2, seed=7).items()}
+    eager, _ = _run(model, inputs, CONFIGS[0], cuda_graphs=False)
+    state = adatp.enable(model, CONFIGS[0])  # graphs on by default
+    try:
+        compiled = torch.compile(model.forward, fullgraph=True)
+        with torch.no_grad():
+            logits = compiled(**inputs).logits
+    finally:
+        adatp.disable(model)
+    assert state.graphs.captures == 0
+    assert torch.allclose(logits, eager[0][0], atol=1e-4, rtol=1e-4)
