@@ -145,7 +145,7 @@ def enable(model, config: AdaTPConfig, tokenizer=None, profile: bool = False,
     tokenizer: the model's tokenizer, needed only for `relevance: siglip` (to recover the question text).
     profile: accumulate the time spent scoring and selecting in `state.selection_seconds`.
     cuda_graphs: on a CUDA device, replay the selection from a CUDA graph (`adatp.graphs`; the same indices, checked
-        on an H100 by tests/test_graphs.py and bench/prefill_speed.py). On by default: at batch 1 it saves 0.7-8.6 ms
+        on an H100 by tests/test_graphs.py and bench/prefill_speed.py). On by default: at batch 1 it saved up to 8.6 ms
         per pruned prefill (README, Performance). Never used on CPU, inside `torch.compile` or inside a capture.
     """
     from adatp.models import adapter_for

@@ -324,19 +324,26 @@ def status(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG) -> N
 def _pareto(spec, log: bool = True) -> None:
     from rich.table import Table
 
-    from autotune.export import summarise_pareto
+    from autotune.export import held_out, summarise_pareto
+    from autotune.study import load_studies
 
     directory = Path(spec.workdir) / "pareto"
     points, front, volume = summarise_pareto(spec, directory, log=log)
+    tested = {(item.budget, item.trial): item for item in held_out(spec, load_studies(spec))}
     table = Table(title=f"{spec.name}: Pareto front across budgets ({len(front)} on the front, of {len(points)} "
                         f"feasible COMPLETE trials; hypervolume {volume:.4f})")
     names = list(spec.space)
-    for column in ("budget", "trial", "FLOPs ratio", f"tune {spec.objective}", *names):
+    for column in ("budget", "trial", "FLOPs ratio", f"tune {spec.objective}", "test accuracy", *names):
         table.add_column(column, justify="right")
     for point in front:
+        item = tested.get((point.budget, point.trial))
         table.add_row(f"{point.budget:.2f}", str(point.trial), f"{point.flops_ratio:.4f}", f"{point.accuracy:.4f}",
+                      "-" if item is None else f"{item.accuracy:.4f}",
                       *[f"{(point.params or {}).get(name, float('nan')):.3f}" for name in names])
     _console().print(table)
+    if tested:
+        typer.echo("test accuracy: the selected trial of each budget on the held-out split (`autotune export`); "
+                   "the plots show it for every budget")
     typer.echo(f"Pareto plots: {directory / 'pareto.png'}  {directory / 'pareto.html'}")
 
 
@@ -386,6 +393,11 @@ def export(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
         typer.echo("error: no preset written: no budget has a feasible trial", err=True)
         raise typer.Exit(1)
     typer.echo("presets: " + " ".join(str(item.path) for item in exported if item.path))
+    from autotune.export import summarise_pareto
+
+    directory = Path(spec.workdir) / "pareto"
+    summarise_pareto(spec, directory)  # the summary plots and run now carry the held-out results
+    typer.echo(f"Pareto plots with the held-out results: {directory / 'pareto.png'}  {directory / 'pareto.html'}")
     typer.echo(f"MLflow UI: autotune ui {spec_path}")
 
 

@@ -6,7 +6,8 @@ split, together with the default config at the same retention and the unpruned m
 the presets dir, also logged as an artifact of the study's parent MLflow run.
 
 `summarise_pareto`: the front across budgets from every feasible COMPLETE trial, its hypervolume, a PNG and an
-interactive HTML plot, logged to the spec's summary run.
+interactive HTML plot with each exported budget's held-out numbers (read back from the presets), logged to the
+spec's summary run. `autotune export` runs it again once the presets are written.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import adatp
-from autotune.pareto import Point, front_table, hypervolume, pareto_front, plot_html, plot_png
+from autotune.pareto import HeldOut, Point, front_table, hypervolume, pareto_front, plot_html, plot_png
 from autotune.stats import accuracy_summary, paired_difference
 from autotune.study import ATTR, StudyError, Workspace, best_feasible, default_params, load_studies, study_points
 from autotune.versions import package_versions
@@ -128,7 +129,7 @@ def export_presets(workspace: Workspace, progress: bool = False, echo=print) -> 
             "vanilla_test_accuracy": results["vanilla_accuracy"]["value"],
             "default_test_accuracy": results["default_accuracy"]["value"],
             "test_minus_default": versus_default["value"], "test_minus_vanilla": versus_vanilla["value"],
-            "test_flops_ratio": tuned.flops_ratio,
+            "test_flops_ratio": round(tuned.flops_ratio, 4),
         }, tags={"preset": str(path), "selected.trial": best.number, "selected.run_id": winner or "",
                  "mlflow.note.content": run_description(spec, budget, best, retention, results, path,
                                                         tracker.experiment_id, winner)})
@@ -189,9 +190,56 @@ def verdict(budget: float, versus_default: dict) -> str:
     return f"b{budget:.2f}: the tuned config does NOT improve on the default config on the test split: {change}"
 
 
+def held_out(spec, studies: dict) -> list[HeldOut]:
+    """Each budget's held-out result, read from the preset `export` wrote for this spec's study (none: skipped)."""
+    found = []
+    for budget, study in studies.items():
+        path = preset_path_for(spec, budget)
+        if study is None or not path.is_file():
+            continue
+        try:
+            preset = adatp.load_preset(path)
+        except adatp.ConfigError:
+            continue  # `status` names an unreadable preset; the plot just goes without it
+        if preset.provenance.get("study") != study.study_name:
+            continue  # a preset of another run of the same name
+        results = preset.results
+        test = results["test_accuracy"]
+        tune = results.get("tune_accuracy", {}).get("value")
+        found.append(HeldOut(
+            budget=budget, trial=int(preset.provenance["trial"]), flops_ratio=float(results["flops_ratio"]),
+            accuracy=float(test["value"]), ci95=(float(test["ci95"][0]), float(test["ci95"][1])),
+            default_accuracy=results.get("default_accuracy", {}).get("value"),
+            vanilla_accuracy=results.get("vanilla_accuracy", {}).get("value"),
+            tune_accuracy=None if tune is None else float(tune), preset=str(path)))
+    return found
+
+
+def summary_description(spec, tested: list[HeldOut]) -> str:
+    """The summary run's Markdown description: one row per exported budget, or how to get there."""
+    if not tested:
+        return (f"No budget exported yet: `autotune export {spec.source or spec.name}` evaluates each budget's "
+                "selected thresholds on the held-out test split. The plots show the tune split.")
+    names = list(spec.space)
+    lines = [f"**{spec.name} on {spec.dataset.name}: the thresholds to use per FLOPs budget** (chosen on the tune "
+             "split; accuracy on the held-out test split). Each budget's parent run has the details.", "",
+             "| budget | " + " | ".join(names) + " | test accuracy [95% CI] | default | vanilla | preset |",
+             "|" + "---|" * (len(names) + 6)]
+    for item in sorted(tested, key=lambda item: item.budget):
+        config = adatp.load_preset(item.preset).config
+        lines.append(f"| {item.budget:.2f} | " + " | ".join(f"{getattr(config, name):.4f}" for name in names)
+                     + f" | {item.accuracy:.3f} [{item.ci95[0]:.3f}, {item.ci95[1]:.3f}] | "
+                     f"{_fmt3(item.default_accuracy)} | {_fmt3(item.vanilla_accuracy)} | `{item.preset}` |")
+    return "\n".join(lines)
+
+
+def _fmt3(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def summarise_pareto(spec, directory: Path, log: bool = True) -> tuple[list[Point], list[Point], float]:
-    """Cross-budget points, front and hypervolume; writes pareto.png/.html/.csv under `directory` and (if `log`)
-    to the spec's MLflow summary run."""
+    """Cross-budget points, front and hypervolume; writes pareto.png/.html/.csv under `directory` (with the
+    held-out results of the budgets exported so far) and (if `log`) to the spec's MLflow summary run."""
     import csv
 
     studies = _require_studies(spec)
@@ -204,17 +252,20 @@ def summarise_pareto(spec, directory: Path, log: bool = True) -> tuple[list[Poin
                        None)
         reference = next((p for p in feasible if default is not None and p.trial == default.number), None)
         if reference is not None:
-            label = f"default b{budget:.2f}"
+            label = f"default config b{budget:.2f} (tune)"
             references[label] = Point(reference.flops_ratio, reference.accuracy, label=label, budget=budget,
                                       trial=reference.trial)
+    tested = held_out(spec, studies)
     front = pareto_front(points)
     volume = hypervolume(points)
     directory.mkdir(parents=True, exist_ok=True)
-    title = f"{spec.name}: tune {spec.objective} vs FLOPs ratio, all budgets"
-    png = plot_png(points, directory / "pareto.png", title=title, references=references)
-    page = plot_html(points, directory / "pareto.html", title=title, references=references)
+    title = f"{spec.name}: {spec.objective} vs FLOPs ratio, all budgets"
+    png = plot_png(points, directory / "pareto.png", title=title, references=references, held_out=tested)
+    page = plot_html(points, directory / "pareto.html", title=title, references=references, held_out=tested)
     table = directory / "pareto_front.csv"
-    rows = front_table(front)
+    by_trial = {(item.budget, item.trial): item for item in tested}
+    rows = [{**row, "test_accuracy": getattr(by_trial.get((row["budget"], row["trial"])), "accuracy", "")}
+            for row in front_table(front)]
     with table.open("w", newline="") as handle:
         fields = list(dict.fromkeys(key for row in rows for key in row)) or ["flops_ratio", "accuracy"]
         writer = csv.DictWriter(handle, fieldnames=fields)
@@ -225,8 +276,10 @@ def summarise_pareto(spec, directory: Path, log: bool = True) -> tuple[list[Poin
 
         tracker = open_tracker(spec)
         run_id = tracker.summary_run(spec.name, tags={"autotune.spec": spec.name})
-        tracker.log(run_id, metrics={"hypervolume": volume, "front_size": len(front), "points": len(points)},
-                    params={"budgets": list(spec.budgets), "objective": spec.objective})
+        metrics = {"hypervolume": round(volume, 4), "front_size": len(front), "points": len(points)}
+        metrics.update({f"b{item.budget:.2f}.test_accuracy": item.accuracy for item in tested})
+        tracker.log(run_id, metrics=metrics, params={"budgets": list(spec.budgets), "objective": spec.objective},
+                    tags={"mlflow.note.content": summary_description(spec, tested)})
         for path in (png, page, table):
             tracker.artifact(run_id, path, artifact_path="pareto")
         tracker.finish(run_id)

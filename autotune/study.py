@@ -508,10 +508,10 @@ def make_objective(workspace: Workspace, study: optuna.Study,
             trial.report(outcome.value, outcome.questions)
             trial.set_user_attr("rung", outcome.rung)
             trial.set_user_attr("questions", outcome.questions)
-            tracker.log(run_id, metrics={metric: outcome.value}, tags={"optuna.rung": outcome.rung},
+            tracker.log(run_id, metrics={metric: round(outcome.value, 4)}, tags={"optuna.rung": outcome.rung},
                         step=outcome.questions)
             if outcome.rung < len(sizes) - 1 and trial.should_prune():
-                tracker.log(run_id, metrics={"seconds": outcome.seconds})
+                tracker.log(run_id, metrics={"seconds": round(outcome.seconds, 3)})
                 tracker.set_state(run_id, "PRUNED", tags={"optuna.rung": outcome.rung,
                                                           "optuna.questions": outcome.questions})
                 raise optuna.TrialPruned(f"pruned at rung {outcome.rung} ({outcome.questions} questions): "
@@ -523,8 +523,8 @@ def make_objective(workspace: Workspace, study: optuna.Study,
         trial.set_user_attr("kept_tokens", kept)
         trial.set_user_attr("skipped", final.skipped)
         trial.set_constraint("flops", final.flops_ratio - budget)
-        tracker.log(run_id, metrics={"flops_ratio": final.flops_ratio, "kept_tokens": kept,
-                                     "visual_tokens": n_visual, "seconds": final.seconds,
+        tracker.log(run_id, metrics={"flops_ratio": round(final.flops_ratio, 4), "kept_tokens": kept,
+                                     "visual_tokens": n_visual, "seconds": round(final.seconds, 3),
                                      "skipped": final.skipped})
         tracker.set_state(run_id, "COMPLETE", tags={"feasible": final.flops_ratio <= budget})
         return final.value
@@ -708,9 +708,9 @@ def summarise_study(workspace: Workspace, study: optuna.Study) -> None:
     best = best_feasible(study)
     states = [trial.state.name for trial in study.get_trials(deepcopy=False)]
     tracker.log(run_id, metrics={
-        f"best_tune_{spec.objective}": best.value if best else None,
+        f"best_tune_{spec.objective}": round(best.value, 4) if best else None,
         "best_trial": best.number if best else None,
-        "hypervolume": hypervolume(study_points(study)),
+        "hypervolume": round(hypervolume(study_points(study)), 4),
         **{f"trials_{state.lower()}": states.count(state) for state in ("COMPLETE", "PRUNED", "FAIL")},
     })
     with tempfile.TemporaryDirectory() as tmp:
@@ -734,5 +734,5 @@ def study_points(study: optuna.Study):
 
     budget = study.user_attrs.get(ATTR, {}).get("budget")
     return [Point(flops_ratio=trial.user_attrs["flops_ratio"], accuracy=trial.value,
-                  label=f"b{budget:.2f} #{trial.number}", budget=budget, trial=trial.number, params=dict(trial.params))
+                  label=f"b{budget:.2f} #{trial.number:03d}", budget=budget, trial=trial.number, params=dict(trial.params))
             for trial in study.get_trials(deepcopy=False) if is_feasible(trial)]

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autotune.pareto import Point, front_table, hypervolume, pareto_front, plot_html, plot_png
+from autotune import pareto
+from autotune.pareto import HeldOut, Point, front_table, hypervolume, pareto_front, plot_html, plot_png
 
 
 def _key(points: list[Point]) -> list[tuple[float, float, str]]:
@@ -160,3 +161,69 @@ def test_plot_html_self_contained(tmp_path):
 def test_plot_html_empty(tmp_path):
     text = plot_html([], tmp_path / "empty.html").read_text(encoding="utf-8")
     assert text.count("<svg") == 1 and "<tbody>\n\n</tbody>" in text
+
+
+def _tied_points() -> tuple[list[Point], list[HeldOut]]:
+    """Two budgets whose trials tie in threes (one FLOPs ratio per budget, few distinct accuracies), as in a study."""
+    points = [Point(0.25, acc, f"b0.25 #{i:03d}", 0.25, i, {"tau_s": 0.1 * i})
+              for i, acc in enumerate([0.9, 0.975, 0.975, 0.975, 0.8, 1.0])]
+    points += [Point(0.5, acc, f"b0.50 #{i:03d}", 0.5, i, {"tau_s": 0.05 * i})
+               for i, acc in enumerate([1.0, 1.0, 0.95, 1.0])]
+    held = [HeldOut(0.25, 2, 0.2493, 0.95, (0.908, 0.983), 0.883, 1.0, 0.975, "p/b0.25.yaml"),
+            HeldOut(0.5, 1, 0.4999, 1.0, (1.0, 1.0), 0.908, 1.0, 1.0, "p/b0.50.yaml")]
+    return points, held
+
+
+def test_plot_html_ties_share_one_marker_listing_every_trial(tmp_path):
+    points, held = _tied_points()
+    text = plot_html(points, tmp_path / "front.html", held_out=held).read_text(encoding="utf-8")
+    svg = text[text.index("<svg") : text.index("</svg>")]
+    circles = re.findall(r'<circle[^>]*data-trials="(\d+)"[^>]*><title>(.*?)</title></circle>', svg, flags=re.S)
+    assert sorted(int(n) for n, _ in circles) == [1, 1, 1, 1, 3, 3]  # 10 trials, 6 distinct coordinates
+    tie = next(title for n, title in circles if n == "3" and "0.9750" in title)
+    assert tie.startswith("3 trials tie at FLOPs ratio 0.2500, tune accuracy 0.9750:")
+    lines = tie.split("\n")[1:]
+    assert lines[0].startswith("- b0.25 #002  [selected by export]")  # the exported trial is listed first
+    assert sorted(line.split(":")[0].split("  ")[0] for line in lines) == ["- b0.25 #001", "- b0.25 #002",
+                                                                           "- b0.25 #003"]
+
+
+def test_plot_html_held_out_markers_and_table(tmp_path):
+    points, held = _tied_points()
+    text = plot_html(points, tmp_path / "front.html", held_out=held).read_text(encoding="utf-8")
+    svg = text[text.index("<svg") : text.index("</svg>")]
+    stars = re.findall(r'<path class="held-out"[^>]*><title>(.*?)</title>', svg, flags=re.S)
+    assert len(stars) == 2 and "test accuracy 0.9500 [95% CI 0.9080, 0.9830]" in stars[0]
+    assert len(re.findall(r'class="default-test"', svg)) == 2
+    assert svg.count('class="vanilla"') == 1  # both presets share one test split: one vanilla marker
+    table = text[text.index('<table id="held-out"') :]
+    table = table[: table.index("</table>")]
+    assert "<th>held-out test accuracy</th>" in table and "<td>0.950</td>" in table and "<td>+0.067</td>" in table
+    body = text[text.rindex("<tbody>") :]
+    assert body.count('class="selected"') + body.count('class="front selected"') == 2
+    # The legend names every marker, so the plot area holds no free-standing labels that could overlap.
+    plot_texts = re.findall(r'<text x="([\d.]+)"[^>]*>([^<]*)</text>', svg)
+    right_edge = 70 + (900 - 70 - 290)
+    legend = [label for x, label in plot_texts if float(x) > right_edge]
+    assert {"b0.25 trials (tune)", "selected config, test split (95% CI)", "default config, test split",
+            "vanilla (no pruning), test split"} <= set(legend)
+
+
+def test_no_marker_is_clipped_at_accuracy_one(tmp_path):
+    points, held = _tied_points()
+    (x0, x1), (y0, y1) = pareto._limits(points, pareto._held_values(held))
+    assert y1 >= 1.0 + 0.03 and y0 <= 0.8 - 0.03 and x1 > 1.0  # half a marker fits beyond the extremes
+    assert max(pareto._accuracy_ticks(y0, y1)) <= 1.0  # but no tick claims an accuracy above 1
+    text = plot_html(points, tmp_path / "f.html", held_out=held).read_text(encoding="utf-8")
+    top = 40  # _MT: the plot area's top edge in the SVG
+    circles = [(float(y), float(r)) for y, r in re.findall(r'<circle cx="[\d.]+" cy="([\d.]+)" r="([\d.]+)"', text)]
+    assert len(circles) >= 6 and all(y - r >= top for y, r in circles)
+
+
+def test_plot_png_with_held_out(tmp_path):
+    import matplotlib.image
+
+    points, held = _tied_points()
+    path = plot_png(points, tmp_path / "front.png", title="t", held_out=held)
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert width > height > 200
