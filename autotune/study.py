@@ -734,5 +734,6 @@ def study_points(study: optuna.Study):
 
     budget = study.user_attrs.get(ATTR, {}).get("budget")
     return [Point(flops_ratio=trial.user_attrs["flops_ratio"], accuracy=trial.value,
-                  label=f"b{budget:.2f} #{trial.number:03d}", budget=budget, trial=trial.number, params=dict(trial.params))
+                  label=f"b{budget:.2f} #{trial.number:03d}", budget=budget, trial=trial.number,
+                  params=dict(trial.params))
             for trial in study.get_trials(deepcopy=False) if is_feasible(trial)]
