@@ -149,9 +149,15 @@ def run_description(spec, budget: float, best, retention: float, results: dict, 
     trial = f"trial #{best.number:03d}"
     if winner:
         trial = f"[{trial}](#/experiments/{experiment_id}/runs/{winner})"
+    settings = "  ".join(f"{name}={values[name]:.4f}" for name in names)
     return "\n".join([
-        f"**Use these thresholds at FLOPs budget {budget:.2f} on {spec.dataset.name}** ({trial}, chosen on the tune "
-        f"split only; preset `{path}`):",
+        f"**Use these thresholds at FLOPs budget {budget:.2f} on {spec.dataset.name}**: `{settings}`",
+        "",
+        f"**Held-out test accuracy {test['value']:.3f} [95% CI {test['ci95'][0]:.3f}, {test['ci95'][1]:.3f}]** "
+        f"({test['n']} questions); default config {default['value']:.3f}, vanilla {vanilla['value']:.3f}; "
+        f"tuned - default {paired['test_minus_default']:+.3f} [95% CI {low:+.3f}, {high:+.3f}].",
+        "",
+        f"From {trial}, chosen on the tune split only; preset `{path}`.",
         "",
         "| " + " | ".join(names) + " |",
         "|" + "---|" * len(names),

@@ -35,11 +35,17 @@ def demo(tmp_path_factory):
     overrides = [f"workdir={work}", f"presets_dir={work / 'presets'}", f"dataset.root={work / 'data'}"]
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
     environment.pop("MAKEFLAGS", None)
+    before = _git_status()
     result = subprocess.run(["make", "-s", "demo", f"DEMO_ARGS={' '.join(overrides)}"], cwd=ROOT,
                             capture_output=True, text=True, timeout=900, env=environment)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert _git_status() == before  # the demo leaves tracked (and unignored) files as they were
     spec = load_spec(ROOT / "studies" / "demo.yaml", overrides)
     return overrides, spec, result.stdout
+
+
+def _git_status() -> str:
+    return subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
 
 
 def _parent_runs(spec) -> tuple[MlflowClient, dict[float, object], object]:
@@ -166,6 +172,9 @@ def test_the_parent_run_page_shows_the_selected_thresholds(demo, ui, browser):
             shown = lines[lines.index("test_accuracy") + 1]
             assert float(shown) == pytest.approx(metrics["test_accuracy"], abs=1e-9)
             assert f"FLOPs budget {budget:.2f} on synthetic" in text
+            # The collapsed description (before "Show more") already shows the held-out accuracy.
+            test = metrics["test_accuracy"]
+            assert page.get_by_text(f"Held-out test accuracy {test:.3f}", exact=False).first.is_visible()
     finally:
         page.close()
 

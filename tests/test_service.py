@@ -119,7 +119,12 @@ def test_the_parent_run_holds_the_answer_and_points_at_the_winning_trial(done):
         assert (metrics["test_accuracy"], metrics["test_accuracy_ci95_low"], metrics["test_accuracy_ci95_high"]) == (
             test["value"], *test["ci95"])
         description = tags["mlflow.note.content"]
-        assert description.startswith(f"**Use these thresholds at FLOPs budget {budget:.2f} on synthetic**")
+        assert description.startswith(f"**Use these thresholds at FLOPs budget {budget:.2f} on synthetic**: `"
+                                      + "  ".join(f"{name}={getattr(preset.config, name):.4f}"
+                                                  for name in [*spec.space, "retention"]) + "`\n")
+        # The first lines (what the UI shows before "Show more") hold the whole answer.
+        assert (f"**Held-out test accuracy {test['value']:.3f} [95% CI {test['ci95'][0]:.3f}, {test['ci95'][1]:.3f}]**"
+                in description.split("\n")[2])
         assert "| " + " | ".join(f"{getattr(preset.config, name):.4f}" for name in [*spec.space, "retention"]) + " |" \
             in description
         assert f"| tuned | {test['value']:.3f} [95% CI {test['ci95'][0]:.3f}, {test['ci95'][1]:.3f}] |" in description

@@ -50,7 +50,7 @@ from autotune.data.protocol import (
 )
 
 DATASET = "synthetic"
-GENERATOR_VERSION = "synthetic-v4"
+GENERATOR_VERSION = "synthetic-v5"  # v5: lossless H.264 (v4 was lossy, and x264 is not bit-reproducible)
 GRID = 4  # cells per side; one cell = one pooled visual token at 32x32 input
 KINDS = ("block", "stripes", "checker")
 OBJECT_CELLS = 2  # objects cover OBJECT_CELLS x OBJECT_CELLS cells
@@ -250,7 +250,9 @@ def _write_mp4(path: Path, video: np.ndarray, codec: str) -> None:
 
     with av.open(str(path), "w") as container:
         if codec == "libx264":
-            stream = container.add_stream(codec, rate=_FPS, options={"crf": "18", "preset": "veryfast", "threads": "1"})
+            # Lossless (qp 0): x264's lossy output differed between runs for ~3 of 120 videos (same pixels in), which
+            # flipped near-tie answers of the demo; a lossless stream decodes to the same frames whatever it holds.
+            stream = container.add_stream(codec, rate=_FPS, options={"qp": "0", "preset": "veryfast", "threads": "1"})
         else:  # MPEG-4 part 2 fallback: a high bit rate, else colours ghost into the plain frames
             stream = container.add_stream(codec, rate=_FPS)
             stream.bit_rate = 4_000_000
