@@ -12,6 +12,7 @@ A preset is one YAML file:
     results:                                   # optional, and so is every key in it (absent or null)
       flops_ratio: 0.298                       # (0, 1]: achieved pruned / vanilla prefill FLOPs
       tune_accuracy: {value: 0.61, n: 600, ci95: [0.57, 0.65]}   # value, ci95 in [0, 1]; n >= 0; ci95 optional
+      # MLVU also: macro (lmms-eval's mean over its 7 task types, in [0, 1]) and macro_missing (types with no question)
       test_accuracy: {value: 0.60, n: 1200}
       vanilla_accuracy: {value: 0.62, n: 1200}   # unpruned model, same test questions
       default_accuracy: {value: 0.58, n: 1200}   # default AdaTPConfig at the same retention, same questions
@@ -52,7 +53,7 @@ _TOP_KEYS = ("format", "config", "target", "results", "provenance")
 _TARGET_KEYS = ("model", "dataset", "frames", "flops_budget")
 _ACCURACY_KEYS = ("tune_accuracy", "test_accuracy", "vanilla_accuracy", "default_accuracy")
 _RESULT_KEYS = ("flops_ratio", *_ACCURACY_KEYS, "paired")
-_ACCURACY_FIELDS = ("value", "n", "ci95")
+_ACCURACY_FIELDS = ("value", "n", "ci95", "macro", "macro_missing")
 _PROVENANCE_KEYS = ("study", "trial", "mlflow_run_id", "versions", "created")
 # A measured flops_ratio may exceed the budget it was tuned for by float noise alone (0.30000000000000004).
 _BUDGET_SLACK = 1e-9
@@ -300,6 +301,13 @@ def _accuracy(where: str, data: Any) -> dict[str, Any] | None:
         if lo > hi:
             raise ConfigError(f"{where}.ci95: lo must be <= hi, got {list(ci95)!r}")
         accuracy["ci95"] = [lo, hi]
+    if data.get("macro") is not None:
+        accuracy["macro"] = _real(f"{where}.macro", data["macro"], 0.0, 1.0)
+    if data.get("macro_missing") is not None:
+        missing = data["macro_missing"]
+        if not isinstance(missing, list) or not all(isinstance(name, str) for name in missing):
+            raise ConfigError(f"{where}.macro_missing: must be a list of task type names, got {missing!r}")
+        accuracy["macro_missing"] = list(missing)
     return accuracy
 
 

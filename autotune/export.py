@@ -18,9 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import adatp
+from autotune.data import mlvu
 from autotune.pareto import HeldOut, Point, front_table, hypervolume, pareto_front, plot_html, plot_png
 from autotune.stats import accuracy_summary, paired_difference
-from autotune.study import ATTR, StudyError, Workspace, best_feasible, default_params, load_studies, study_points
+from autotune.study import (
+    ATTR,
+    StudyError,
+    Workspace,
+    best_feasible,
+    check_same_meaning,
+    default_params,
+    load_studies,
+    study_points,
+    trial_config,
+)
 from autotune.versions import package_versions
 
 BOOTSTRAP_SAMPLES = 2000
@@ -74,9 +85,12 @@ def export_presets(workspace: Workspace, progress: bool = False, echo=print) -> 
                 f"b{budget:.2f}: no feasible COMPLETE trial among {len(trials)} ({states}); no preset written. "
                 f"Run more trials (n_trials=...) or check the budget.")))
             continue
+        check_same_meaning(workspace, study)
         retention = settings["retention"]
-        chosen = spec.config_for(retention, best.params)
-        default = spec.config_for(retention, default_params(spec))
+        chosen = trial_config(study, best)  # exactly what the trial ran, from the storage
+        default_trial = next((t for t in trials if t.user_attrs.get("warm_start") == "default"), None)
+        default = (trial_config(study, default_trial) if default_trial is not None
+                   else chosen.replace(**default_params(spec)))
         if progress:
             echo(f"b{budget:.2f}: evaluating trial {best.number} and the default config on "
                  f"{len(workspace.test)} test questions")
@@ -101,6 +115,12 @@ def export_presets(workspace: Workspace, progress: bool = False, echo=print) -> 
                 "wins_losses_vs_default": [versus_default["wins"], versus_default["losses"]],
             },
         }
+        if spec.dataset.name == "mlvu":  # lmms-eval's headline number next to plain accuracy
+            questions = [by_qid[qid] for qid in qids]
+            for key, flags in (("test_accuracy", tuned_correct), ("vanilla_accuracy", vanilla_correct),
+                               ("default_accuracy", default_correct)):
+                score = mlvu.lmms_eval_dev_score(questions, flags)
+                results[key].update(macro=round(score["macro"], 4), macro_missing=score["missing"])
         if spec.objective == "accuracy":
             results["tune_accuracy"] = {"value": round(best.value, 4), "n": tune_answered}
         else:
@@ -121,8 +141,10 @@ def export_presets(workspace: Workspace, progress: bool = False, echo=print) -> 
         selected = {**{f"selected.{name}": round(value, 4) for name, value in best.params.items()},
                     "selected.retention": round(retention, 4), "selected.trial": best.number}
         winner = tracker.mark_selected(study.study_name, best.number)
+        macro = results["test_accuracy"].get("macro")
         tracker.log(run_id, metrics={
             **selected,
+            **({} if macro is None else {"test_macro_accuracy": macro}),
             "test_accuracy": results["test_accuracy"]["value"],
             "test_accuracy_ci95_low": results["test_accuracy"]["ci95"][0],
             "test_accuracy_ci95_high": results["test_accuracy"]["ci95"][1],
@@ -133,8 +155,14 @@ def export_presets(workspace: Workspace, progress: bool = False, echo=print) -> 
         }, tags={"preset": str(path), "selected.trial": best.number, "selected.run_id": winner or "",
                  "mlflow.note.content": run_description(spec, budget, best, retention, results, path,
                                                         tracker.experiment_id, winner)})
+        message = verdict(budget, versus_default)
+        if macro is not None:
+            missing = results["test_accuracy"]["macro_missing"]
+            message += (f"; MLVU as lmms-eval scores it (mean over its 7 task types): {macro:.3f}"
+                        + (f", with no test question of {', '.join(missing)} (counted as 0, as lmms-eval does)"
+                           if missing else ""))
         exported.append(Exported(budget, study.study_name, path=path, preset=adatp.load_preset(path),
-                                 message=verdict(budget, versus_default)))
+                                 message=message))
     return exported
 
 

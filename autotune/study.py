@@ -252,13 +252,49 @@ def _settings(workspace: Workspace, budget: float, retention: float, planned: fl
     return {
         "spec": spec.name, "budget": budget, "retention": retention, "planned_flops_ratio": planned,
         "rungs": sizes, "objective": spec.objective, "dataset": spec.dataset.name, "model": spec.model.path,
-        "tune_questions": hashlib.sha256("\n".join(q.qid for q in workspace.tune).encode()).hexdigest()[:16],
+        "tune_questions": question_digest(workspace.tune), "test_questions": question_digest(workspace.test),
         "frames": workspace.engine.frames, "space": {k: list(v) for k, v in spec.space.items()},
         "base": spec.base.to_dict(), "sampler": dataclasses.asdict(spec.sampler),
         "sampler_seed": sampler_seed(spec, budget),
         "pruner": dataclasses.asdict(spec.pruner), "protocol": PROTOCOL_VERSION, "versions": package_versions(),
         "video": workspace.engine.video_protocol,  # family, frames, and for Qwen the frame size and grid
     }
+
+
+def question_digest(questions) -> str:
+    """A short fingerprint of a split: which questions, in which order."""
+    return hashlib.sha256("\n".join(q.qid for q in questions).encode()).hexdigest()[:16]
+
+
+def trial_config(study: optuna.Study, trial: FrozenTrial) -> adatp.AdaTPConfig:
+    """The exact config `trial` ran, from the storage, never from the current spec: stored with the trial, or for
+    trials of older studies rebuilt from the study's own recorded base config, retention and the trial's params."""
+    stored = trial.user_attrs.get("config")
+    if stored is not None:
+        return adatp.AdaTPConfig.from_dict(stored, where=f"trial {trial.number} config")
+    known = study.user_attrs[ATTR]
+    return adatp.AdaTPConfig.from_dict({**known["base"], "retention": known["retention"], **trial.params},
+                                       where=f"study {study.study_name} base")
+
+
+def check_same_meaning(workspace: Workspace, study: optuna.Study) -> None:
+    """Refuse to export from a spec (file or overrides) that differs from what the study's trials ran on: the
+    preset would credit a trial with a config, model input or split it never saw. StudyError names the field."""
+    known, spec = study.user_attrs[ATTR], workspace.spec
+    current = {"objective": spec.objective, "dataset": spec.dataset.name, "frames": workspace.engine.frames,
+               "video": workspace.engine.video_protocol, "protocol": PROTOCOL_VERSION,
+               "test_questions": question_digest(workspace.test)}
+    differences = [(f"base.{key}", value, spec.base.to_dict().get(key))
+                   for key, value in known["base"].items() if spec.base.to_dict().get(key) != value]
+    differences += [(key, known[key], value) for key, value in current.items() if key in known and known[key] != value]
+    if differences:
+        field, ran, now = differences[0]
+        if field == "test_questions":  # a digest: say what it means instead
+            ran, now = "another test split", "this one (dataset.test_fraction, split_seed, limit or the data changed)"
+        else:
+            ran, now = repr(ran), repr(now)
+        raise StudyError(f"{field}: the trials of {study.study_name} ran with {ran}, this spec says {now}; "
+                         "export evaluates exactly what a trial ran, so drop the override (or edit the spec back)")
 
 
 # Settings that must match when a study is resumed or joined: anything else would mix incomparable trials. The
@@ -474,6 +510,7 @@ def make_objective(workspace: Workspace, study: optuna.Study,
             for name, (low, high) in spec.space.items():
                 params[name] = trial.suggest_float(name, low, high)
             config = spec.config_for(retention, params)
+            trial.set_user_attr("config", config.to_dict())  # what this trial ran: export evaluates exactly this
             run_id = tracker.trial_run(
                 parent_id, study.study_name, trial.number,
                 params={**params, "retention": retention, "prune_layer": config.prune_layer,

@@ -2,7 +2,9 @@
 layouts in miniature (real parquet/json annotations, empty placeholder files as videos: adapters only check that
 a video exists)."""
 
+import collections
 import json
+import random
 import subprocess
 import sys
 import types
@@ -199,7 +201,8 @@ def test_mlvu_answer_letter_is_index_of_answer_text(mlvu_root):
     assert plot.video_id == "1_plotQA/movie101_66.mp4"
     assert plot.video_path == str((mlvu_root / "video" / "1_plotQA" / "movie101_66.mp4").resolve())
     assert plot.options == ("Yellow", "Red", "Green", "Blue")
-    assert plot.meta == {"duration": 246, "task_type": "plotQA", "source_file": "1_plotQA.json"}
+    assert plot.meta == {"duration": 246, "task_type": "plotQA", "question_type": "plotQA",
+                         "source_file": "1_plotQA.json"}
     assert build_prompt(plot) == (
         "What color is the main character's shirt?\n(A) Yellow\n(B) Red\n(C) Green\n(D) Blue\n"
         "Only give the best option.\nBest option: ("
@@ -210,6 +213,69 @@ def test_mlvu_accepts_the_repo_root_above_the_mlvu_folder(mlvu_root):
     assert [q.qid for q in mlvu.load(mlvu_root.parent, limit=1).questions] == ["1_plotQA/0"]
     with pytest.raises(FileNotFoundError, match="no MLVU annotation folder"):
         mlvu.load(mlvu_root / "video")
+
+
+@pytest.fixture
+def mlvu_all_types(tmp_path):
+    """MLVU dev's 7 multiple-choice task files (3 rows each), named as in the HF repo; question_type as the repo
+    spells it (findNeedle), which is not lmms-eval's task name (needle)."""
+    root = tmp_path / "MLVU"
+    files = ["1_plotQA", "2_needle", "3_ego", "4_count", "5_order", "6_anomaly_reco", "7_topic_reasoning"]
+    spelled = {"2_needle": "findNeedle"}
+    for stem in files:
+        rows = [{"video": f"{stem}_{i}.mp4", "duration": 100, "question": f"{stem} question {i}?",
+                 "candidates": ["a", "b", "c", "d"], "answer": "b",
+                 "question_type": spelled.get(stem, stem.split("_", 1)[1])} for i in range(3)]
+        write_json(root / "json" / f"{stem}.json", rows)
+        for i in range(3):
+            touch(root / "video" / stem / f"{stem}_{i}.mp4")
+    return root
+
+
+def test_mlvu_task_types_are_lmms_evals_names(mlvu_all_types):
+    questions = mlvu.load(mlvu_all_types).questions
+    assert sorted({q.meta["task_type"] for q in questions}) == sorted(mlvu.TASK_TYPES)
+    needle = next(q for q in questions if q.qid == "2_needle/0")
+    assert (needle.meta["task_type"], needle.meta["question_type"]) == ("needle", "findNeedle")
+
+
+@pytest.mark.parametrize("limit", [7, 10, 14])
+def test_mlvu_limit_keeps_every_task_type(mlvu_all_types, limit):
+    questions = mlvu.load(mlvu_all_types, limit=limit).questions
+    assert len(questions) == limit
+    counts = collections.Counter(q.meta["task_type"] for q in questions)
+    assert set(counts) == set(mlvu.TASK_TYPES)  # every type, not the first file's 3 rows and the next file's 4
+    assert max(counts.values()) - min(counts.values()) <= 1
+
+
+def _lmms_eval_mlvu_dev(task_types, correct) -> float:
+    """lmms-eval 0.7.3's `mlvu_aggregate_results_dev`, step by step, in percent: per type 100 * correct / answered
+    (0 for a type with no question), then the sum over its 7 types divided by 7."""
+    types = {"anomaly_reco", "count", "ego", "needle", "order", "plotQA", "topic_reasoning"}
+    score = {t: {"correct": 0, "answered": 0} for t in types}
+    for task_type, ok in zip(task_types, correct, strict=True):
+        score[task_type]["answered"] += 1
+        score[task_type]["correct"] += ok
+    per_type = {t: 100 * v["correct"] / v["answered"] if v["answered"] else 0 for t, v in score.items()}
+    return sum(per_type.values()) / len(types)
+
+
+def test_mlvu_macro_equals_lmms_evals_and_names_missing_types(mlvu_all_types):
+    questions = mlvu.load(mlvu_all_types).questions
+    rng = random.Random(4)
+    for _ in range(20):
+        correct = [rng.random() < 0.6 for _ in questions]
+        score = mlvu.lmms_eval_dev_score(questions, correct)
+        assert 100 * score["macro"] == pytest.approx(
+            _lmms_eval_mlvu_dev([q.meta["task_type"] for q in questions], correct), abs=1e-9)
+        assert score["micro"] == sum(correct) / len(correct) and score["missing"] == []
+    # Without the needle questions lmms-eval still divides by 7 (needle counts 0): the score says so.
+    kept = [q for q in questions if q.meta["task_type"] != "needle"]
+    correct = [True] * len(kept)
+    score = mlvu.lmms_eval_dev_score(kept, correct)
+    assert score["missing"] == ["needle"] and score["micro"] == 1.0
+    assert score["macro"] == pytest.approx(6 / 7) == _lmms_eval_mlvu_dev([q.meta["task_type"] for q in kept],
+                                                                         correct) / 100
 
 
 # ------------------------------------------------------------------------------------------------- LongVideoBench

@@ -115,6 +115,15 @@ def test_save_writes_numpy_numbers_as_plain_yaml(tmp_path):
     assert type(loaded.config.tau_s) is float and loaded.results["test_accuracy"] == {"value": 0.8, "n": 40}
 
 
+def test_mlvu_macro_fields_load_back(tmp_path):
+    document = _document()
+    document["results"]["test_accuracy"].update(macro=0.7056, macro_missing=["needle"])
+    loaded = load_preset(_write(tmp_path, "p.yaml", document))
+    assert loaded.results["test_accuracy"]["macro"] == 0.7056
+    assert loaded.results["test_accuracy"]["macro_missing"] == ["needle"]
+    assert load_preset(save_preset(loaded, tmp_path / "q.yaml")) == loaded
+
+
 def test_minimal_preset_loads_with_empty_results_and_provenance(tmp_path):
     document = {"format": FORMAT, "config": {}, "target": _document()["target"], "results": None}
     loaded = load_preset(_write(tmp_path, "p.yaml", document))
@@ -164,6 +173,12 @@ def test_save_refuses_an_invalid_preset_and_writes_nothing(tmp_path):
             "results.vanilla_accuracy.ci95",
             [0.5, 1.1],
             "preset.results.vanilla_accuracy.ci95[1]: must be in [0, 1], got 1.1",
+        ),
+        ("results.test_accuracy.macro", 70.5, "preset.results.test_accuracy.macro: must be in [0, 1], got 70.5"),
+        (
+            "results.test_accuracy.macro_missing",
+            "needle",
+            "preset.results.test_accuracy.macro_missing: must be a list of task type names, got 'needle'",
         ),
         (
             "results.paired.test_minus_vanilla",

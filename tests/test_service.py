@@ -1,6 +1,7 @@
 """The tuning service end to end on the shipped demo model and a small synthetic set: `autotune study`, `status`,
 `export`, `pareto`, `worker` and `ui`, with the Optuna study and the MLflow store checked against each other."""
 
+import json
 import os
 import signal
 import socket
@@ -180,8 +181,49 @@ def test_exported_presets_load_and_hold_the_test_split_numbers(done):
         assert preset.provenance["mlflow_run_id"] == study.user_attrs["mlflow_run_id"]
         assert study.trials[preset.provenance["trial"]].params == {
             name: getattr(preset.config, name) for name in spec.space}
+        # The preset holds exactly the config its trial ran, as the trial stored it.
+        ran = study.trials[preset.provenance["trial"]].user_attrs["config"]
+        assert preset.config == adatp.AdaTPConfig.from_dict(ran) and preset.config.to_dict() == ran
         assert str(path) in output
     assert "test split" in output
+
+
+def test_every_trial_stores_the_config_it_ran(done):
+    _, spec, _, _ = done
+    for study in load_studies(spec).values():
+        retention = study.user_attrs[ATTR]["retention"]
+        for trial in study.trials:
+            assert trial.user_attrs["config"] == spec.config_for(retention, trial.params).to_dict()
+
+
+@pytest.mark.parametrize("override, field", [
+    ("base.positions=renumber", "base.positions"),
+    ("base.score=text_sim", "base.score"),
+    ("dataset.test_fraction=0.25", "test_questions"),
+    ("dataset.frames=8", "frames"),
+])
+def test_export_refuses_an_override_that_changes_what_the_trials_ran(done, override, field):
+    path, spec, _, _ = done
+    before = {p.name: p.read_bytes() for p in Path(spec.presets_dir).iterdir()}
+    result = invoke("export", path, override, "--no-progress")
+    assert result.exit_code == 2, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith(f"error: {field}: the trials of svc-synthetic-b0.30 ran with ")
+    assert "Traceback" not in result.output
+    assert {p.name: p.read_bytes() for p in Path(spec.presets_dir).iterdir()} == before  # nothing rewritten
+
+
+def test_trial_config_of_an_older_trial_comes_from_the_study_not_the_spec():
+    """Trials of studies created before configs were stored: rebuilt from the study's recorded base."""
+    from autotune.study import trial_config
+
+    base = adatp.AdaTPConfig(score="norm", prune_layer=0, positions="renumber")
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr(ATTR, {"base": base.to_dict(), "retention": 0.3})
+    distributions = {"tau_s": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    study.add_trial(optuna.trial.create_trial(params={"tau_s": 0.42}, distributions=distributions, value=0.5))
+    config = trial_config(study, study.trials[0])
+    assert config == base.replace(retention=0.3, tau_s=0.42)
 
 
 def test_status_and_pareto_report_the_studies(done):
@@ -501,3 +543,50 @@ def test_dashboard_serves_the_studies_read_only(done):
         assert all(study is not None for study in load_studies(spec).values())  # nothing deleted
     finally:
         stop_process_group(server)
+
+
+def test_mlvu_export_reports_lmms_evals_macro_next_to_accuracy(tmp_path):
+    """An MLVU-layout set (7 task files; synthetic videos as clips) through study + export: the preset, the MLflow
+    parent run and the export message carry lmms-eval's MLVU score (mean over the 7 task types) next to accuracy."""
+    import shutil
+
+    from autotune.data import mlvu, synthetic
+
+    source = synthetic.generate(tmp_path / "syn", 14, seed=30000, frames=16)
+    rows = synthetic.load(source).questions
+    root = tmp_path / "MLVU"
+    stems = ["1_plotQA", "2_needle", "3_ego", "4_count", "5_order", "6_anomaly_reco", "7_topic_reasoning"]
+    by_video = {}
+    for question in rows:
+        by_video.setdefault(question.video_id, question)
+    for index, question in enumerate(list(by_video.values())[:14]):
+        stem = stems[index % 7]
+        clip = root / "video" / stem / f"{question.video_id}.mp4"
+        clip.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(question.video_path, clip)
+        path = root / "json" / f"{stem}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        listed = json.loads(path.read_text()) if path.exists() else []
+        answer = question.options[ord(question.answer) - ord("A")]
+        listed.append({"video": clip.name, "duration": 2, "question": question.question,
+                       "candidates": list(question.options), "answer": answer, "question_type": stem[2:]})
+        path.write_text(json.dumps(listed))
+    path = spec_file(tmp_path, "mlvu", root, dataset={"name": "mlvu", "root": str(root), "frames": 16},
+                     n_trials=2, budgets=[0.5])
+    assert invoke("study", path, "--no-progress").exit_code == 0
+    exported = invoke("export", path, "--no-progress")
+    assert exported.exit_code == 0, exported.output
+    spec = load_spec(path)
+    preset = adatp.load_preset(Path(spec.presets_dir) / "mlvu-mlvu-b0.50.yaml")
+    test = preset.results["test_accuracy"]
+    workspace = Workspace.open(spec)
+    direct = workspace.engine.evaluate(workspace.test, preset.config)
+    score = mlvu.lmms_eval_dev_score(workspace.test, [direct.correct[q.qid] for q in workspace.test])
+    assert test["value"] == pytest.approx(score["micro"], abs=1e-4)
+    assert test["macro"] == pytest.approx(score["macro"], abs=1e-4)
+    assert test["macro_missing"] == score["missing"] == [
+        name for name in mlvu.TASK_TYPES if name not in {q.meta["task_type"] for q in workspace.test}]
+    assert preset.results["vanilla_accuracy"]["macro"] is not None
+    _, (parent,) = mlflow_runs(spec, "study")
+    assert parent.data.metrics["test_macro_accuracy"] == test["macro"]
+    assert f"MLVU as lmms-eval scores it (mean over its 7 task types): {test['macro']:.3f}" in exported.output

@@ -36,6 +36,9 @@ from autotune.data.protocol import (
 
 DATASET = "mlvu"
 META_FIELDS = ("duration",)
+# The 7 multiple-choice task types of MLVU dev, named as lmms-eval 0.7.3 names them (`mlvu_aggregate_results_dev`);
+# our task files carry the same names after their number (2_needle.json -> needle).
+TASK_TYPES = ("anomaly_reco", "count", "ego", "needle", "order", "plotQA", "topic_reasoning")
 
 
 def _json_dir(base: Path) -> Path:
@@ -52,6 +55,9 @@ def _task_order(path: Path) -> tuple[int, str]:
 
 
 def _rows(json_dir: Path, skipped: collections.Counter) -> Iterator[tuple[str, int, Any]]:
+    """Rows of every task file, interleaved (the first row of each file, then the second, ...): a `limit` keeps
+    every task type instead of the first file's."""
+    files = []
     for path in sorted(json_dir.glob("*.json"), key=_task_order):
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))
@@ -60,8 +66,11 @@ def _rows(json_dir: Path, skipped: collections.Counter) -> Iterator[tuple[str, i
         if not isinstance(rows, list):
             skipped[f"unreadable file: {path.name}"] += 1
             continue
-        for index, row in enumerate(rows):
-            yield path.stem, index, row
+        files.append((path.stem, rows))
+    for index in range(max((len(rows) for _, rows in files), default=0)):
+        for stem, rows in files:
+            if index < len(rows):
+                yield stem, index, rows[index]
 
 
 def _answer_index(candidates: list[str], answer: str) -> int:
@@ -95,7 +104,9 @@ def _parse(data_root: Path, item: tuple[str, int, Any]) -> Question:
     if path is None:
         raise SkipRow("missing video")
     meta = {name: row[name] for name in META_FIELDS if row.get(name) is not None}
-    meta["task_type"] = row.get("question_type") or re.sub(r"^\d+_", "", task)
+    meta["task_type"] = re.sub(r"^\d+_", "", task)  # lmms-eval's name: needle, not the file's findNeedle
+    if isinstance(row.get("question_type"), str):
+        meta["question_type"] = row["question_type"]
     meta["source_file"] = f"{task}.json"
     options = tuple(candidate.strip() for candidate in candidates)
     return Question(f"{task}/{index}", DATASET, f"{task}/{video}", str(path), question.strip(), options, answer, meta)
@@ -109,3 +120,19 @@ def load(root: str | os.PathLike[str], limit: int | None = None) -> LoadReport:
     json_dir = _json_dir(base)
     skipped: collections.Counter = collections.Counter()
     return collect(DATASET, _rows(json_dir, skipped), lambda item: _parse(json_dir.parent, item), limit, skipped)
+
+
+def lmms_eval_dev_score(questions, correct) -> dict[str, Any]:
+    """MLVU dev as lmms-eval 0.7.3 reports it (`mlvu_aggregate_results_dev`): `macro` is the mean over the 7 task types
+    of each type's accuracy, divided by 7 even when a type has no question (lmms-eval counts it as 0). Also `micro`
+    (over all questions), `per_type` and `missing` (the types without a question, which pull `macro` down). In
+    [0, 1]; lmms-eval prints percentages."""
+    from autotune.data.protocol import accuracy_by
+
+    if len(questions) != len(correct) or not questions:
+        raise ValueError(f"need as many correctness flags as questions (> 0), got {len(questions)} and {len(correct)}")
+    per_type = accuracy_by(questions, correct, "task_type")
+    missing = [name for name in TASK_TYPES if name not in per_type]
+    return {"micro": sum(bool(ok) for ok in correct) / len(correct),
+            "macro": sum(per_type.get(name, 0.0) for name in TASK_TYPES) / len(TASK_TYPES),
+            "per_type": per_type, "missing": missing}

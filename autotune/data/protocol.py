@@ -342,8 +342,8 @@ def accuracy_by(
 def micro_macro(
     questions: Sequence[Question], correct: Sequence[bool], key: str | Callable[[Question], Any] = "task_type"
 ) -> tuple[float, float]:
-    """(micro, macro) accuracy: micro over all questions, macro the mean of per-group accuracies (MLVU's M-Avg,
-    lmms-eval's `mlvu_aggregate_results_dev`, counts only groups that have questions)."""
+    """(micro, macro) accuracy: micro over all questions, macro the mean of the accuracies of the groups present.
+    For MLVU as lmms-eval scores it (a missing task type counts as 0), use `mlvu.lmms_eval_dev_score`."""
     if not questions:
         raise ValueError("no questions to score")
     per_group = accuracy_by(questions, correct, key)
