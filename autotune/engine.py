@@ -40,7 +40,15 @@ from adatp.video import (
     video_fps_and_length,
 )
 from autotune.cache import FeatureCache, tensor_digest
-from autotune.data.protocol import PROTOCOL_VERSION, Question, build_prompt, extract_answer, letters
+from autotune.data.protocol import (
+    PROTOCOL_VERSION,
+    Question,
+    build_prompt,
+    extract_answer,
+    letters,
+    lmms_eval_answer,
+    protocol_version,
+)
 
 # Bounds of the prefix cache (a 7B prefix at 32 frames and K = 2 is ~71 MB in bfloat16: README, Trial cost).
 PREFIX_MEMORY = 4 << 30
@@ -69,6 +77,8 @@ class EvalResult:
     flops_ratio: mean over questions of pruned / vanilla LM prefill FLOPs (text tokens included).
     kept_tokens: visual tokens kept per video. seconds: decode, vision, prefill (LM incl. selection), selection.
     skipped: qid -> reason for questions whose video could not be read.
+    drawn: qids whose letter was drawn at random (generate mode, `lmms-eval-0.7` extraction, LongVideoBench's
+        fallback when the text names no letter); the draw is seeded per question, so reruns agree.
     """
 
     correct: dict[str, bool]
@@ -80,6 +90,7 @@ class EvalResult:
     seconds: dict[str, float]
     skipped: dict[str, str]
     protocol: str = PROTOCOL_VERSION
+    drawn: list[str] = dataclasses.field(default_factory=list)
 
 
 def load_model(model: str, dtype: str = "float32", attn_implementation: str = "sdpa",
@@ -138,7 +149,8 @@ class Engine:
     def __init__(self, model: str, device: str = "cpu", dtype: str = "float32", attn_implementation: str = "sdpa",
                  frames: int | None = None, cache_dir: str | os.PathLike[str] | None = None,
                  trust_remote_code: bool = False, cuda_graphs: bool = False,
-                 frame_size: tuple[int, int] | None = None, prefix_cache: bool = True) -> None:
+                 frame_size: tuple[int, int] | None = None, prefix_cache: bool = True, mode: str = "logits",
+                 extraction: str = "lmms-eval-0.7") -> None:
         if not (Path(model).is_dir() or "/" in model):
             raise FileNotFoundError(f"model {model!r}: not a local directory or a hub id")
         loaded, tokenizer = load_model(model, dtype, attn_implementation, trust_remote_code)
@@ -148,22 +160,29 @@ class Engine:
         preprocess = read(local) if local is not None else {}
         saved_frames = _saved_num_frames(str(local)) if local is not None else None
         self._attach(loaded, tokenizer, device, frames or saved_frames or 32, cache_dir, preprocess,
-                     model_path=model, cuda_graphs=cuda_graphs, frame_size=frame_size, prefix_cache=prefix_cache)
+                     model_path=model, cuda_graphs=cuda_graphs, frame_size=frame_size, prefix_cache=prefix_cache,
+                     mode=mode, extraction=extraction)
 
     @classmethod
     def from_model(cls, model, tokenizer, device: str = "cpu", frames: int = 32,
                    cache_dir: str | os.PathLike[str] | None = None, preprocess: dict | None = None,
                    cuda_graphs: bool = False, frame_size: tuple[int, int] | None = None,
-                   prefix_cache: bool = True) -> Engine:
+                   prefix_cache: bool = True, mode: str = "logits", extraction: str = "lmms-eval-0.7") -> Engine:
         """An engine around a model already in memory (e.g. built from config for a GPU benchmark)."""
         engine = cls.__new__(cls)
         engine._attach(model, tokenizer, device, frames, cache_dir, preprocess or {}, model_path="<in memory>",
-                       cuda_graphs=cuda_graphs, frame_size=frame_size, prefix_cache=prefix_cache)
+                       cuda_graphs=cuda_graphs, frame_size=frame_size, prefix_cache=prefix_cache, mode=mode,
+                       extraction=extraction)
         return engine
 
     def _attach(self, model, tokenizer, device: str, frames: int, cache_dir, preprocess: dict,
                 model_path: str, cuda_graphs: bool, frame_size: tuple[int, int] | None,
-                prefix_cache: bool = True) -> None:
+                prefix_cache: bool = True, mode: str = "logits", extraction: str = "lmms-eval-0.7") -> None:
+        if mode not in ("logits", "generate"):
+            raise ValueError(f"mode must be 'logits' or 'generate', got {mode!r}")
+        self.mode = mode
+        self.extraction = extraction
+        self.protocol = protocol_version(extraction)
         self.model_path = model_path
         self.cuda_graphs = cuda_graphs
         self.device = torch.device(device)
@@ -237,18 +256,20 @@ class Engine:
 
     # -- evaluation -----------------------------------------------------------------------------------------
     def evaluate(self, questions: Sequence[Question], config: adatp.AdaTPConfig | None = None,
-                 batch_size: int = 8, mode: str = "logits", progress: bool = False,
+                 batch_size: int = 8, mode: str | None = None, progress: bool = False,
                  before_batch: Callable[[], None] | None = None) -> EvalResult:
-        """Score `config` (None: the unpruned model) on `questions`.
+        """Score `config` (None: the unpruned model) on `questions`, reading answers in `mode` (None: the engine's).
 
         `before_batch` runs before each batch and may raise to stop (e.g. a deferred Ctrl-C) between batches.
         """
+        mode = self.mode if mode is None else mode
         if mode not in ("logits", "generate"):
             raise ValueError(f"mode must be 'logits' or 'generate', got {mode!r}")
         seconds = _new_seconds()
         started = time.perf_counter()
         predictions: dict[str, str | None] = {}
         skipped: dict[str, str] = {}
+        drawn: list[str] = []
         ratios: list[float] = []
         state = (adatp.enable(self.model, config, profile=True, cuda_graphs=self.cuda_graphs)
                  if config is not None else None)
@@ -282,7 +303,7 @@ class Engine:
                                                      else type(error).__name__)
                     if not ready:
                         continue
-                    answers = self._answer(ready, features, mode, seconds)
+                    answers = self._answer(ready, features, mode, seconds, drawn)
                 predictions.update(zip([q.qid for q in ready], answers, strict=True))
                 for question in ready:
                     n_text = len(self._prompt(question)) - self.n_visual
@@ -304,6 +325,8 @@ class Engine:
             visual_tokens=self.n_visual,
             seconds=seconds,
             skipped=skipped,
+            protocol=self.protocol,
+            drawn=drawn,
         )
 
     def _split(self, question: Question) -> int:
@@ -396,7 +419,7 @@ class Engine:
                     **self.video.model_inputs(input_ids, on_device))
 
     def _answer(self, questions: list[Question], features: list[torch.Tensor], mode: str,
-                seconds: dict[str, float]) -> list[str | None]:
+                seconds: dict[str, float], drawn: list[str]) -> list[str | None]:
         inputs = self._batch_inputs(questions, features)
         start = time.perf_counter()
         with torch.no_grad():
@@ -408,16 +431,25 @@ class Engine:
                                              pad_token_id=self.tokenizer.pad_token_id)
                 texts = self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :],
                                                     skip_special_tokens=True)
-                answers = [extract_answer(text, len(q.options)) for text, q in zip(texts, questions, strict=True)]
+                answers = [self._extract(text, q, drawn) for text, q in zip(texts, questions, strict=True)]
         self._sync()
         seconds["prefill"] += time.perf_counter() - start
         return answers
+
+    def _extract(self, text: str, question: Question, drawn: list[str]) -> str | None:
+        """The letter a generated text names, under the engine's extraction rules."""
+        if self.extraction == "strict":
+            return extract_answer(text, len(question.options))
+        letter, random_draw = lmms_eval_answer(text, question)
+        if random_draw:
+            drawn.append(question.qid)
+        return letter
 
     def vanilla_predictions(self, questions: Sequence[Question], dataset_key: str, batch_size: int = 8,
                             progress: bool = False) -> dict[str, str | None]:
         """The unpruned model's letters, computed once per (model, dataset, protocol) and cached on disk."""
         settings = json.dumps(self.video_protocol, sort_keys=True)
-        digest = hashlib.sha256(f"{self.model_key}|{dataset_key}|{PROTOCOL_VERSION}|{settings}".encode())
+        digest = hashlib.sha256(f"{self.model_key}|{dataset_key}|{self.protocol}|{self.mode}|{settings}".encode())
         path = self.cache_dir / "vanilla" / f"{digest.hexdigest()[:24]}.json" if self.cache_dir else None
         known = _read_answers(path) if path else {}
         missing = [q for q in questions if q.qid not in known]

@@ -27,6 +27,7 @@ import yaml
 from adatp import safe_yaml
 from adatp.config import AdaTPConfig, ConfigError
 from autotune.data import DATASETS
+from autotune.data.protocol import EXTRACTIONS
 
 
 class SpecError(ValueError):
@@ -56,6 +57,7 @@ _THRESHOLD_LIMITS = {
 DTYPES = ("float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 OBJECTIVES = ("accuracy", "fidelity")
+MODES = ("logits", "generate")
 SAMPLERS = ("tpe", "random", "nsga2", "gp")
 PRUNERS = ("successive_halving", "hyperband", "median", "none")
 
@@ -65,7 +67,8 @@ _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # Top-level spec keys, in the order a spec file usually lists them.
 _TOP_KEYS = tuple(
-    "name model dataset budgets objective base space warm_start sampler pruner n_trials batch_size storage "
+    "name model dataset budgets objective mode protocol base space warm_start sampler pruner n_trials batch_size "
+    "storage "
     "tracking_uri artifact_location presets_dir cache_dir workdir heartbeat".split()
 )
 _SQL_URL = re.compile(r"(sqlite:///|journal:///|(postgresql|mysql)(\+\w+)?://).+")
@@ -171,6 +174,10 @@ class StudySpec:
     name: slug [a-z0-9][a-z0-9_.-]*, used in study names and as the MLflow experiment.
     budgets: FLOPs ratios (pruned prefill / unpruned prefill), each in (0, 1], sorted ascending, unique.
     objective: `accuracy` (labelled answers) or `fidelity` (agreement with the unpruned model).
+    mode: how an answer is read: `logits` (the option letters' next-token logits after the prompt: one prefill, no
+        decoding) or `generate` (up to 16 greedy tokens, then a letter extracted from the text, as lmms-eval does).
+    protocol: the extraction in generate mode: `lmms-eval-0.7` (lmms-eval 0.7.3's rules exactly, LongVideoBench's
+        random fallback seeded per question) or `strict` (ours: never a letter inside a word; None when unsure).
     base: fixed values of everything not searched, and the default thresholds (the warm-start point);
         its retention is unused (each budget sets its own).
     space: searched threshold -> (low, high), low < high, inside AdaTPConfig's valid range.
@@ -186,6 +193,8 @@ class StudySpec:
     dataset: DatasetSpec
     budgets: tuple[float, ...]
     objective: str = "accuracy"
+    mode: str = "logits"
+    protocol: str = "lmms-eval-0.7"
     base: AdaTPConfig = dataclasses.field(default_factory=AdaTPConfig)
     space: dict[str, tuple[float, float]] = dataclasses.field(default_factory=lambda: dict(DEFAULT_SPACE))
     warm_start: tuple[dict[str, float], ...] = ()
@@ -228,6 +237,8 @@ class StudySpec:
             "dataset": dataclasses.asdict(self.dataset),
             "budgets": list(self.budgets),
             "objective": self.objective,
+            "mode": self.mode,
+            "protocol": self.protocol,
             "base": base,
             "space": {key: list(bounds) for key, bounds in self.space.items()},
             "warm_start": [dict(point) for point in self.warm_start],
@@ -477,6 +488,8 @@ def _build(raw: dict, source: str | None, check_paths: bool) -> StudySpec:
     dataset = _dataset(raw, check_paths)
     budgets = _budgets(raw)
     objective = _choice("objective", raw.get("objective", "accuracy"), OBJECTIVES)
+    mode = _choice("mode", raw.get("mode", "logits"), MODES)
+    protocol = _choice("protocol", raw.get("protocol", "lmms-eval-0.7"), EXTRACTIONS)
     base = _base(raw, budgets, check_paths)
     space = _space(raw, base)
     warm_start = _warm_start(raw, space)
@@ -502,6 +515,8 @@ def _build(raw: dict, source: str | None, check_paths: bool) -> StudySpec:
         dataset=dataset,
         budgets=budgets,
         objective=objective,
+        mode=mode,
+        protocol=protocol,
         base=base,
         space=space,
         warm_start=warm_start,

@@ -30,7 +30,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 import adatp
 from adatp.flops import kept_count, min_flops_ratio
-from autotune.data import PROTOCOL_VERSION, LoadReport, Question, load_dataset, split_by_video
+from autotune.data import LoadReport, Question, load_dataset, split_by_video
+from autotune.data.protocol import protocol_version
 from autotune.interrupt import STOP, cause_of
 from autotune.spec import StudySpec, mask_url
 from autotune.storage import STALE_REASON, StorageOutage, ensure_sqlite_parent, quiet_optuna, storage_for
@@ -153,7 +154,8 @@ class Workspace:
                                   attn_implementation=model.attn_implementation, frames=self.spec.dataset.frames,
                                   cache_dir=self.spec.cache_dir, trust_remote_code=model.trust_remote_code,
                                   cuda_graphs=model.cuda_graphs, frame_size=model.frame_size,
-                                  prefix_cache=model.prefix_cache)
+                                  prefix_cache=model.prefix_cache, mode=self.spec.mode,
+                                  extraction=self.spec.protocol)
         return self._engine
 
     @property
@@ -256,7 +258,8 @@ def _settings(workspace: Workspace, budget: float, retention: float, planned: fl
         "frames": workspace.engine.frames, "space": {k: list(v) for k, v in spec.space.items()},
         "base": spec.base.to_dict(), "sampler": dataclasses.asdict(spec.sampler),
         "sampler_seed": sampler_seed(spec, budget),
-        "pruner": dataclasses.asdict(spec.pruner), "protocol": PROTOCOL_VERSION, "versions": package_versions(),
+        "pruner": dataclasses.asdict(spec.pruner), "protocol": protocol_version(spec.protocol), "mode": spec.mode,
+        "versions": package_versions(),
         "video": workspace.engine.video_protocol,  # family, frames, and for Qwen the frame size and grid
     }
 
@@ -282,24 +285,30 @@ def check_same_meaning(workspace: Workspace, study: optuna.Study) -> None:
     preset would credit a trial with a config, model input or split it never saw. StudyError names the field."""
     known, spec = study.user_attrs[ATTR], workspace.spec
     current = {"objective": spec.objective, "dataset": spec.dataset.name, "frames": workspace.engine.frames,
-               "video": workspace.engine.video_protocol, "protocol": PROTOCOL_VERSION,
+               "video": workspace.engine.video_protocol, "protocol": protocol_version(spec.protocol),
+               "mode": spec.mode,
                "test_questions": question_digest(workspace.test)}
     differences = [(f"base.{key}", value, spec.base.to_dict().get(key))
                    for key, value in known["base"].items() if spec.base.to_dict().get(key) != value]
     differences += [(key, known[key], value) for key, value in current.items() if key in known and known[key] != value]
     if differences:
         field, ran, now = differences[0]
+        advice = "export evaluates exactly what a trial ran, so drop the override (or edit the spec back)"
         if field == "test_questions":  # a digest: say what it means instead
             ran, now = "another test split", "this one (dataset.test_fraction, split_seed, limit or the data changed)"
         else:
             ran, now = repr(ran), repr(now)
-        raise StudyError(f"{field}: the trials of {study.study_name} ran with {ran}, this spec says {now}; "
-                         "export evaluates exactly what a trial ran, so drop the override (or edit the spec back)")
+        if field in ("protocol", "video"):  # set by this version of autotune, not by the spec
+            advice = ("this autotune measures differently from the one that ran the trials: run the study again "
+                      "in a new workdir (or under another spec name)")
+        raise StudyError(f"{field}: the trials of {study.study_name} ran with {ran}, this spec says {now}; {advice}")
 
 
 # Settings that must match when a study is resumed or joined: anything else would mix incomparable trials. The
 # model's path may differ between machines; its shape shows in the retention, its questions in `tune_questions`.
-_MUST_MATCH = ("retention", "rungs", "objective", "dataset", "tune_questions", "frames", "space", "base")
+_MUST_MATCH = ("retention", "rungs", "objective", "dataset", "tune_questions", "frames", "space", "base", "protocol",
+               "mode")
+_RECORDED_SINCE_V2 = ("mode",)  # older studies lack it (they all ran in logits mode): compared only when recorded
 
 
 def create_studies(workspace: Workspace, create: bool = True) -> dict[float, optuna.Study]:
@@ -343,7 +352,8 @@ def create_studies(workspace: Workspace, create: bool = True) -> dict[float, opt
             if known is None:
                 _finish_creating(workspace, study, budget, retention, sizes, settings)
             else:
-                changed = [key for key in _MUST_MATCH if known.get(key) != settings[key]]
+                changed = [key for key in _MUST_MATCH if known.get(key, settings[key] if key in _RECORDED_SINCE_V2
+                                                                    else None) != settings[key]]
                 if changed:
                     raise StudyError(f"study {name} exists with different {', '.join(changed)} "
                                      f"(in {mask_url(spec.storage)}); use another spec name or workdir")
@@ -366,8 +376,8 @@ def _finish_creating(workspace: Workspace, study: optuna.Study, budget: float, r
     run_id = workspace.tracker.study_run(
         study.study_name, params={"spec": spec.to_dict(), "retention": retention, "rungs": sizes,
                                   "video": settings["video"]},
-        tags={"autotune.spec": spec.name, "autotune.budget": f"{budget:.2f}", "protocol": PROTOCOL_VERSION,
-              **{f"version.{k}": v for k, v in settings["versions"].items()}})
+        tags={"autotune.spec": spec.name, "autotune.budget": f"{budget:.2f}", "protocol": settings["protocol"],
+              "mode": spec.mode, **{f"version.{k}": v for k, v in settings["versions"].items()}})
     study.set_user_attr("mlflow_run_id", run_id)
     study.set_metric_names([f"tune_{spec.objective}"])  # named in optuna-dashboard, not "Objective 0"
     study.set_user_attr(ATTR, settings)  # last: marks the study created

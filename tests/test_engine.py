@@ -152,3 +152,38 @@ def test_poisoned_cache_entries_are_misses(model_dir, dataset, tmp_path):
     assert fresh.vanilla_predictions(dataset, "synthetic-test") == json.loads(expected)
     assert json.loads(answers.read_text()) == json.loads(expected)  # rewritten whole
     assert not list((tmp_path / "cache" / "vanilla").glob("*.tmp"))
+
+
+@pytest.mark.parametrize("extraction", ["lmms-eval-0.7", "strict"])
+def test_generate_mode_reads_letters_with_the_chosen_extraction(model_dir, dataset, extraction):
+    """Generate mode decodes, then extracts under the engine's protocol; LongVideoBench's random fallback is
+    recorded per question and seeded (a second run draws the same letters)."""
+    import dataclasses
+
+    from autotune.data.protocol import extract_answer, lmms_eval_answer, protocol_version
+
+    engine = Engine(str(model_dir), mode="generate", extraction=extraction)
+    questions = [dataclasses.replace(q, dataset="longvideobench") for q in dataset]
+    texts: list[str] = []
+    decode = engine.tokenizer.batch_decode
+
+    def spy(*args, **kwargs):  # the real decode; we keep what it returned
+        out = decode(*args, **kwargs)
+        texts.extend(out)
+        return out
+
+    engine.tokenizer.batch_decode = spy
+    result = engine.evaluate(questions, None)
+    assert result.protocol == protocol_version(extraction) and len(texts) == len(questions)
+    for question, text in zip(questions, texts, strict=True):
+        if extraction == "strict":
+            assert result.predictions[question.qid] == extract_answer(text, len(question.options))
+        else:
+            letter, drawn = lmms_eval_answer(text, question)
+            assert result.predictions[question.qid] == letter
+            assert (question.qid in result.drawn) == drawn
+    if extraction == "lmms-eval-0.7":
+        assert result.drawn  # this untrained model's words name no letter: lmms-eval guesses
+        assert engine.evaluate(questions, None).predictions == result.predictions
+    else:
+        assert result.drawn == []

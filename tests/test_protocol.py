@@ -3,6 +3,8 @@ accuracy."""
 
 import collections
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -16,7 +18,9 @@ from autotune.data.protocol import (
     build_prompt,
     extract_answer,
     letters,
+    lmms_eval_answer,
     micro_macro,
+    protocol_version,
     split_by_video,
 )
 
@@ -25,9 +29,12 @@ def make_question(qid="q0", video_id="v0", dataset="videomme", options=("a", "b"
     return Question(qid, dataset, video_id, f"/videos/{video_id}.mp4", "What happens?", tuple(options), answer, meta)
 
 
-def test_protocol_version_names_ours_and_lmms_eval():
-    assert PROTOCOL_VERSION.startswith("adatp-mcq/1")
-    assert "lmms-eval 0.3" in PROTOCOL_VERSION
+def test_protocol_version_names_the_extraction():
+    assert PROTOCOL_VERSION == protocol_version("lmms-eval-0.7")
+    assert PROTOCOL_VERSION.startswith("adatp-mcq/2") and PROTOCOL_VERSION.endswith("extraction: lmms-eval-0.7)")
+    assert protocol_version("strict").endswith("extraction: strict)")
+    with pytest.raises(ValueError, match="extraction must be one of lmms-eval-0.7, strict"):
+        protocol_version("lmms-eval-0.3")
 
 
 def test_letters():
@@ -250,3 +257,46 @@ def test_accuracy_by_fields_functions_and_missing_keys():
         accuracy_by(questions, correct[:9], "task_type")
     with pytest.raises(ValueError, match="no questions"):
         micro_macro([], [])
+
+
+# --------------------------------------------------------------------------------- lmms-eval 0.7 extraction parity
+
+_CORPUS = json.loads((Path(__file__).parent / "fixtures" / "lmms_eval_extraction.json").read_text(encoding="utf-8"))
+
+
+def _question(dataset: str, n_options: int = 4, qid: str = "q") -> Question:
+    return Question(qid, dataset, "v", "/data/v.mp4", "What?", tuple(f"option {i}" for i in range(n_options)), "A", {})
+
+
+@pytest.mark.parametrize("dataset", ["videomme", "mlvu"])
+def test_lmms_eval_extraction_matches_lmms_eval_on_its_corpus(dataset):
+    """Expected letters come from lmms-eval 0.7.3's own `extract_mcq_answer` (tests/fixtures, its source noted)."""
+    rows = _CORPUS[dataset]
+    assert len(rows) >= 40
+    for text, expected in rows:
+        assert lmms_eval_answer(text, _question(dataset)) == (expected, False), text
+
+
+def test_lmms_eval_longvideobench_matches_and_its_random_fallback_is_seeded():
+    rows = _CORPUS["longvideobench"]
+    assert len(rows) >= 40
+    drawn = []
+    for index, (text, n_options, expected) in enumerate(rows):
+        question = _question("longvideobench", n_options, qid=f"lvb{index}")
+        letter, random_draw = lmms_eval_answer(text, question, seed=3)
+        if expected == "?":  # lmms-eval draws a random letter here
+            assert random_draw and letter in letters(n_options), text
+            assert lmms_eval_answer(text, question, seed=3) == (letter, True)  # the same draw on a rerun
+            drawn.append(letter)
+        else:
+            assert (letter, random_draw) == (expected, False), text
+    assert len(drawn) >= 5 and len(set(drawn)) > 1  # a real draw, not a constant
+
+
+def test_strict_and_lmms_eval_extraction_differ_where_lmms_reads_a_word():
+    # lmms-eval reads the article in "A man is walking" as option A; the strict rule reads no letter.
+    question = _question("videomme")
+    assert lmms_eval_answer("A man is walking in the park", question) == ("A", False)
+    assert extract_answer("A man is walking in the park", 4) is None
+    differ = [text for text, expected in _CORPUS["videomme"] if extract_answer(text, 4) != expected]
+    assert 3 <= len(differ) < len(_CORPUS["videomme"]) // 2

@@ -176,6 +176,8 @@ def _set(data, dotted, value):
         ("n_trials", "5", "n_trials: must be an integer, got str '5'"),
         ("batch_size", 0, "batch_size: must be >= 1, got 0"),
         ("objective", "loss", "objective: must be one of accuracy, fidelity, got 'loss'"),
+        ("mode", "decode", "mode: must be one of logits, generate, got 'decode'"),
+        ("protocol", "lmms-eval-0.3", "protocol: must be one of lmms-eval-0.7, strict, got 'lmms-eval-0.3'"),
         ("name", "My Study", "name: must match [a-z0-9][a-z0-9_.-]*"),
         ("model.dtype", "float64", "model.dtype: must be one of float32, bfloat16, float16, got 'float64'"),
         ("model.device", "gpu", "model.device: must be cpu, cuda, cuda:N or mps, got 'gpu'"),

@@ -1,24 +1,27 @@
 """The multiple-choice protocol every dataset shares: questions, prompts, answer extraction, splits, accuracy.
 
-Prompts and answer extraction follow lmms-eval's task definitions for each benchmark, as lmms-eval runs them for
-`--model llava_onevision` (its `default` prompt profile), so that a number we report reads like theirs. Our code
-is our own; only the wording is theirs. What we read (EvolvingLMMs-Lab/lmms-eval; the v0.3 wording, which the
-later commits below still carry):
-  - tasks/videomme/utils.py (commit 06965734) `videomme_doc_to_text`, `extract_characters_regex`;
-    tasks/videomme/videomme.yaml `lmms_eval_specific_kwargs.default.post_prompt`, as vendored v0.3.x copies
-    carry it (the upstream copy we could read, commit 0c1350d6, is the older v0.2 file with
-    `model_specific_prompt_kwargs` and "Answer the question with A, B, C, or D.").
-  - tasks/mlvu/mlvu_dev.yaml (commit 54ad0f88) and utils.py `mlvu_doc_to_text`, `mlvu_aggregate_results_dev`.
-  - tasks/longvideobench/longvideobench_val_v.yaml (commit fd7e12a7) and utils.py (commit 03a5823f)
-    `longvideobench_doc_to_text`, `parse_multi_choice_response`.
+Prompts follow lmms-eval's task definitions for each benchmark, as lmms-eval runs them for `--model llava_onevision`
+(its `default` prompt profile), so that a number we report reads like theirs. Our code is our own; only the wording
+is theirs. Prompt wording was read from EvolvingLMMs-Lab/lmms-eval (the v0.3 files below; lmms-eval 0.7.3 carries the
+same default prompts for these three tasks):
+  - tasks/videomme/utils.py `videomme_doc_to_text`; videomme.yaml `lmms_eval_specific_kwargs.default.post_prompt`.
+  - tasks/mlvu/mlvu_dev.yaml and utils.py `mlvu_doc_to_text`.
+  - tasks/longvideobench/longvideobench_val_v.yaml and utils.py `longvideobench_doc_to_text`.
 
-Where we differ from lmms-eval, on purpose:
-  - Answer extraction (`extract_answer`) is stricter than lmms-eval's "first capital A-D anywhere" (which reads
-    "Based on the video, the answer is C" as B): it strips answer phrases, then takes a lone letter, then the
-    first stand-alone valid letter, never a letter inside a word; and it returns None (counted wrong) where
-    LongVideoBench's parser draws a random letter.
-  - Video-MME's instruction names the letters "(A, B, C, or D)"; we name `letters(len(options))`, which is the
-    same text for Video-MME's four options and right for datasets (synthetic) with another count.
+Answers are read from the option letters' logits (`mode: logits`, the default) or from generated text (`mode:
+generate`), whose letter comes from one of two extractions (`protocol` in a spec, named in `PROTOCOL_VERSION`):
+  - `lmms-eval-0.7` (default): lmms-eval 0.7.3's rules exactly: `extract_mcq_answer` with choices A-D for Video-MME
+    and MLVU (a ranking of formats: a leading or trailing lone letter, a letter after an answer phrase, "(X)", "X.",
+    "X:", "X)", "X ", the last occurrence winning; else any occurrence of a choice letter), and LongVideoBench's
+    first capital A-E after dropping its answer prefixes, else a random letter (`lmms_eval_answer`; the draw is
+    seeded per question, and the engine records which questions it drew for). tests/fixtures holds 55-75 outputs
+    per dataset with the letters lmms-eval 0.7.3's own functions read from them.
+  - `strict` (`extract_answer`): strips answer phrases, then takes a lone letter, then the first stand-alone valid
+    letter that is not the article "A" ("A man ..."), never a letter inside a word or beyond the options, and
+    returns None (counted wrong) where lmms-eval would guess. It reads "Dog" or "ABCD" as no answer where
+    lmms-eval reads D, and differs from lmms-eval on 11 of the 55 Video-MME outputs of the fixture.
+Video-MME's instruction names the letters "(A, B, C, or D)"; we name `letters(len(options))`, which is the same
+text for Video-MME's four options and right for datasets (synthetic) with another count.
 """
 
 from __future__ import annotations
@@ -27,14 +30,24 @@ import collections
 import dataclasses
 import hashlib
 import os
+import random
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+
 # Bump the leading "adatp-mcq/N" whenever a prompt or the extraction rules change: cached answers and reported
 # accuracies are only comparable under the same protocol.
-PROTOCOL_VERSION = "adatp-mcq/1 (lmms-eval 0.3 wording, default model profile)"
+def protocol_version(extraction: str = "lmms-eval-0.7") -> str:
+    """The protocol a number was measured under: prompts, and how generated answers become letters."""
+    if extraction not in EXTRACTIONS:
+        raise ValueError(f"extraction must be one of {', '.join(EXTRACTIONS)}, got {extraction!r}")
+    return f"adatp-mcq/2 (lmms-eval wording, default model profile; extraction: {extraction})"
+
+
+EXTRACTIONS = ("lmms-eval-0.7", "strict")
+PROTOCOL_VERSION = protocol_version()  # the default: lmms-eval 0.7.3's extraction
 
 MAX_OPTIONS = 26
 
@@ -281,6 +294,81 @@ def extract_answer(text: str, n_options: int, options: Sequence[str] | None = No
             if len(hits) == 1 and hits[0] < len(valid):
                 return valid[hits[0]]
     return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# lmms-eval 0.7.3's extraction, for parity (`extraction: lmms-eval-0.7`). Rules read from lmms-eval 0.7.3
+# (`tasks/_task_utils/mcq_extract.py` `extract_mcq_answer`, used by Video-MME and MLVU with choices A-D;
+# `tasks/longvideobench/utils.py` `parse_multi_choice_response`); the code is ours.
+
+# Phrases after which lmms-eval looks for a letter (lower case; its list, its order).
+_LMMS_PHRASES = (
+    "the answer is", "answer is", "the correct answer is", "correct answer is", "the best answer is",
+    "best answer is", "the correct option is", "correct option is", "the best option is", "best option is",
+    "the choice is", "choice is", "the correct choice is", "correct choice is", "i choose", "i select", "i pick",
+    "my answer is", "my choice is", "옵션", "정답은", "답은", "답:", "答案是", "答案为", "选", "答えは",
+)
+# Formats by confidence; within one, the candidate nearest the end wins.
+_LMMS_RANK = {"start": 10, "end": 9, "phrase": 7, "parentheses": 6, "period": 5, "colon": 4, "right_paren": 3,
+              "space": 2, "fallback": 0}
+_LVB_PREFIXES = ("The best answer is", "The correct answer is", "The answer is", "The answer", "The best option is",
+                 "The correct option is", "Best answer:", "Best option:")
+
+
+def lmms_eval_mcq_letter(response: str, choices: Sequence[str]) -> str | None:
+    """lmms-eval 0.7's `extract_mcq_answer`: the letter of `choices` in the most confident format (a leading or
+    trailing lone letter, then after an answer phrase, then "(X)", "X.", "X:", "X)", "X "), the last such one; else
+    any occurrence of a choice letter at all; None where there is none."""
+    if not response or not response.strip():
+        return None
+    text = response.strip()
+    for char in ",.!?;:'\"":  # one character at a time, in this order, as lmms-eval strips
+        text = text.strip(char)
+    padded = f" {text} "
+    found: list[tuple[int, int, str]] = []  # (rank, position, letter)
+    for name, pattern in (("parentheses", "({})"), ("period", "{}."), ("colon", "{}:"), ("right_paren", "{})"),
+                          ("space", "{} ")):
+        found += [(_LMMS_RANK[name], padded.rfind(pattern.format(c)), c) for c in choices
+                  if pattern.format(c) in padded]
+    lower = padded.lower()
+    for phrase in _LMMS_PHRASES:
+        at = lower.find(phrase)
+        if at >= 0:
+            found += [(_LMMS_RANK["phrase"], padded.find(c, at + len(phrase)), c) for c in choices
+                      if padded.find(c, at + len(phrase)) >= 0]
+    bare = padded.strip()
+    found += [(_LMMS_RANK["start"], 0, c) for c in choices
+              if bare.startswith(c) and (len(bare) == 1 or not bare[1].isalpha())]
+    found += [(_LMMS_RANK["end"], len(padded) - 1, c) for c in choices
+              if bare.endswith(c) and (len(bare) == 1 or not bare[-2].isalpha())]
+    if not found:
+        found = [(_LMMS_RANK["fallback"], padded.rfind(c), c) for c in choices if c in padded]
+    if not found:
+        return None
+    return max(found, key=lambda item: (item[0], item[1]))[2]
+
+
+def lmms_eval_longvideobench_letter(response: str, n_options: int, draw: random.Random) -> tuple[str, bool]:
+    """lmms-eval 0.7's LongVideoBench parser: drop its answer prefixes, take the first capital A-E anywhere; with
+    none (or over 10 words and no A-E), a random valid letter from `draw`. Returns (letter, drawn at random)."""
+    text = response.strip()
+    for prefix in _LVB_PREFIXES:
+        text = text.replace(prefix, "")
+    match = re.search("[ABCDE]", text)
+    if match is None:
+        return draw.choice(letters(n_options)), True
+    return match.group(0), False
+
+
+def lmms_eval_answer(text: str, question: Question, seed: int = 0) -> tuple[str | None, bool]:
+    """The letter lmms-eval 0.7.3 reads from `text` for `question`'s dataset, and whether it was drawn at random
+    (LongVideoBench's fallback, seeded per question from `seed` and the qid, so reruns agree). Video-MME and MLVU
+    use choices A-D as lmms-eval does; other datasets their own letters."""
+    if question.dataset == "longvideobench":
+        digest = hashlib.sha256(f"{seed}|{question.qid}".encode()).digest()
+        return lmms_eval_longvideobench_letter(text, len(question.options), random.Random(digest))
+    choices = letters(4) if question.dataset in ("videomme", "mlvu") else letters(len(question.options))
+    return lmms_eval_mcq_letter(text, choices), False
 
 
 # ----------------------------------------------------------------------------------------------------------------
