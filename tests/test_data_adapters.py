@@ -96,6 +96,8 @@ def test_videomme_loads_letters_options_meta_and_counts_skips(videomme_root):
         "task_type": "Counting Problem",
         "video_id": "001",
         "url": "https://www.youtube.com/watch?v=fFjv93ACGo8",
+        "raw_question": CHRISTMAS,
+        "raw_options": ["A. Apples.", "B. Candles.", "C. Berries.", "D. Same number."],
     }
     # The options come back to lmms-eval's text: the parquet's "A. Apples." lines.
     assert "\nA. Apples.\nB. Candles.\nC. Berries.\nD. Same number.\n\n" in build_prompt(first)
@@ -103,6 +105,31 @@ def test_videomme_loads_letters_options_meta_and_counts_skips(videomme_root):
         "videomme: 3 questions from 2 videos; skipped 3 "
         "(1 malformed row: answer not among options, 1 malformed row: no answer, 1 missing video)"
     )
+
+
+LMMS_VIDEOMME_INSTRUCTION = (
+    "Select the best answer to the following multiple-choice question based on the video and the subtitles. "
+    "Respond with only the letter (A, B, C, or D) of the correct option."
+)
+
+
+def test_videomme_prompt_is_lmms_evals_text_from_the_raw_strings(tmp_path):
+    """Edge rows: a question ending in a newline, an option with a trailing space, a letter glued to its text.
+    lmms-eval 0.7.3 `videomme_doc_to_text`: instruction + "\n" + question + "\n" + "\n".join(options) + "\n" +
+    post_prompt ("\nAnswer with the option's letter from the given choices directly.")."""
+    row = {**videomme_rows()[0], "question": "How many apples are there?\n",
+           "options": ["A.Three", "B. Four ", "C. Five", "D.  Six"]}
+    root = tmp_path / "Video-MME"
+    write_parquet(root / "videomme" / "test-00000-of-00001.parquet", [row])
+    touch(root / "data" / "fFjv93ACGo8.mp4")
+    (question,) = videomme.load(root).questions
+    lmms = (LMMS_VIDEOMME_INSTRUCTION + "\n" + row["question"] + "\n" + "\n".join(row["options"]) + "\n"
+            + "\nAnswer with the option's letter from the given choices directly.")
+    assert build_prompt(question) == lmms
+    assert build_prompt(question) == (
+        LMMS_VIDEOMME_INSTRUCTION + "\nHow many apples are there?\n\nA.Three\nB. Four \nC. Five\nD.  Six\n\n"
+        "Answer with the option's letter from the given choices directly.")
+    assert question.options == ("Three", "Four", "Five", "Six")  # what answer matching by text reads
 
 
 def test_videomme_limit_stops_reading_early(videomme_root):
@@ -343,11 +370,31 @@ def test_longvideobench_drops_na_options_and_recomputes_the_letter(lvb_root):
         "topic_category": "NP-News-Programs",
         "level": "L2-Relation",
         "duration": 527.3,
+        "raw_question": "What is the man holding?",
+        "raw_options": ["a cup", "a phone", "a book"],
     }
     assert build_prompt(first) == (
         "What is the man holding?\nA. a cup\nB. a phone\nC. a book\n"
         "Answer with the option's letter from the given choices directly.\n"
     )
+
+
+def test_longvideobench_prompt_is_lmms_evals_text_from_the_raw_strings(tmp_path):
+    """lmms-eval 0.7.3 `longvideobench_doc_to_text`: question + "\n" + "X. option" lines over the options that are not
+    "N/A", as stored, then "\n" + post_prompt. Edge rows: a trailing newline, trailing spaces, an inner N/A."""
+    root = tmp_path / "LongVideoBench"
+    row = lvb_row("86CxyhFV9MI_0", question="What is he holding?\n", option0="a cup ", option1="N/A",
+                  option2=" a phone", option3="a book", option4="N/A", correct_choice=2)
+    write_json(root / "lvb_val.json", [row])
+    touch(root / "videos" / "86CxyhFV9MI.mp4")
+    (question,) = longvideobench.load(root).questions
+    kept = [row[f"option{i}"] for i in range(5) if row[f"option{i}"] != "N/A"]
+    lmms = (row["question"] + "\n" + "\n".join(". ".join([chr(ord("A") + i), c]) for i, c in enumerate(kept))
+            + "\n" + "Answer with the option's letter from the given choices directly.\n")
+    assert build_prompt(question) == lmms == (
+        "What is he holding?\n\nA. a cup \nB.  a phone\nC. a book\n"
+        "Answer with the option's letter from the given choices directly.\n")
+    assert (question.answer, question.options) == ("B", ("a cup", "a phone", "a book"))
 
 
 def test_longvideobench_finds_the_annotation_file_below_root(lvb_root):

@@ -94,6 +94,9 @@ def _parse(video_dir: Path, row: dict[str, Any]) -> Question:
         raise SkipRow("missing video")
     video_id = row.get("video_id") if isinstance(row.get("video_id"), str) else Path(video_path).stem
     meta = {name: row[name] for name in META_FIELDS if row.get(name) is not None}
+    # lmms-eval renders the dataset's own strings: "X. " + each option as stored (no strip), the question as stored.
+    meta["raw_question"] = question
+    meta["raw_options"] = [value for value in raw if _is_option(value)]
     return Question(qid, DATASET, video_id, str(video), question.strip(), options, answer, meta)
 
 

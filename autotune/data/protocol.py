@@ -211,8 +211,19 @@ def _dotted_options(options: Sequence[str]) -> str:
     return "\n".join(f"{letter}. {text}" for letter, text in zip(letters(len(options)), options, strict=True))
 
 
+def _raw(q: Question) -> tuple[str, list[str]] | None:
+    """The dataset's own question and option strings, when the adapter kept them (lmms-eval renders those)."""
+    question, options = q.meta.get("raw_question"), q.meta.get("raw_options")
+    if isinstance(question, str) and isinstance(options, list) and len(options) == len(q.options):
+        return question, options
+    return None
+
+
 def _videomme_prompt(q: Question) -> str:
     instruction = _VIDEOMME_INSTRUCTION.format(letter_list=_letter_list(len(q.options)))
+    raw = _raw(q) if q.dataset == "videomme" else None
+    if raw is not None:  # lmms-eval: the options exactly as stored, each already carrying its "A. " prefix
+        return f"{instruction}\n{raw[0]}\n" + "\n".join(raw[1]) + f"\n{_VIDEOMME_POST_PROMPT}"
     return f"{instruction}\n{q.question}\n{_dotted_options(q.options)}\n{_VIDEOMME_POST_PROMPT}"
 
 
@@ -222,6 +233,9 @@ def _mlvu_prompt(q: Question) -> str:
 
 
 def _longvideobench_prompt(q: Question) -> str:
+    raw = _raw(q)
+    if raw is not None:  # lmms-eval: "X. " + each kept option as stored
+        return f"{raw[0]}\n{_dotted_options(raw[1])}\n{_LONGVIDEOBENCH_POST_PROMPT}"
     return f"{q.question}\n{_dotted_options(q.options)}\n{_LONGVIDEOBENCH_POST_PROMPT}"
 
 

@@ -89,6 +89,8 @@ def _parse(base: Path, row: dict[str, Any]) -> Question:
     if video is None:
         raise SkipRow("missing video")
     meta = {name: row[name] for name in META_FIELDS if row.get(name) is not None}
+    # lmms-eval renders the dataset's own strings ("A.Hammer", a trailing newline): the prompt uses these.
+    meta["raw_question"], meta["raw_options"] = question, list(raw_options)
     return Question(qid, DATASET, video_id, str(video), question.strip(), options, answer, meta)
 
 
