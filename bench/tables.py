@@ -133,6 +133,24 @@ def demo_model_quality(data: dict) -> str:
     return _table(["setting", "accuracy", "FLOPs ratio", "visual tokens kept"], ["l", "r", "r", "r"], rows)
 
 
+ABLATION_NAMES = {"adatp": "AdaTP, tuned", "adatp_random_segments": "AdaTP, random segment relevance, tuned",
+                  "uniform": "uniform", "random": "random", "fastv": "FastV (norm scores)",
+                  "vanilla": "vanilla (no pruning)"}
+
+
+def ablation(data: dict) -> str:
+    rows = []
+    for r in data["rows"]:
+        diff = ("-" if "adatp_minus_this" not in r else
+                f"{r['adatp_minus_this']:+.3f} [{r['adatp_minus_this_ci95'][0]:+.3f}, "
+                f"{r['adatp_minus_this_ci95'][1]:+.3f}] ({r['wins_losses'][0]}/{r['wins_losses'][1]})")
+        tune = f"{r['tune_accuracy']:.3f}" if "tune_accuracy" in r else "-"
+        rows.append([f"{r['budget']:.2f}", ABLATION_NAMES[r["method"]], tune,
+                     f"{r['test_accuracy']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]", diff])
+    return _table(["budget", "method", "tune accuracy", "test accuracy [95% CI]",
+                   "AdaTP - this [95% CI] (wins/losses)"], ["r", "l", "r", "r", "r"], rows)
+
+
 # results file stem -> renderer; prefill_speed_*, trial_cost_* (GPU shapes) and selection_cost_cuda by pattern.
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "prune_overhead": prune_overhead,
@@ -149,6 +167,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "storage_load": storage_load,
     "demo_model_quality_qwen": demo_model_quality,
     "search_efficiency": search_efficiency,
+    "ablation": ablation,
 }
 
 
