@@ -99,12 +99,20 @@ def _choice(where: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{where}: must be one of {', '.join(allowed)}, got {value!r}")
 
 
+# The one table of the four thresholds' valid ranges: (low, high, low is open). Specs check their search spaces
+# against it (autotune.spec), presets and configs their values (`validate`).
+THRESHOLD_RANGES: dict[str, tuple[float, float, bool]] = {
+    "tau_s": (-1.0, 1.0, False),
+    "tau_t": (0.0, 1.0, False),
+    "alpha_boost": (1.0, 100.0, False),
+    "gamma_cap": (0.0, 1.0, True),
+}
+
+
 def validate(config: AdaTPConfig, where: str = "config") -> None:
     """Check every field's type and range, then the cross-field rules; raise ConfigError naming the field."""
-    _number(f"{where}.tau_s", config.tau_s, -1.0, 1.0)
-    _number(f"{where}.tau_t", config.tau_t, 0.0, 1.0)
-    _number(f"{where}.alpha_boost", config.alpha_boost, 1.0, 100.0)
-    _number(f"{where}.gamma_cap", config.gamma_cap, 0.0, 1.0, lo_open=True)
+    for name, (low, high, low_open) in THRESHOLD_RANGES.items():
+        _number(f"{where}.{name}", getattr(config, name), low, high, lo_open=low_open)
     _number(f"{where}.retention", config.retention, 0.0, 1.0, lo_open=True)
     _number(f"{where}.prune_layer", config.prune_layer, 0, 1024, integer=True)
     _number(f"{where}.seed", config.seed, 0, 2**63 - 1, integer=True)

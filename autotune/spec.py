@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from adatp import safe_yaml
-from adatp.config import AdaTPConfig, ConfigError
+from adatp.config import THRESHOLD_RANGES, AdaTPConfig, ConfigError
 from autotune.data import DATASETS
 from autotune.data.protocol import EXTRACTIONS
 
@@ -43,16 +43,9 @@ class SpecError(ValueError):
         super().__init__(message)
 
 
-THRESHOLDS = ("tau_s", "tau_t", "alpha_boost", "gamma_cap")
+THRESHOLDS = tuple(THRESHOLD_RANGES)  # tau_s, tau_t, alpha_boost, gamma_cap
 # Searched ranges when a spec has no `space:`; each contains AdaTPConfig's default for that threshold.
 DEFAULT_SPACE = {"tau_s": (0.7, 1.0), "tau_t": (0.0, 1.0), "alpha_boost": (1.0, 4.0), "gamma_cap": (0.1, 1.0)}
-# AdaTPConfig's valid range per threshold: (low, high, low_is_open).
-_THRESHOLD_LIMITS = {
-    "tau_s": (-1.0, 1.0, False),
-    "tau_t": (0.0, 1.0, False),
-    "alpha_boost": (1.0, 100.0, False),
-    "gamma_cap": (0.0, 1.0, True),
-}
 
 DTYPES = ("float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
@@ -702,7 +695,7 @@ def _space(raw: dict, base: AdaTPConfig) -> dict[str, tuple[float, float]]:
         low, high = _number(f"{where}[0]", bounds[0]), _number(f"{where}[1]", bounds[1])
         if not low < high:
             raise SpecError(f"{where}: low must be < high, got [{bounds[0]!r}, {bounds[1]!r}]")
-        limit_low, limit_high, open_low = _THRESHOLD_LIMITS[key]
+        limit_low, limit_high, open_low = THRESHOLD_RANGES[key]
         if (low <= limit_low if open_low else low < limit_low) or high > limit_high:
             valid = f"{'(' if open_low else '['}{limit_low:g}, {limit_high:g}]"
             raise SpecError(f"{where}: must lie within {key}'s valid range {valid}, got [{low:g}, {high:g}]")

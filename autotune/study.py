@@ -9,244 +9,58 @@ The default thresholds (the spec's `base`) and any warm starts are enqueued once
 
 A trial interrupted with Ctrl-C is recorded as FAIL (reason `interrupted`), its thresholds are enqueued again, and
 it does not count toward `n_trials`: running the same command again finishes the planned count.
+
+The concepts live in their own modules: `autotune.workspace` (questions, engine, storage and tracker of one
+process), `autotune.search` (rungs, sampler, pruner), `autotune.objective` (a trial) and this one (creating, running
+and syncing the studies). Their public names are importable from here too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import math
 import os
-import random
-import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-import adatp
-from adatp.flops import kept_count, min_flops_ratio
-from autotune.data import LoadReport, Question, load_dataset, split_by_video
 from autotune.data.protocol import protocol_version
 from autotune.interrupt import STOP, cause_of
+from autotune.objective import (
+    RungOutcome,
+    evaluate_rungs,
+    make_objective,
+    mark_interrupted,
+    release_gpu_memory,
+    retry_tags,
+    trial_config,
+)
+from autotune.search import make_pruner, make_sampler, rung_sizes, sampler_seed
 from autotune.spec import StudySpec, mask_url
-from autotune.storage import STALE_REASON, StorageOutage, ensure_sqlite_parent, quiet_optuna, storage_for
+from autotune.storage import STALE_REASON, StorageOutage, quiet_optuna
 from autotune.versions import package_versions
+from autotune.workspace import (
+    ATTR,
+    INTERRUPTED,
+    StudyError,
+    Workspace,
+    budget_retention,
+    check_tracking_reachable,
+    default_params,
+    load_questions,
+    open_tracker,
+    question_digest,
+    spec_storage,
+    study_names,
+)
 
-INTERRUPTED = "interrupted"
-# The study user attribute that holds what the study was created with.
-ATTR = "autotune"
 # A worker stops after this many trials in a row fail for reasons other than Ctrl-C: something is broken.
 MAX_CONSECUTIVE_FAILURES = 3
 
-
-class StudyError(ValueError):
-    """Bad input found once the model or data is open (e.g. a budget below what the model can reach)."""
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-
-
-# -- questions and rungs -------------------------------------------------------------------------------------------
-def load_questions(spec: StudySpec) -> tuple[LoadReport, list[Question], list[Question]]:
-    """The spec's questions split by video into (tune, test); tune is shuffled once (seeded) to make the rungs.
-
-    A synthetic dataset with `synthetic:` parameters is generated first if its root does not hold it yet.
-    """
-    data = spec.dataset
-    if data.name == "synthetic" and data.synthetic:
-        from autotune.data import synthetic
-
-        synthetic.generate(data.root, data.synthetic["n_videos"], seed=data.synthetic["seed"],
-                           questions_per_video=data.synthetic.get("questions_per_video", 2))
-    report = load_dataset(data.name, data.root, limit=data.limit)
-    if not report.questions:
-        raise StudyError(f"dataset.root: no questions loaded from {data.root} ({report.summary()})")
-    tune, test = split_by_video(report.questions, test_fraction=data.test_fraction, seed=data.split_seed)
-    if not tune or not test:
-        raise StudyError(f"dataset: the split left {len(tune)} tune and {len(test)} test questions; "
-                         "both need at least one video (more questions or another test_fraction)")
-    tune = list(tune)
-    random.Random(data.split_seed).shuffle(tune)
-    return report, tune, list(test)
-
-
-def rung_sizes(n_questions: int, rungs: int, factor: int) -> list[int]:
-    """Cumulative question counts of the nested rungs: base * factor^k, capped at n, ending at n.
-
-    Geometric so that successive halving's rung boundaries (min_resource * factor^k) fall on them exactly.
-    """
-    base = max(1, math.ceil(n_questions / factor ** (rungs - 1)))
-    sizes = sorted({min(n_questions, base * factor**k) for k in range(rungs)} | {n_questions})
-    return sizes
-
-
-# -- samplers and pruners ------------------------------------------------------------------------------------------
-def sampler_seed(spec: StudySpec, budget: float) -> int:
-    """The sampler seed of one budget's study: the spec's seed plus the budget's index (studies differ)."""
-    return spec.sampler.seed + spec.budgets.index(budget)
-
-
-def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
-    """The spec's sampler. A worker's seed should differ from other workers' (see `run_studies`)."""
-    sampler = spec.sampler
-    if sampler.name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=sampler.n_startup_trials,
-                                          constant_liar=True, multivariate=True)
-    if sampler.name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if sampler.name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, spec.n_trials // 3)))
-    if sampler.name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=sampler.n_startup_trials)
-    raise StudyError(f"sampler.name: unknown sampler {sampler.name!r}")
-
-
-def make_pruner(spec: StudySpec, sizes: Sequence[int]) -> optuna.pruners.BasePruner:
-    pruner = spec.pruner
-    if pruner.name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=sizes[0], reduction_factor=pruner.reduction_factor)
-    if pruner.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=sizes[0], max_resource=sizes[-1],
-                                              reduction_factor=pruner.reduction_factor)
-    if pruner.name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=pruner.n_startup_trials)
-    if pruner.name == "none":
-        return optuna.pruners.NopPruner()
-    raise StudyError(f"pruner.name: unknown pruner {pruner.name!r}")
-
-
-def spec_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
-    return storage_for(spec.storage, spec.heartbeat.interval, spec.heartbeat.grace, spec.heartbeat.outage)
-
-
-# -- the workspace: spec, questions, and (lazily) the engine and the tracker ---------------------------------------
-@dataclasses.dataclass
-class Workspace:
-    """What one worker process needs: loaded once, shared by all studies of the spec."""
-
-    spec: StudySpec
-    report: LoadReport
-    tune: list[Question]
-    test: list[Question]
-    _engine: Any = None
-    _tracker: Any = None
-    seeds: dict[str, int] = dataclasses.field(default_factory=dict)
-
-    @classmethod
-    def open(cls, spec: StudySpec) -> Workspace:
-        report, tune, test = load_questions(spec)
-        return cls(spec, report, tune, test)
-
-    @property
-    def engine(self):
-        if self._engine is None:
-            from autotune.engine import Engine
-
-            model = self.spec.model
-            self._engine = Engine(model.path, device=model.device, dtype=model.dtype,
-                                  attn_implementation=model.attn_implementation, frames=self.spec.dataset.frames,
-                                  cache_dir=self.spec.cache_dir, trust_remote_code=model.trust_remote_code,
-                                  cuda_graphs=model.cuda_graphs, frame_size=model.frame_size,
-                                  prefix_cache=model.prefix_cache, mode=self.spec.mode,
-                                  extraction=self.spec.protocol)
-        return self._engine
-
-    @property
-    def tracker(self):
-        if self._tracker is None:
-            self._tracker = open_tracker(self.spec)
-        return self._tracker
-
-    @property
-    def dataset_key(self) -> str:
-        data = self.spec.dataset
-        return f"{data.name}|{data.root}|{data.limit}"
-
-    def vanilla(self, questions: Sequence[Question]) -> dict[str, str | None]:
-        """The unpruned model's letters (cached on disk per model, dataset and protocol)."""
-        return self.engine.vanilla_predictions(questions, self.dataset_key, batch_size=self.spec.batch_size)
-
-    def n_text(self, questions: Sequence[Question]) -> list[int]:
-        engine = self.engine
-        return [len(engine._prompt(q)) - engine.n_visual for q in questions]
-
-
-def open_tracker(spec: StudySpec):
-    from autotune.tracking import Tracker, build_sqlite_store
-
-    ensure_sqlite_parent(spec.tracking_uri)
-    check_tracking_reachable(spec.tracking_uri)
-    if spec.tracking_uri.startswith("sqlite:///"):
-        build_sqlite_store(spec.tracking_uri)
-    # An MLflow server stores artifacts where it was told to (--artifacts-destination); a local store, here.
-    location = None if spec.tracking_uri.startswith(("http://", "https://")) else spec.artifact_location
-    return Tracker(spec.tracking_uri, spec.name, location)
-
-
-def check_tracking_reachable(uri: str, attempts: int = 3, timeout_s: float = 5.0, backoff_s: float = 1.0) -> None:
-    """Fail fast, in one line, when the MLflow tracking store cannot be reached (MLflow itself retries for minutes):
-    an MLflow server must answer /health, a database must accept a connection; `attempts` tries, backoff doubling
-    (about 20 s in all at the defaults). Local stores (file paths, sqlite) are not checked."""
-    if uri.startswith(("http://", "https://")):
-        import urllib.request
-
-        def probe() -> None:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
-                pass
-    elif "://" in uri and not uri.startswith(("sqlite:", "file:")):
-        import sqlalchemy
-        import sqlalchemy.pool
-
-        def probe() -> None:
-            connect_args = {"connect_timeout": int(timeout_s)} if uri.startswith("postgresql") else {}
-            engine = sqlalchemy.create_engine(uri, connect_args=connect_args, poolclass=sqlalchemy.pool.NullPool)
-            try:
-                with engine.connect():
-                    pass
-            finally:
-                engine.dispose()
-    else:
-        return
-    wait = backoff_s
-    for attempt in range(1, attempts + 1):
-        try:
-            probe()
-            return
-        except Exception as error:  # any failure to reach it: reported in one line below
-            reason = getattr(error, "orig", None) or getattr(error, "reason", None) or error
-            if attempt == attempts:
-                text = str(reason).strip().splitlines()[0] if str(reason).strip() else type(error).__name__
-                raise StudyError(f"tracking_uri: cannot reach {mask_url(uri)} after {attempts} attempts: "
-                                 f"{text}") from None
-            time.sleep(wait)
-            wait *= 2
-
-
-def budget_retention(workspace: Workspace, budget: float, where: str) -> tuple[float, float]:
-    """(retention, planned FLOPs ratio) that spends at most `budget` on every tune and test question."""
-    engine = workspace.engine
-    text_config = engine.model.config.text_config
-    n_text = max(workspace.n_text(workspace.tune + workspace.test))
-    prune_layer = workspace.spec.base.prune_layer
-    try:
-        retention = adatp.retention_for_budget(text_config, engine.n_visual, n_text, budget, prune_layer)
-    except ValueError:
-        floor = min_flops_ratio(text_config, engine.n_visual, n_text, prune_layer)
-        raise StudyError(f"{where}: {budget:g} is below {floor:.3f}, the lowest FLOPs ratio this model reaches "
-                         f"at prune_layer {prune_layer} with {n_text} text tokens") from None
-    return retention, adatp.flops_ratio(text_config, engine.n_visual, n_text, retention, prune_layer)
-
-
-# -- creating and loading studies ----------------------------------------------------------------------------------
-def study_names(spec: StudySpec) -> dict[float, str]:
-    return {budget: spec.study_name(budget) for budget in spec.budgets}
 
 
 def _settings(workspace: Workspace, budget: float, retention: float, planned: float, sizes: list[int]) -> dict:
@@ -263,21 +77,6 @@ def _settings(workspace: Workspace, budget: float, retention: float, planned: fl
         "video": workspace.engine.video_protocol,  # family, frames, and for Qwen the frame size and grid
     }
 
-
-def question_digest(questions) -> str:
-    """A short fingerprint of a split: which questions, in which order."""
-    return hashlib.sha256("\n".join(q.qid for q in questions).encode()).hexdigest()[:16]
-
-
-def trial_config(study: optuna.Study, trial: FrozenTrial) -> adatp.AdaTPConfig:
-    """The exact config `trial` ran, from the storage, never from the current spec: stored with the trial, or for
-    trials of older studies rebuilt from the study's own recorded base config, retention and the trial's params."""
-    stored = trial.user_attrs.get("config")
-    if stored is not None:
-        return adatp.AdaTPConfig.from_dict(stored, where=f"trial {trial.number} config")
-    known = study.user_attrs[ATTR]
-    return adatp.AdaTPConfig.from_dict({**known["base"], "retention": known["retention"], **trial.params},
-                                       where=f"study {study.study_name} base")
 
 
 def check_same_meaning(workspace: Workspace, study: optuna.Study) -> None:
@@ -304,11 +103,16 @@ def check_same_meaning(workspace: Workspace, study: optuna.Study) -> None:
         raise StudyError(f"{field}: the trials of {study.study_name} ran with {ran}, this spec says {now}; {advice}")
 
 
+
 # Settings that must match when a study is resumed or joined: anything else would mix incomparable trials. The
 # model's path may differ between machines; its shape shows in the retention, its questions in `tune_questions`.
 _MUST_MATCH = ("retention", "rungs", "objective", "dataset", "tune_questions", "frames", "space", "base", "protocol",
                "mode")
+
+
+
 _RECORDED_SINCE_V2 = ("mode",)  # older studies lack it (they all ran in logits mode): compared only when recorded
+
 
 
 def create_studies(workspace: Workspace, create: bool = True) -> dict[float, optuna.Study]:
@@ -362,6 +166,7 @@ def create_studies(workspace: Workspace, create: bool = True) -> dict[float, opt
     return studies
 
 
+
 def _finish_creating(workspace: Workspace, study: optuna.Study, budget: float, retention: float, sizes: list[int],
                      settings: dict) -> None:
     """The steps of creating a study, each skipped when an interrupted earlier run already did it."""
@@ -383,14 +188,11 @@ def _finish_creating(workspace: Workspace, study: optuna.Study, budget: float, r
     study.set_user_attr(ATTR, settings)  # last: marks the study created
 
 
+
 def open_studies(workspace: Workspace) -> dict[float, optuna.Study]:
     """The spec's existing studies, checked against the spec, for a worker to join."""
     return create_studies(workspace, create=False)
 
-
-def default_params(spec: StudySpec) -> dict[str, float]:
-    """The searched thresholds at the spec's base values: the default config, enqueued first in every study."""
-    return {name: getattr(spec.base, name) for name in spec.space}
 
 
 def load_studies(spec: StudySpec) -> dict[float, optuna.Study | None]:
@@ -401,6 +203,7 @@ def load_studies(spec: StudySpec) -> dict[float, optuna.Study | None]:
             for budget, name in study_names(spec).items()}
 
 
+
 # -- counting ------------------------------------------------------------------------------------------------------
 def counts_toward_plan(trial: FrozenTrial) -> bool:
     """Only COMPLETE and PRUNED trials count toward n_trials: failed ones (Ctrl-C, a dead worker, an OOM) are
@@ -408,12 +211,15 @@ def counts_toward_plan(trial: FrozenTrial) -> bool:
     return trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
 
 
+
 def finished_count(study: optuna.Study) -> int:
     return sum(counts_toward_plan(trial) for trial in study.get_trials(deepcopy=False))
 
 
+
 def is_feasible(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.COMPLETE and all(value <= 0.0 for value in trial.constraints.values())
+
 
 
 def best_feasible(study: optuna.Study) -> FrozenTrial | None:
@@ -421,162 +227,6 @@ def best_feasible(study: optuna.Study) -> FrozenTrial | None:
     feasible = [trial for trial in study.get_trials(deepcopy=False) if is_feasible(trial)]
     return max(feasible, key=lambda trial: (trial.value, -trial.number)) if feasible else None
 
-
-# -- the objective -------------------------------------------------------------------------------------------------
-def _worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-@dataclasses.dataclass
-class RungOutcome:
-    """A config's objective on the tune split so far: value over `answered` questions after `questions` asked."""
-
-    rung: int
-    questions: int
-    value: float
-    answered: int
-    skipped: int
-    flops_ratio: float
-    seconds: float
-
-
-def evaluate_rungs(workspace: Workspace, config: adatp.AdaTPConfig, sizes: Sequence[int],
-                   on_rung: Callable[[RungOutcome], None]) -> RungOutcome:
-    """Score `config` on the tune split rung by rung (nested prefixes `sizes`), calling `on_rung` after each.
-
-    The objective is accuracy, or agreement with the unpruned model for `fidelity`; unreadable videos are
-    skipped and left out of the denominator.
-    """
-    spec = workspace.spec
-    vanilla = workspace.vanilla(workspace.tune) if spec.objective == "fidelity" else None
-    scores: list[bool] = []
-    flops_sum, seconds, skipped, done = 0.0, 0.0, 0, 0
-    outcome = None
-    for rung, size in enumerate(sizes):
-        result = workspace.engine.evaluate(workspace.tune[done:size], config, batch_size=spec.batch_size,
-                                           before_batch=STOP.check)
-        done = size
-        for qid, letter in result.predictions.items():
-            scores.append(result.correct[qid] if vanilla is None else letter == vanilla[qid])
-        flops_sum += result.flops_ratio * len(result.predictions)
-        skipped += len(result.skipped)
-        seconds += result.seconds["total"]
-        outcome = RungOutcome(rung, size, sum(scores) / len(scores) if scores else 0.0, len(scores), skipped,
-                              flops_sum / len(scores) if scores else float("nan"), seconds)
-        on_rung(outcome)
-    if outcome is None or not outcome.answered:
-        raise RuntimeError(f"no question could be answered ({skipped} skipped)")
-    return outcome
-
-
-def retry_tags(study: optuna.Study, trial: optuna.Trial) -> dict[str, str]:
-    """`retry_of`: the trial this one re-runs (after Ctrl-C, or after its worker died), else nothing."""
-    retry_of = trial.user_attrs.get("retry_of")
-    if retry_of is None:
-        frozen = study._storage.get_trial(trial._trial_id)
-        retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
-        if retry_of is not None:
-            trial.set_user_attr("retry_of", retry_of)
-    return {} if retry_of is None else {"retry_of": str(retry_of)}
-
-
-def release_gpu_memory() -> None:
-    """After a failed trial (e.g. CUDA out of memory), give cached blocks back so the next trial starts clean."""
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def mark_interrupted(study: optuna.Study, trial: optuna.Trial, params: dict[str, float]) -> None:
-    """Ctrl-C: record why the trial failed and queue its thresholds again (it does not count toward n_trials)."""
-    trial.set_user_attr("fail_reason", INTERRUPTED)
-    # An enqueued trial (the default config, a retry) keeps its queued values even if suggestion was cut short.
-    queued = study._storage.get_trial_system_attrs(trial._trial_id).get("fixed_params", {})
-    study.enqueue_trial({**queued, **params}, user_attrs={"retry_of": trial.number})
-
-
-def make_objective(workspace: Workspace, study: optuna.Study,
-                   current: dict[str, Any] | None = None) -> Callable[[optuna.Trial], float]:
-    """The study's objective: suggest thresholds, score them rung by rung, log the child run, prune or finish.
-
-    `current["trial"]` is set to the trial being run, so the caller knows which trial an interrupt hit.
-    """
-    current = current if current is not None else {}
-    spec = workspace.spec
-    settings = study.user_attrs[ATTR]
-    parent_id = study.user_attrs["mlflow_run_id"]
-    retention, budget, sizes = settings["retention"], settings["budget"], settings["rungs"]
-    tracker = workspace.tracker
-    n_visual = workspace.engine.n_visual
-    metric = f"tune_{spec.objective}"
-
-    def objective(trial: optuna.Trial) -> float:
-        current["trial"] = trial
-        params: dict[str, float] = {}
-        run_id = None
-        try:
-            trial.set_user_attr("worker", _worker_name())
-            for name, (low, high) in spec.space.items():
-                params[name] = trial.suggest_float(name, low, high)
-            config = spec.config_for(retention, params)
-            trial.set_user_attr("config", config.to_dict())  # what this trial ran: export evaluates exactly this
-            run_id = tracker.trial_run(
-                parent_id, study.study_name, trial.number,
-                params={**params, "retention": retention, "prune_layer": config.prune_layer,
-                        "method": config.method, "score": config.score},
-                tags={"worker": _worker_name(), "device": spec.model.device, "optuna.state": "RUNNING",
-                      "sampler_seed": workspace.seeds.get(study.study_name, ""), **retry_tags(study, trial)})
-            trial.set_user_attr("mlflow_run_id", run_id)
-            tracker.start(run_id)
-            return _score(trial, config, run_id)
-        except optuna.TrialPruned:
-            raise
-        except KeyboardInterrupt:
-            # Best effort: the interrupt may have cut a database write short and left its lock behind. What is
-            # not recorded now, the next run's `sync_runs` reconciles (the trial is FAIL in Optuna either way).
-            with contextlib.suppress(Exception):
-                mark_interrupted(study, trial, params)
-            if run_id is not None:
-                with contextlib.suppress(Exception):
-                    tracker.set_state(run_id, "FAIL", tags={"fail_reason": INTERRUPTED})
-            raise
-        except StorageOutage:
-            raise  # nothing can be recorded now; the stale-heartbeat pass of the next worker fails and re-runs it
-        except Exception as error:
-            release_gpu_memory()
-            trial.set_user_attr("fail_reason", _one_line(error))
-            if run_id is not None:
-                tracker.set_state(run_id, "FAIL", tags={"fail_reason": _one_line(error)})
-            raise
-
-    def _score(trial: optuna.Trial, config: adatp.AdaTPConfig, run_id: str) -> float:
-        def on_rung(outcome: RungOutcome) -> None:
-            trial.report(outcome.value, outcome.questions)
-            trial.set_user_attr("rung", outcome.rung)
-            trial.set_user_attr("questions", outcome.questions)
-            tracker.log(run_id, metrics={metric: round(outcome.value, 4)}, tags={"optuna.rung": outcome.rung},
-                        step=outcome.questions)
-            if outcome.rung < len(sizes) - 1 and trial.should_prune():
-                tracker.log(run_id, metrics={"seconds": round(outcome.seconds, 3)})
-                tracker.set_state(run_id, "PRUNED", tags={"optuna.rung": outcome.rung,
-                                                          "optuna.questions": outcome.questions})
-                raise optuna.TrialPruned(f"pruned at rung {outcome.rung} ({outcome.questions} questions): "
-                                         f"{metric} {outcome.value:.3f}")
-
-        final = evaluate_rungs(workspace, config, sizes, on_rung)
-        kept = kept_count(n_visual, retention)
-        trial.set_user_attr("flops_ratio", final.flops_ratio)
-        trial.set_user_attr("kept_tokens", kept)
-        trial.set_user_attr("skipped", final.skipped)
-        trial.set_constraint("flops", final.flops_ratio - budget)
-        tracker.log(run_id, metrics={"flops_ratio": round(final.flops_ratio, 4), "kept_tokens": kept,
-                                     "visual_tokens": n_visual, "seconds": round(final.seconds, 3),
-                                     "skipped": final.skipped})
-        tracker.set_state(run_id, "COMPLETE", tags={"feasible": final.flops_ratio <= budget})
-        return final.value
-
-    return objective
 
 
 # -- running -------------------------------------------------------------------------------------------------------
@@ -600,6 +250,7 @@ def run_studies(workspace: Workspace, studies: dict[float, optuna.Study], progre
             bar.close()
 
 
+
 def _run_each(workspace: Workspace, studies: dict[float, optuna.Study], bar,
               echo: Callable[[str], None] = print) -> None:
     """The trial loop of `run_studies`; `STOP.check()` between trials, and between batches inside one.
@@ -613,6 +264,7 @@ def _run_each(workspace: Workspace, studies: dict[float, optuna.Study], bar,
              if not _run_study(workspace, budget, study, bar, echo, wait=False)]
     for budget, study in later:
         _run_study(workspace, budget, study, bar, echo, wait=True)
+
 
 
 def _run_study(workspace: Workspace, budget: float, study: optuna.Study, bar, echo: Callable[[str], None],
@@ -667,9 +319,11 @@ def _run_study(workspace: Workspace, budget: float, study: optuna.Study, bar, ec
     return True
 
 
+
 def _heartbeats(study: optuna.Study) -> bool:
     """Whether the storage records heartbeats (RDB storages do; the journal file does not)."""
     return getattr(study._storage, "get_heartbeat_interval", lambda: None)() is not None
+
 
 
 def _wait_for_running(study: optuna.Study, running: list[FrozenTrial], said: tuple | None,
@@ -688,6 +342,7 @@ def _wait_for_running(study: optuna.Study, running: list[FrozenTrial], said: tup
     return key
 
 
+
 def _interrupted_outside_objective(study: optuna.Study, trial: optuna.Trial | None) -> None:
     """Ctrl-C between Optuna's bookkeeping and our objective: fail the trial left RUNNING, as the objective would."""
     if trial is None:
@@ -697,6 +352,7 @@ def _interrupted_outside_objective(study: optuna.Study, trial: optuna.Trial | No
         if frozen.state == TrialState.RUNNING:
             mark_interrupted(study, trial, dict(frozen.params))
             study.tell(trial, state=TrialState.FAIL)
+
 
 
 def sync_runs(workspace: Workspace, study: optuna.Study) -> None:
@@ -726,6 +382,7 @@ def sync_runs(workspace: Workspace, study: optuna.Study) -> None:
         tracker.set_state(run_id, trial.state.name, tags=tags)
 
 
+
 def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
     """One row per trial: number, state, tune objective, rung reached, FLOPs ratio, feasibility, thresholds."""
     objective = study.user_attrs.get(ATTR, {}).get("objective", "accuracy")
@@ -738,6 +395,7 @@ def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
             "fail_reason": trial.user_attrs.get("fail_reason"), **trial.params,
         })
     return rows
+
 
 
 def summarise_study(workspace: Workspace, study: optuna.Study) -> None:
@@ -775,6 +433,7 @@ def summarise_study(workspace: Workspace, study: optuna.Study) -> None:
         tracker.finish(run_id)
 
 
+
 def study_points(study: optuna.Study):
     """Pareto-plot points of a study's feasible COMPLETE trials."""
     from autotune.pareto import Point
@@ -784,3 +443,14 @@ def study_points(study: optuna.Study):
                   label=f"b{budget:.2f} #{trial.number:03d}", budget=budget, trial=trial.number,
                   params=dict(trial.params))
             for trial in study.get_trials(deepcopy=False) if is_feasible(trial)]
+
+
+__all__ = [
+    "ATTR", "INTERRUPTED", "MAX_CONSECUTIVE_FAILURES", "RungOutcome", "StudyError", "Workspace", "best_feasible",
+    "budget_retention", "check_same_meaning", "check_tracking_reachable", "counts_toward_plan", "create_studies",
+    "default_params", "evaluate_rungs", "finished_count", "is_feasible", "load_questions", "load_studies",
+    "make_objective", "make_pruner", "make_sampler", "mark_interrupted", "open_studies", "open_tracker",
+    "question_digest", "quiet_optuna", "release_gpu_memory", "retry_tags", "run_studies", "rung_sizes",
+    "sampler_seed", "spec_storage", "study_names", "study_points", "summarise_study", "sync_runs", "trial_config",
+    "trials_table",
+]

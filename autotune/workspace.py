@@ -1,0 +1,195 @@
+"""What a study runs on: the spec's questions split by video, the model engine, the storage and the MLflow
+tracker, opened once per process (`Workspace`), and the retention each budget gets."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+
+import adatp
+from adatp.flops import min_flops_ratio
+from autotune.data import LoadReport, Question, load_dataset, split_by_video
+from autotune.spec import StudySpec, mask_url
+from autotune.storage import ensure_sqlite_parent, storage_for
+
+INTERRUPTED = "interrupted"
+
+
+# The study user attribute that holds what the study was created with.
+ATTR = "autotune"
+
+
+class StudyError(ValueError):
+    """Bad input found once the model or data is open (e.g. a budget below what the model can reach)."""
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+# -- questions -----------------------------------------------------------------------------------------------------
+def load_questions(spec: StudySpec) -> tuple[LoadReport, list[Question], list[Question]]:
+    """The spec's questions split by video into (tune, test); tune is shuffled once (seeded) to make the rungs.
+
+    A synthetic dataset with `synthetic:` parameters is generated first if its root does not hold it yet.
+    """
+    data = spec.dataset
+    if data.name == "synthetic" and data.synthetic:
+        from autotune.data import synthetic
+
+        synthetic.generate(data.root, data.synthetic["n_videos"], seed=data.synthetic["seed"],
+                           questions_per_video=data.synthetic.get("questions_per_video", 2))
+    report = load_dataset(data.name, data.root, limit=data.limit)
+    if not report.questions:
+        raise StudyError(f"dataset.root: no questions loaded from {data.root} ({report.summary()})")
+    tune, test = split_by_video(report.questions, test_fraction=data.test_fraction, seed=data.split_seed)
+    if not tune or not test:
+        raise StudyError(f"dataset: the split left {len(tune)} tune and {len(test)} test questions; "
+                         "both need at least one video (more questions or another test_fraction)")
+    tune = list(tune)
+    random.Random(data.split_seed).shuffle(tune)
+    return report, tune, list(test)
+
+
+def spec_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
+    return storage_for(spec.storage, spec.heartbeat.interval, spec.heartbeat.grace, spec.heartbeat.outage)
+
+
+# -- the workspace: spec, questions, and (lazily) the engine and the tracker ---------------------------------------
+@dataclasses.dataclass
+class Workspace:
+    """What one worker process needs: loaded once, shared by all studies of the spec."""
+
+    spec: StudySpec
+    report: LoadReport
+    tune: list[Question]
+    test: list[Question]
+    _engine: Any = None
+    _tracker: Any = None
+    seeds: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def open(cls, spec: StudySpec) -> Workspace:
+        report, tune, test = load_questions(spec)
+        return cls(spec, report, tune, test)
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from autotune.engine import Engine
+
+            model = self.spec.model
+            self._engine = Engine(model.path, device=model.device, dtype=model.dtype,
+                                  attn_implementation=model.attn_implementation, frames=self.spec.dataset.frames,
+                                  cache_dir=self.spec.cache_dir, trust_remote_code=model.trust_remote_code,
+                                  cuda_graphs=model.cuda_graphs, frame_size=model.frame_size,
+                                  prefix_cache=model.prefix_cache, mode=self.spec.mode,
+                                  extraction=self.spec.protocol)
+        return self._engine
+
+    @property
+    def tracker(self):
+        if self._tracker is None:
+            self._tracker = open_tracker(self.spec)
+        return self._tracker
+
+    @property
+    def dataset_key(self) -> str:
+        data = self.spec.dataset
+        return f"{data.name}|{data.root}|{data.limit}"
+
+    def vanilla(self, questions: Sequence[Question]) -> dict[str, str | None]:
+        """The unpruned model's letters (cached on disk per model, dataset and protocol)."""
+        return self.engine.vanilla_predictions(questions, self.dataset_key, batch_size=self.spec.batch_size)
+
+    def n_text(self, questions: Sequence[Question]) -> list[int]:
+        engine = self.engine
+        return [len(engine._prompt(q)) - engine.n_visual for q in questions]
+
+
+def open_tracker(spec: StudySpec):
+    from autotune.tracking import Tracker, build_sqlite_store
+
+    ensure_sqlite_parent(spec.tracking_uri)
+    check_tracking_reachable(spec.tracking_uri)
+    if spec.tracking_uri.startswith("sqlite:///"):
+        build_sqlite_store(spec.tracking_uri)
+    # An MLflow server stores artifacts where it was told to (--artifacts-destination); a local store, here.
+    location = None if spec.tracking_uri.startswith(("http://", "https://")) else spec.artifact_location
+    return Tracker(spec.tracking_uri, spec.name, location)
+
+
+def check_tracking_reachable(uri: str, attempts: int = 3, timeout_s: float = 5.0, backoff_s: float = 1.0) -> None:
+    """Fail fast, in one line, when the MLflow tracking store cannot be reached (MLflow itself retries for minutes):
+    an MLflow server must answer /health, a database must accept a connection; `attempts` tries, backoff doubling
+    (about 20 s in all at the defaults). Local stores (file paths, sqlite) are not checked."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.request
+
+        def probe() -> None:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+                pass
+    elif "://" in uri and not uri.startswith(("sqlite:", "file:")):
+        import sqlalchemy
+        import sqlalchemy.pool
+
+        def probe() -> None:
+            connect_args = {"connect_timeout": int(timeout_s)} if uri.startswith("postgresql") else {}
+            engine = sqlalchemy.create_engine(uri, connect_args=connect_args, poolclass=sqlalchemy.pool.NullPool)
+            try:
+                with engine.connect():
+                    pass
+            finally:
+                engine.dispose()
+    else:
+        return
+    wait = backoff_s
+    for attempt in range(1, attempts + 1):
+        try:
+            probe()
+            return
+        except Exception as error:  # any failure to reach it: reported in one line below
+            reason = getattr(error, "orig", None) or getattr(error, "reason", None) or error
+            if attempt == attempts:
+                text = str(reason).strip().splitlines()[0] if str(reason).strip() else type(error).__name__
+                raise StudyError(f"tracking_uri: cannot reach {mask_url(uri)} after {attempts} attempts: "
+                                 f"{text}") from None
+            time.sleep(wait)
+            wait *= 2
+
+
+def budget_retention(workspace: Workspace, budget: float, where: str) -> tuple[float, float]:
+    """(retention, planned FLOPs ratio) that spends at most `budget` on every tune and test question."""
+    engine = workspace.engine
+    text_config = engine.model.config.text_config
+    n_text = max(workspace.n_text(workspace.tune + workspace.test))
+    prune_layer = workspace.spec.base.prune_layer
+    try:
+        retention = adatp.retention_for_budget(text_config, engine.n_visual, n_text, budget, prune_layer)
+    except ValueError:
+        floor = min_flops_ratio(text_config, engine.n_visual, n_text, prune_layer)
+        raise StudyError(f"{where}: {budget:g} is below {floor:.3f}, the lowest FLOPs ratio this model reaches "
+                         f"at prune_layer {prune_layer} with {n_text} text tokens") from None
+    return retention, adatp.flops_ratio(text_config, engine.n_visual, n_text, retention, prune_layer)
+
+
+# -- names and defaults of the studies ------------------------------------------------------------------------------
+def study_names(spec: StudySpec) -> dict[float, str]:
+    return {budget: spec.study_name(budget) for budget in spec.budgets}
+
+
+def question_digest(questions) -> str:
+    """A short fingerprint of a split: which questions, in which order."""
+    return hashlib.sha256("\n".join(q.qid for q in questions).encode()).hexdigest()[:16]
+
+
+def default_params(spec: StudySpec) -> dict[str, float]:
+    """The searched thresholds at the spec's base values: the default config, enqueued first in every study."""
+    return {name: getattr(spec.base, name) for name in spec.space}
