@@ -324,12 +324,11 @@ def status(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG) -> N
 def _pareto(spec, log: bool = True) -> None:
     from rich.table import Table
 
-    from autotune.export import held_out, summarise_pareto
-    from autotune.study import load_studies
+    from autotune.export import summarise_pareto
 
     directory = Path(spec.workdir) / "pareto"
-    points, front, volume = summarise_pareto(spec, directory, log=log)
-    tested = {(item.budget, item.trial): item for item in held_out(spec, load_studies(spec))}
+    points, front, volume, held = summarise_pareto(spec, directory, log=log)
+    tested = {(item.budget, item.trial): item for item in held}
     table = Table(title=f"{spec.name}: Pareto front across budgets ({len(front)} on the front, of {len(points)} "
                         f"feasible COMPLETE trials; hypervolume {volume:.4f})")
     names = list(spec.space)

@@ -245,7 +245,8 @@ def held_out(spec, studies: dict) -> list[HeldOut]:
             accuracy=float(test["value"]), ci95=(float(test["ci95"][0]), float(test["ci95"][1])),
             default_accuracy=results.get("default_accuracy", {}).get("value"),
             vanilla_accuracy=results.get("vanilla_accuracy", {}).get("value"),
-            tune_accuracy=None if tune is None else float(tune), preset=str(path)))
+            tune_accuracy=None if tune is None else float(tune), preset=str(path),
+            params={name: getattr(preset.config, name) for name in spec.space}))
     return found
 
 
@@ -260,8 +261,7 @@ def summary_description(spec, tested: list[HeldOut]) -> str:
              "| budget | " + " | ".join(names) + " | test accuracy [95% CI] | default | vanilla | preset |",
              "|" + "---|" * (len(names) + 6)]
     for item in sorted(tested, key=lambda item: item.budget):
-        config = adatp.load_preset(item.preset).config
-        lines.append(f"| {item.budget:.2f} | " + " | ".join(f"{getattr(config, name):.4f}" for name in names)
+        lines.append(f"| {item.budget:.2f} | " + " | ".join(f"{item.params[name]:.4f}" for name in names)
                      + f" | {item.accuracy:.3f} [{item.ci95[0]:.3f}, {item.ci95[1]:.3f}] | "
                      f"{_fmt3(item.default_accuracy)} | {_fmt3(item.vanilla_accuracy)} | `{item.preset}` |")
     return "\n".join(lines)
@@ -271,9 +271,10 @@ def _fmt3(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def summarise_pareto(spec, directory: Path, log: bool = True) -> tuple[list[Point], list[Point], float]:
-    """Cross-budget points, front and hypervolume; writes pareto.png/.html/.csv under `directory` (with the
-    held-out results of the budgets exported so far) and (if `log`) to the spec's MLflow summary run."""
+def summarise_pareto(spec, directory: Path, log: bool = True) -> tuple[list[Point], list[Point], float,
+                                                                     list[HeldOut]]:
+    """Cross-budget points, front, hypervolume and the held-out results of the budgets exported so far; writes
+    pareto.png/.html/.csv under `directory` and (if `log`) to the spec's MLflow summary run."""
     import csv
 
     studies = _require_studies(spec)
@@ -317,4 +318,4 @@ def summarise_pareto(spec, directory: Path, log: bool = True) -> tuple[list[Poin
         for path in (png, page, table):
             tracker.artifact(run_id, path, artifact_path="pareto")
         tracker.finish(run_id)
-    return points, front, volume
+    return points, front, volume, tested

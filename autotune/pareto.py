@@ -51,7 +51,7 @@ class HeldOut:
     flops_ratio: achieved on the test split. accuracy / ci95: the selected config's test accuracy and its 95%
     bootstrap CI. default_accuracy / vanilla_accuracy: the default config at the same retention (same FLOPs ratio)
     and the unpruned model (FLOPs ratio 1) on the same test questions. tune_accuracy: what it scored on the tune
-    split. preset: the preset's path.
+    split. preset: the preset's path. params: the selected thresholds (ignored by equality and hashing).
     """
 
     budget: float
@@ -63,6 +63,7 @@ class HeldOut:
     vanilla_accuracy: float | None = None
     tune_accuracy: float | None = None
     preset: str = ""
+    params: dict | None = field(default=None, compare=False, hash=False)
 
 
 # --------------------------------------------------------------------------------------------------------- front

@@ -10,11 +10,12 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from servers import free_port
 
 
 def server_bindir() -> Path | None:
@@ -30,12 +31,6 @@ def server_bindir() -> Path | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class PrivateCluster:
     """initdb + pg_ctl on a free port in a temporary directory; `stop`, `start`, `restart(down_s)`, `remove`."""
 
@@ -44,7 +39,7 @@ class PrivateCluster:
         if bindir is None:
             raise FileNotFoundError("PostgreSQL server binaries (initdb, pg_ctl) not found")
         self.bindir = bindir
-        self.port = _free_port()
+        self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="autotune-pg-"))
         self.data = self.root / "data"
         self.as_root = os.geteuid() == 0

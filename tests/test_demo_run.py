@@ -10,15 +10,13 @@ installs it and sets AUTOTUNE_REQUIRE_BROWSER=1, so in CI they fail rather than 
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from servers import free_port, wait_until_healthy
 
 import adatp
 from autotune.spec import load_spec
@@ -117,32 +115,20 @@ def browser():
         instance.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ui(demo):
     """`autotune ui` on the demo's store, as the README tells a newcomer to start it."""
     overrides, _, _ = demo
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "autotune.cli", "ui", "studies/demo.yaml", *overrides,
                                 "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            if time.time() > deadline or process.poll() is not None:
-                process.kill()
-                raise AssertionError(f"autotune ui did not come up: {process.stdout.read()}") from None
-            time.sleep(0.5)
+    try:
+        wait_until_healthy(process, base)
+    except AssertionError:
+        process.kill()
+        raise
     yield base
     process.send_signal(signal.SIGINT)
     try:

@@ -8,7 +8,6 @@ fail.
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import optuna
 import pytest
 import torch
 from mlflow import MlflowClient
+from servers import free_port
 from specs import REPO, spec_file
 from typer.testing import CliRunner
 
@@ -174,12 +174,6 @@ def test_exceptions_and_cuda_oom_fail_only_their_trial(tmp_path, pg_database):
         assert runs[number].info.status == "FAILED" and runs[number].data.tags["optuna.state"] == "FAIL"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _summary(spec):
     """(trial number, state, rounded params, value) of every child run, per study: what a user sees in MLflow."""
     rows = set()
@@ -192,7 +186,7 @@ def _summary(spec):
 
 
 def test_mlflow_server_on_loopback_shows_the_same_runs_as_the_embedded_store(tmp_path, pg_database):
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", pg_database(), "--host", "127.0.0.1",
          "--port", str(port), "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],

@@ -16,6 +16,7 @@ import optuna
 import pytest
 import yaml
 from mlflow import MlflowClient
+from servers import free_port, wait_until_healthy
 from specs import MODEL, spec_file
 from typer.testing import CliRunner
 
@@ -301,12 +302,6 @@ def test_export_without_a_feasible_trial_says_so(tmp_path):
     assert not (tmp_path / "presets").exists() or not list((tmp_path / "presets").iterdir())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _cli(*args, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "autotune.cli", *map(str, args)], env=env,
@@ -396,20 +391,11 @@ def test_sigterm_to_the_worker_parent_stops_every_worker_and_the_plan_resumes(tm
 
 def test_ui_serves_the_spec_store(done):
     path, spec, _, _ = done
-    port = _free_port()
+    port = free_port()
     process = _cli("ui", path, "--port", port)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if time.time() > deadline or process.poll() is not None:
-                    raise AssertionError(process.stdout.read() if process.poll() is not None else "no UI") from None
-                time.sleep(0.5)
+        wait_until_healthy(process, base)
         with urllib.request.urlopen(f"{base}/", timeout=10) as response:
             assert b"<html" in response.read().lower()
         query = urllib.parse.urlencode({"experiment_name": spec.name})
@@ -436,7 +422,7 @@ def test_ui_serves_the_spec_store(done):
 
 @pytest.mark.parametrize("scheme", ["http", "postgresql"])
 def test_unreachable_tracking_store_exits_2_in_bounded_time(tmp_path, scheme):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     uri = f"http://127.0.0.1:{port}" if scheme == "http" else f"postgresql://tuner:pw@127.0.0.1:{port}/mlflow"
     path = write_spec(tmp_path, tracking_uri=uri)
     started = time.monotonic()
@@ -520,7 +506,7 @@ def test_dashboard_serves_the_studies_read_only(done):
     from autotune.cli import stop_process_group
 
     path, spec, _, _ = done
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "autotune.cli", "dashboard", str(path), "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
