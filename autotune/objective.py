@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial
 import adatp
 from adatp.flops import kept_count
 from autotune.interrupt import STOP
-from autotune.storage import StorageOutage
+from autotune.storage import STALE_REASON, StorageOutage
 from autotune.workspace import ATTR, INTERRUPTED, Workspace, _one_line
 
 
@@ -105,6 +105,15 @@ def mark_interrupted(study: optuna.Study, trial: optuna.Trial, params: dict[str,
     study.enqueue_trial({**queued, **params}, user_attrs={"retry_of": trial.number})
 
 
+def failed_as_stale(study: optuna.Study, trial: optuna.Trial | None) -> bool:
+    """Whether another worker failed `trial` for a stale heartbeat while this worker ran it: this worker was paused
+    (or cut off) for longer than `heartbeat.grace`, and the trial's retry is already queued."""
+    if trial is None:
+        return False
+    frozen = study._storage.get_trial(trial._trial_id)
+    return frozen.state == optuna.trial.TrialState.FAIL and frozen.user_attrs.get("fail_reason") == STALE_REASON
+
+
 def make_objective(workspace: Workspace, study: optuna.Study,
                    current: dict[str, Any] | None = None) -> Callable[[optuna.Trial], float]:
     """The study's objective: suggest thresholds, score them rung by rung, log the child run, prune or finish.
@@ -154,9 +163,14 @@ def make_objective(workspace: Workspace, study: optuna.Study,
             raise  # nothing can be recorded now; the stale-heartbeat pass of the next worker fails and re-runs it
         except Exception as error:
             release_gpu_memory()
-            trial.set_user_attr("fail_reason", _one_line(error))
+            reason = _one_line(error)
+            taken = failed_as_stale(study, trial)
+            if taken:  # another worker failed it while it ran here: its reason stands, Optuna refuses ours
+                reason = STALE_REASON
+            else:
+                trial.set_user_attr("fail_reason", reason)
             if run_id is not None:
-                tracker.set_state(run_id, "FAIL", tags={"fail_reason": _one_line(error)})
+                tracker.set_state(run_id, "FAIL", tags={"fail_reason": reason})
             raise
 
     def _score(trial: optuna.Trial, config: adatp.AdaTPConfig, run_id: str) -> float:

@@ -10,7 +10,10 @@ its heartbeat is stale.
 
 After an outage every worker's last heartbeat is old. So a worker does not judge any trial stale until it has been
 connected for `interval + 5 s + 2 s` (`STALE_JUDGE_MARGIN_S`), long enough for the live workers' heartbeat threads
-to beat again; otherwise the first worker back would fail (and re-run) its neighbours' running trials.
+to beat again; otherwise the first worker back would fail (and re-run) its neighbours' running trials. A stale
+query that was itself retried through an outage is answered the moment the database returns, so its answer is
+dropped too. A worker whose trial was failed as stale anyway (it was paused longer than `heartbeat.grace`) says so
+and carries on; the trial's retry is queued.
 
 A trial failed for a stale heartbeat gets `fail_reason` = "worker died (stale heartbeat)" before its state changes
 (Optuna refuses attributes on finished trials), whichever worker or Optuna call fails it.
@@ -208,7 +211,12 @@ class ResilientRDBStorage(RDBStorage):
         """What Optuna's `fail_stale_trials` fails: none until this worker may judge, each with its reason set."""
         if not OUTAGE.may_judge_stale():
             return []
+        outages = OUTAGE.outages
         stale = self.stale_trial_ids(study_id)
+        # A query retried through an outage answers just after the database's return, when every live worker's
+        # last heartbeat is still from before it: judge again later, not on that answer.
+        if OUTAGE.outages != outages or not OUTAGE.may_judge_stale():
+            return []
         for trial_id in stale:
             try:
                 self.set_trial_user_attr(trial_id, "fail_reason", STALE_REASON)

@@ -33,6 +33,7 @@ from autotune.interrupt import STOP, cause_of
 from autotune.objective import (
     RungOutcome,
     evaluate_rungs,
+    failed_as_stale,
     make_objective,
     mark_interrupted,
     release_gpu_memory,
@@ -297,6 +298,12 @@ def _run_study(workspace: Workspace, budget: float, study: optuna.Study, bar, ec
             raise
         except Exception as error:
             outage = cause_of(error, StorageOutage)  # Optuna's bookkeeping may raise on top of it
+            if outage is None and failed_as_stale(study, current.get("trial")):
+                # Optuna refuses to tell a trial another worker has failed; its retry is queued, carry on.
+                echo(f"{study.study_name}: trial {current['trial'].number} was failed as stale by another worker "
+                     f"while it ran here (this worker was silent for more than heartbeat.grace, "
+                     f"{spec.heartbeat.grace} s); its thresholds are queued again")
+                continue
             if outage is None:
                 raise
             number = current["trial"].number if "trial" in current else None

@@ -12,11 +12,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
 import pytest
 from mlflow import MlflowClient
+from optuna.trial import TrialState
 from pgcluster import PrivateCluster
 from specs import REPO, spec_file
 from typer.testing import CliRunner
@@ -175,6 +177,102 @@ def test_a_longer_outage_ends_the_worker_in_one_line_and_its_trial_is_run_again(
     assert sum(map(counts_toward_plan, trials)) >= 3
     assert not [trial for trial in trials if trial.state.name in ("RUNNING", "WAITING")]
     _runs_match_trials(spec, trials)
+
+
+def test_a_stale_query_answered_after_an_outage_fails_no_trial(tmp_path, cluster, monkeypatch):
+    """The race CI met: a worker asks which trials are stale, the database goes down under the query, the query is
+    retried and answered the moment the database returns, when every live worker's heartbeat is still old."""
+    import optuna
+
+    from autotune import storage as storage_module
+
+    monkeypatch.setattr(storage_module, "STALE_JUDGE_MARGIN_S", 0.0)  # judge 1 s (one interval) after connecting
+    storage = storage_module.storage_for(_database(cluster), heartbeat_interval=1, grace_period=2, outage_s=60)
+    study = optuna.create_study(storage=storage, study_name="race")
+    trial = study.ask()
+    backend = storage_module.backend_of(storage)
+    backend.record_heartbeat(trial._trial_id)
+    time.sleep(1.2)
+    assert storage_module.OUTAGE.may_judge_stale() and backend._get_stale_trial_ids(study._study_id) == []
+    answers = []
+    cluster.stop()
+    try:
+        judge = threading.Thread(target=lambda: answers.append(backend._get_stale_trial_ids(study._study_id)))
+        judge.start()
+        time.sleep(4)  # past the 2 s grace: the heartbeat in the database is old when the query is answered
+    finally:
+        cluster.start()
+    judge.join(timeout=60)
+    assert answers == [[]]  # the answer given just after the outage is dropped, not acted on
+    assert backend.get_trial(trial._trial_id).state.name == "RUNNING"
+    # Once connected for an interval, a trial that is still silent is judged stale, with its reason.
+    time.sleep(1.2)
+    assert backend._get_stale_trial_ids(study._study_id) == [trial._trial_id]
+    assert backend.get_trial(trial._trial_id).user_attrs["fail_reason"] == "worker died (stale heartbeat)"
+    backend.engine.dispose()
+
+
+def test_a_worker_paused_past_the_grace_carries_on_when_its_trial_was_taken(tmp_path, cluster):
+    """SIGSTOP one of two workers mid-trial until the other fails that trial as stale, then SIGCONT: the paused
+    worker finds its trial failed, says so in one line and goes on; the trial's thresholds run again."""
+    path = spec_file(tmp_path, "faults", REPO / ".autotune" / "unused", n_trials=12, batch_size=1,
+                     storage=_database(cluster), tracking_uri=_database(cluster), dataset=DATA_24,
+                     heartbeat={"interval": 1, "grace": 3, "outage": 60})
+    spec = load_spec(path)
+    create_studies(Workspace.open(spec))
+    workers = [_worker(path), _worker(path)]
+    paused = workers[0]
+    study = load_studies(spec)[0.5]
+
+    def trial_of_paused():
+        assert all(worker.poll() is None for worker in workers), [w.communicate()[0] for w in workers]
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.user_attrs.get("worker", "").endswith(f":{paused.pid}") and "mlflow_run_id" in trial.user_attrs:
+                return trial
+        return None
+
+    def failed(number):
+        trial = study.get_trials(deepcopy=False)[number]
+        return trial.state.name == "FAIL"
+
+    taken = None
+    try:
+        for _ in range(3):  # the pause may land in a write, whose row lock holds the other worker until it resumes
+            trial = _wait_until(trial_of_paused, 240, "a trial running on the worker to pause", poll_s=0.02)
+            paused.send_signal(signal.SIGSTOP)
+            try:
+                if study.get_trials(deepcopy=False)[trial.number].state.name == "RUNNING":
+                    _wait_until(lambda number=trial.number: failed(number), 30, "the paused trial to be failed")
+                    taken = trial
+            except AssertionError:
+                pass
+            finally:
+                paused.send_signal(signal.SIGCONT)
+            if taken is not None:
+                break
+        outputs = [worker.communicate(timeout=300)[0] for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+    assert taken is not None, "no pause landed outside a database write in 3 tries"
+    for worker, output in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, output
+        assert "Traceback" not in output, output
+    assert (f"trial {taken.number} was failed as stale by another worker while it ran here (this worker was silent "
+            f"for more than heartbeat.grace, 3 s); its thresholds are queued again") in outputs[0], outputs[0]
+    trials = load_studies(spec)[0.5].get_trials()
+    by_number = {trial.number: trial for trial in trials}
+    assert by_number[taken.number].state.name == "FAIL"
+    assert by_number[taken.number].user_attrs["fail_reason"] == "worker died (stale heartbeat)"
+    retried = [trial for trial in trials if trial.user_attrs.get("retry_of") == taken.number]
+    assert len(retried) == 1 and retried[0].state.name in ("COMPLETE", "PRUNED")
+    assert retried[0].params == by_number[taken.number].params
+    assert not [trial for trial in trials if trial.state.name in ("RUNNING", "WAITING")]
+    assert sum(map(counts_toward_plan, trials)) >= spec.n_trials
+    _runs_match_trials(spec, trials)
+    run = next(run for run in _child_runs(spec, spec.study_name(0.5))
+               if run.data.tags["optuna.trial_number"] == str(taken.number))
+    assert run.data.tags["fail_reason"] == "worker died (stale heartbeat)"
 
 
 def test_last_worker_waits_out_the_grace_and_reruns_a_trial_killed_at_the_end(tmp_path, cluster):
