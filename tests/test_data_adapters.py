@@ -238,7 +238,8 @@ def test_mlvu_answer_letter_is_index_of_answer_text(mlvu_root):
 
 def test_mlvu_accepts_the_repo_root_above_the_mlvu_folder(mlvu_root):
     assert [q.qid for q in mlvu.load(mlvu_root.parent, limit=1).questions] == ["1_plotQA/0"]
-    with pytest.raises(FileNotFoundError, match="no MLVU annotation folder"):
+    expected = r"no MLVU annotations under .*json/1_plotQA.json.*data/test-\*.parquet"
+    with pytest.raises(FileNotFoundError, match=expected):
         mlvu.load(mlvu_root / "video")
 
 
@@ -303,6 +304,72 @@ def test_mlvu_macro_equals_lmms_evals_and_names_missing_types(mlvu_all_types):
     assert score["missing"] == ["needle"] and score["micro"] == 1.0
     assert score["macro"] == pytest.approx(6 / 7) == _lmms_eval_mlvu_dev([q.meta["task_type"] for q in kept],
                                                                          correct) / 100
+
+
+def _lmms_eval_mlvu_prompt(doc) -> str:
+    """lmms-eval 0.7.3's `mlvu_doc_to_text` with mlvu_dev.yaml's default kwargs, as it reads."""
+    kwargs = {"pre_prompt": "", "post_prompt": "\nOnly give the best option.\nBest option: ("}
+    return kwargs["pre_prompt"] + doc["question"] + kwargs["post_prompt"]
+
+
+def mlvu_dev_rows():
+    """Rows in sy1998/MLVU_dev's layout (the copy lmms-eval reads): the question embeds its options; edge rows end
+    in a newline, carry trailing spaces, or glue a letter to its text."""
+    rows = []
+    for i, task in enumerate(mlvu.TASK_TYPES):
+        for j in range(2):
+            rows.append({"video_name": f"{task}_{j}.mp4", "duration": 100.0 + i,
+                         "question": f"What happens in {task} clip {j}?\n(A) one\n(B) two\n(C) three\n(D) four",
+                         "candidates": ["one", "two", "three", "four"], "answer": "BCDA"[(i + j) % 4],
+                         "task_type": task, "question_id": f"{task}_{j}"})
+    rows[0]["question"] += "\n"  # a stored trailing newline stays
+    rows[1]["question"] = "Which colour?  \n(A)red \n(B) blue\n(C) green\n(D) grey "
+    rows[1]["candidates"] = ["red ", "blue", "green", "grey "]
+    rows[2]["answer"] = "three"  # a copy storing the answer text is read by its index
+    return rows
+
+
+@pytest.fixture
+def mlvu_dev_root(tmp_path):
+    root = tmp_path / "MLVU_dev"
+    rows = mlvu_dev_rows()
+    rows.append({**rows[3], "video_name": "gone.mp4", "question_id": "gone"})
+    pq.write_table(pa.Table.from_pylist(rows), touch(root / "data" / "test-00000-of-00001.parquet"))
+    for row in rows[:-1]:
+        touch(root / row["video_name"])
+    write_json(root / "json" / "1_plotQA.json", [])  # the repo's json beside it: lmms-eval's copy wins
+    return root
+
+
+def test_mlvu_dev_layout_prompts_are_lmms_evals_character_for_character(mlvu_dev_root):
+    report = mlvu.load(mlvu_dev_root)
+    rows = {row["question_id"]: row for row in mlvu_dev_rows()}
+    assert report.skipped == {"missing video": 1}
+    assert sorted(q.qid for q in report.questions) == sorted(rows)
+    for question in report.questions:
+        row = rows[question.qid]
+        assert build_prompt(question) == _lmms_eval_mlvu_prompt(row)
+        assert question.meta["task_type"] == row["task_type"]
+        assert question.video_path == str((mlvu_dev_root / row["video_name"]).resolve())
+    by_qid = {q.qid: q for q in report.questions}
+    edge = by_qid["anomaly_reco_0"]
+    assert build_prompt(edge).startswith("What happens in anomaly_reco clip 0?\n(A) one") and \
+        build_prompt(edge).endswith("(D) four\n\nOnly give the best option.\nBest option: (")
+    spaced = by_qid["anomaly_reco_1"]
+    assert (spaced.question, spaced.options) == ("Which colour?", ("red", "blue", "green", "grey"))
+    assert build_prompt(spaced) == ("Which colour?  \n(A)red \n(B) blue\n(C) green\n(D) grey "
+                                    "\nOnly give the best option.\nBest option: (")
+    assert [by_qid[qid].answer for qid in ("anomaly_reco_0", "count_0", "count_1")] == ["B", "C", "D"]
+
+
+@pytest.mark.parametrize("limit", [7, 9])
+def test_mlvu_dev_layout_limit_keeps_every_task_type(mlvu_dev_root, limit):
+    questions = mlvu.load(mlvu_dev_root, limit=limit).questions
+    assert len(questions) == limit
+    assert {q.meta["task_type"] for q in questions} == set(mlvu.TASK_TYPES)
+    correct = [q.answer == "B" for q in questions]
+    assert 100 * mlvu.lmms_eval_dev_score(questions, correct)["macro"] == pytest.approx(
+        _lmms_eval_mlvu_dev([q.meta["task_type"] for q in questions], correct), abs=1e-9)
 
 
 # ------------------------------------------------------------------------------------------------- LongVideoBench

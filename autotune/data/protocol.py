@@ -228,6 +228,9 @@ def _videomme_prompt(q: Question) -> str:
 
 
 def _mlvu_prompt(q: Question) -> str:
+    raw = _raw(q)
+    if raw is not None:  # lmms-eval (sy1998/MLVU_dev): the stored question, its "(A) text" lines included, as is
+        return f"{raw[0]}{_MLVU_POST_PROMPT}"
     options = "\n".join(f"({letter}) {text}" for letter, text in zip(letters(len(q.options)), q.options, strict=True))
     return f"{q.question}\n{options}{_MLVU_POST_PROMPT}"
 
