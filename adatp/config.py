@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
+
+from adatp import validation
+from adatp.validation import ConfigError
 
 METHODS = ("adatp", "uniform", "random", "fastv", "adatp_random_segments")
 SCORES = ("attention", "norm", "text_sim")
@@ -12,10 +14,6 @@ RELEVANCES = ("llm", "siglip")
 POSITIONS = ("original", "renumber")
 # Methods whose selection reads per-token scores (uniform and random do not).
 SCORED_METHODS = ("adatp", "fastv", "adatp_random_segments")
-
-
-class ConfigError(ValueError):
-    """A bad AdaTP config or preset field. The message starts with the field's path, e.g. `config.tau_s: ...`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,36 +65,14 @@ class AdaTPConfig:
     @classmethod
     def from_dict(cls, data: Any, where: str = "config") -> AdaTPConfig:
         """Build from a mapping (e.g. a preset's `config:` block); unknown keys and bad values raise ConfigError."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where}: must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ConfigError(f"{where}.{key}: unknown key (allowed: {', '.join(sorted(known))})")
+        validation.mapping(where, data)
+        validation.known_keys(where, data, sorted(f.name for f in dataclasses.fields(cls)))
         config = object.__new__(cls)
         merged = {f.name: f.default for f in dataclasses.fields(cls)} | dict(data)
         for name, value in merged.items():
             object.__setattr__(config, name, value)
         validate(config, where=where)
         return config
-
-
-def _number(where: str, value: Any, lo: float, hi: float, lo_open: bool = False, integer: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{where}: must be {kind}, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{where}: must be finite, got {value!r}")
-    below = value <= lo if lo_open else value < lo
-    if below or value > hi:
-        left = "(" if lo_open else "["
-        hi_text = "inf" if math.isinf(hi) else f"{hi:g}"
-        raise ConfigError(f"{where}: must be in {left}{lo:g}, {hi_text}], got {value!r}")
-
-
-def _choice(where: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{where}: must be one of {', '.join(allowed)}, got {value!r}")
 
 
 # The one table of the four thresholds' valid ranges: (low, high, low is open). Specs check their search spaces
@@ -112,14 +88,14 @@ THRESHOLD_RANGES: dict[str, tuple[float, float, bool]] = {
 def validate(config: AdaTPConfig, where: str = "config") -> None:
     """Check every field's type and range, then the cross-field rules; raise ConfigError naming the field."""
     for name, (low, high, low_open) in THRESHOLD_RANGES.items():
-        _number(f"{where}.{name}", getattr(config, name), low, high, lo_open=low_open)
-    _number(f"{where}.retention", config.retention, 0.0, 1.0, lo_open=True)
-    _number(f"{where}.prune_layer", config.prune_layer, 0, 1024, integer=True)
-    _number(f"{where}.seed", config.seed, 0, 2**63 - 1, integer=True)
-    _choice(f"{where}.score", config.score, SCORES)
-    _choice(f"{where}.relevance", config.relevance, RELEVANCES)
-    _choice(f"{where}.method", config.method, METHODS)
-    _choice(f"{where}.positions", config.positions, POSITIONS)
+        validation.number(f"{where}.{name}", getattr(config, name), low, high, low_open=low_open)
+    validation.number(f"{where}.retention", config.retention, 0.0, 1.0, low_open=True)
+    validation.integer(f"{where}.prune_layer", config.prune_layer, 0, 1024)
+    validation.integer(f"{where}.seed", config.seed, 0, 2**63 - 1)
+    validation.choice(f"{where}.score", config.score, SCORES)
+    validation.choice(f"{where}.relevance", config.relevance, RELEVANCES)
+    validation.choice(f"{where}.method", config.method, METHODS)
+    validation.choice(f"{where}.positions", config.positions, POSITIONS)
     if config.siglip_path is not None and not isinstance(config.siglip_path, str):
         raise ConfigError(f"{where}.siglip_path: must be a string path, got {type(config.siglip_path).__name__}")
     if config.relevance == "siglip" and not config.siglip_path:

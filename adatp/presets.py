@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import math
 import os
 import re
 import tempfile
@@ -42,8 +41,8 @@ from typing import Any
 
 import yaml
 
-from adatp import safe_yaml
-from adatp.config import AdaTPConfig, ConfigError, _number
+from adatp import safe_yaml, validation
+from adatp.config import AdaTPConfig, ConfigError
 
 FORMAT = "adatp-preset/v1"
 _FORMAT_VERSION = 1
@@ -103,9 +102,9 @@ class Preset:
     @classmethod
     def from_dict(cls, data: Any, where: str = "preset", path: str | None = None) -> Preset:
         """Validate a preset document (as read by `yaml.safe_load`); raise ConfigError naming the bad field."""
-        mapping = _mapping(where, data)
+        mapping = validation.mapping(where, data)
         _check_format(f"{where}.format", mapping)
-        _check_keys(where, mapping, _TOP_KEYS, required=("format", "config", "target"))
+        validation.known_keys(where, mapping, _TOP_KEYS, required=("format", "config", "target"))
         return cls(
             config=AdaTPConfig.from_dict(mapping["config"], where=f"{where}.config"),
             target=_target(f"{where}.target", mapping["target"]),
@@ -172,7 +171,7 @@ def select_preset(directory: str | os.PathLike[str], dataset: str, budget: float
     those, the highest test accuracy wins (presets without one rank last); ties go to the lower FLOPs ratio,
     then to the file name. Unreadable presets are skipped; if none fits, ConfigError says what exists.
     """
-    _number("select_preset.budget", budget, 0.0, 1.0, lo_open=True)
+    validation.number("select_preset.budget", budget, 0.0, 1.0, low_open=True)
     folder = Path(directory)
     if not folder.is_dir():
         raise ConfigError(f"select_preset.directory: no such directory {folder}")
@@ -227,19 +226,6 @@ def _or_empty(value: Any) -> Any:
     return {} if value is None else value
 
 
-def _mapping(where: str, value: Any) -> dict[Any, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: must be a mapping, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _check_keys(where: str, data: dict[Any, Any], allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> None:
-    for key in data:
-        if key not in allowed:
-            raise ConfigError(f"{where}.{key}: unknown key (allowed: {', '.join(allowed)})")
-    for key in required:
-        if key not in data:
-            raise ConfigError(f"{where}.{key}: missing (required)")
 
 
 def _check_format(where: str, data: dict[Any, Any]) -> None:
@@ -254,55 +240,40 @@ def _check_format(where: str, data: dict[Any, Any]) -> None:
         raise ConfigError(f"{where}: must be {FORMAT}, got {value!r}")
 
 
-def _text(where: str, value: Any, optional: bool = False) -> str | None:
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{where}: must be a non-empty string, got {type(value).__name__} {value!r}")
-    return value
 
-
-def _real(where: str, value: Any, lo: float, hi: float, lo_open: bool = False) -> float:
-    _number(where, value, lo, hi, lo_open=lo_open)
-    return float(value)
-
-
-def _count(where: str, value: Any, lo: int) -> int:
-    _number(where, value, lo, math.inf, integer=True)
-    return int(value)
 
 
 def _target(where: str, data: Any) -> dict[str, Any]:
-    data = _mapping(where, data)
-    _check_keys(where, data, _TARGET_KEYS, required=_TARGET_KEYS)
+    data = validation.mapping(where, data)
+    validation.known_keys(where, data, _TARGET_KEYS, required=_TARGET_KEYS)
     return {
-        "model": _text(f"{where}.model", data["model"]),
-        "dataset": _text(f"{where}.dataset", data["dataset"]),
-        "frames": _count(f"{where}.frames", data["frames"], 1),
-        "flops_budget": _real(f"{where}.flops_budget", data["flops_budget"], 0.0, 1.0, lo_open=True),
+        "model": validation.text(f"{where}.model", data["model"]),
+        "dataset": validation.text(f"{where}.dataset", data["dataset"]),
+        "frames": validation.integer(f"{where}.frames", data["frames"], 1),
+        "flops_budget": validation.number(f"{where}.flops_budget", data["flops_budget"], 0.0, 1.0, low_open=True),
     }
 
 
 def _accuracy(where: str, data: Any) -> dict[str, Any] | None:
     if data is None:
         return None
-    data = _mapping(where, data)
-    _check_keys(where, data, _ACCURACY_FIELDS, required=("value", "n"))
+    data = validation.mapping(where, data)
+    validation.known_keys(where, data, _ACCURACY_FIELDS, required=("value", "n"))
     accuracy: dict[str, Any] = {
-        "value": _real(f"{where}.value", data["value"], 0.0, 1.0),
-        "n": _count(f"{where}.n", data["n"], 0),
+        "value": validation.number(f"{where}.value", data["value"], 0.0, 1.0),
+        "n": validation.integer(f"{where}.n", data["n"], 0),
     }
     if data.get("ci95") is not None:
         ci95 = data["ci95"]
         if not isinstance(ci95, list | tuple) or len(ci95) != 2:
             raise ConfigError(f"{where}.ci95: must be a list [lo, hi], got {ci95!r}")
-        lo = _real(f"{where}.ci95[0]", ci95[0], 0.0, 1.0)
-        hi = _real(f"{where}.ci95[1]", ci95[1], 0.0, 1.0)
+        lo = validation.number(f"{where}.ci95[0]", ci95[0], 0.0, 1.0)
+        hi = validation.number(f"{where}.ci95[1]", ci95[1], 0.0, 1.0)
         if lo > hi:
             raise ConfigError(f"{where}.ci95: lo must be <= hi, got {list(ci95)!r}")
         accuracy["ci95"] = [lo, hi]
     if data.get("macro") is not None:
-        accuracy["macro"] = _real(f"{where}.macro", data["macro"], 0.0, 1.0)
+        accuracy["macro"] = validation.number(f"{where}.macro", data["macro"], 0.0, 1.0)
     if data.get("macro_missing") is not None:
         missing = data["macro_missing"]
         if not isinstance(missing, list) or not all(isinstance(name, str) for name in missing):
@@ -314,24 +285,25 @@ def _accuracy(where: str, data: Any) -> dict[str, Any] | None:
 def _paired(where: str, data: Any) -> dict[str, Any]:
     """Free-form names, each a finite number or a list of them (e.g. a paired difference and its CI)."""
     paired = {}
-    for name, value in _mapping(where, data).items():
+    for name, value in validation.mapping(where, data).items():
         field = f"{where}.{name}"
         if not isinstance(name, str):
             raise ConfigError(f"{field}: key must be a string, got {type(name).__name__}")
         if isinstance(value, list | tuple):
-            paired[name] = [_real(f"{field}[{i}]", item, -math.inf, math.inf) for i, item in enumerate(value)]
+            paired[name] = [validation.number(f"{field}[{i}]", item) for i, item in enumerate(value)]
         else:
-            paired[name] = _real(field, value, -math.inf, math.inf)
+            paired[name] = validation.number(field, value)
     return paired
 
 
 def _results(where: str, data: Any) -> dict[str, Any]:
-    data = _mapping(where, data)
-    _check_keys(where, data, _RESULT_KEYS)
+    data = validation.mapping(where, data)
+    validation.known_keys(where, data, _RESULT_KEYS)
     results: dict[str, Any] = {}
     if "flops_ratio" in data:
         ratio = data["flops_ratio"]
-        results["flops_ratio"] = None if ratio is None else _real(f"{where}.flops_ratio", ratio, 0.0, 1.0, lo_open=True)
+        results["flops_ratio"] = (None if ratio is None else
+                                  validation.number(f"{where}.flops_ratio", ratio, 0.0, 1.0, low_open=True))
     for key in _ACCURACY_KEYS:
         if key in data:
             results[key] = _accuracy(f"{where}.{key}", data[key])
@@ -343,7 +315,7 @@ def _results(where: str, data: Any) -> dict[str, Any]:
 def _versions(where: str, data: Any) -> dict[str, str]:
     """Free-form package -> version. YAML reads `numpy: 2` as a number: versions are kept as strings."""
     versions = {}
-    for name, value in _mapping(where, data).items():
+    for name, value in validation.mapping(where, data).items():
         if not isinstance(name, str):
             raise ConfigError(f"{where}.{name}: key must be a string, got {type(name).__name__}")
         if isinstance(value, bool) or not isinstance(value, str | int | float):
@@ -356,7 +328,7 @@ def _created(where: str, value: Any) -> str:
     # An unquoted ISO time in YAML loads as a datetime (or date); keep the text form either way.
     if isinstance(value, datetime.date):
         return value.isoformat()
-    text = _text(where, value)
+    text = validation.text(where, value)
     try:
         datetime.datetime.fromisoformat(text)
     except ValueError:
@@ -365,8 +337,8 @@ def _created(where: str, value: Any) -> str:
 
 
 def _provenance(where: str, data: Any) -> dict[str, Any]:
-    data = _mapping(where, data)
-    _check_keys(where, data, _PROVENANCE_KEYS)
+    data = validation.mapping(where, data)
+    validation.known_keys(where, data, _PROVENANCE_KEYS)
     provenance: dict[str, Any] = {}
     for key in _PROVENANCE_KEYS:
         if key not in data:
@@ -375,9 +347,9 @@ def _provenance(where: str, data: Any) -> dict[str, Any]:
         if value is None:
             provenance[key] = None
         elif key in ("study", "mlflow_run_id"):
-            provenance[key] = _text(field, value)
+            provenance[key] = validation.text(field, value)
         elif key == "trial":
-            provenance[key] = _count(field, value, 0)
+            provenance[key] = validation.integer(field, value, 0)
         elif key == "versions":
             provenance[key] = _versions(field, value)
         else:

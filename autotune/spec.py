@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
+import functools
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from adatp import safe_yaml
+from adatp import safe_yaml, validation
 from adatp.config import THRESHOLD_RANGES, AdaTPConfig, ConfigError
 from autotune.data import DATASETS
 from autotune.data.protocol import EXTRACTIONS
@@ -394,53 +394,25 @@ def _section(raw: dict, key: str, allowed: Sequence[str]) -> dict:
     value = raw.get(key)
     if value is None:
         return {}
-    if not isinstance(value, dict):
-        raise SpecError(f"{key}: must be a mapping, got {type(value).__name__} {value!r}")
-    _known_keys(value, key, allowed)
+    _known_keys(_mapping(key, value), key, allowed)
     return value
 
 
 def _known_keys(mapping: dict, where: str, allowed: Sequence[str]) -> None:
-    for key in mapping:
-        if key not in allowed:
-            raise SpecError(f"{_join(where, key)}: unknown key (allowed: {', '.join(allowed)})")
+    validation.known_keys(where, mapping, allowed, error=SpecError)
 
 
-# --- value checks ----------------------------------------------------------------------------------------------
+# --- value checks: adatp's validation kit, raising SpecError ------------------------------------------------------
 
-
-def _number(where: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise SpecError(f"{where}: must be a number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value):
-        raise SpecError(f"{where}: must be finite, got {value!r}")
-    return float(value)
-
-
-def _integer(where: str, value: Any, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{where}: must be an integer, got {type(value).__name__} {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise SpecError(f"{where}: must be {bound}, got {value}")
-    return value
+_number = functools.partial(validation.number, error=SpecError)
+_integer = functools.partial(validation.integer, error=SpecError)
+_string = functools.partial(validation.text, error=SpecError)
+_choice = functools.partial(validation.choice, error=SpecError)
+_mapping = functools.partial(validation.mapping, error=SpecError)
 
 
 def _optional_integer(where: str, value: Any, minimum: int) -> int | None:
     return None if value is None else _integer(where, value, minimum)
-
-
-def _string(where: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        shown = f"{type(value).__name__} {value!r}" if not isinstance(value, str) else "an empty string"
-        raise SpecError(f"{where}: must be a non-empty string, got {shown}")
-    return value
-
-
-def _choice(where: str, value: Any, allowed: Sequence[str]) -> str:
-    if value not in allowed:
-        raise SpecError(f"{where}: must be one of {', '.join(allowed)}, got {value!r}")
-    return value
 
 
 def _required(raw: dict, key: str, where: str) -> Any:
@@ -592,9 +564,8 @@ def _dataset(raw: dict, check_paths: bool) -> DatasetSpec:
     if name not in DATASETS:
         raise SpecError(f"dataset.name: unknown dataset {name!r} (known: {', '.join(sorted(DATASETS))})")
     root = _abspath(_string("dataset.root", _required(section, "root", "dataset")))
-    test_fraction = _number("dataset.test_fraction", section.get("test_fraction", 0.5))
-    if not 0.0 < test_fraction < 1.0:
-        raise SpecError(f"dataset.test_fraction: must be in (0, 1), got {section['test_fraction']!r}")
+    test_fraction = _number("dataset.test_fraction", section.get("test_fraction", 0.5), 0.0, 1.0, low_open=True,
+                            high_open=True)
     synthetic = _synthetic(section.get("synthetic"), name)
     if check_paths and synthetic is None:
         if not os.path.exists(root):
@@ -619,9 +590,7 @@ def _synthetic(value: Any, dataset_name: str) -> dict | None:
         return None
     if dataset_name != "synthetic":
         raise SpecError(f"{where}: only for dataset 'synthetic', not {dataset_name!r}")
-    if not isinstance(value, dict):
-        raise SpecError(f"{where}: must be a mapping, got {type(value).__name__} {value!r}")
-    _known_keys(value, where, ["n_videos", "seed", "questions_per_video"])
+    _known_keys(_mapping(where, value), where, ["n_videos", "seed", "questions_per_video"])
     from autotune.data.synthetic import KINDS  # numpy only; one question per pattern kind at most
 
     return {
@@ -640,9 +609,7 @@ def _budgets(raw: dict) -> tuple[float, ...]:
     seen: dict[str, tuple[int, float]] = {}  # study-name label -> (index, budget)
     for index, item in enumerate(value):
         where = f"budgets[{index}]"
-        budget = _number(where, item)
-        if not 0.0 < budget <= 1.0:
-            raise SpecError(f"{where}: must be in (0, 1], got {item!r}")
+        budget = _number(where, item, 0.0, 1.0, low_open=True)
         label = f"{budget:.2f}"
         if label in seen:
             first, other = seen[label]
@@ -697,7 +664,7 @@ def _space(raw: dict, base: AdaTPConfig) -> dict[str, tuple[float, float]]:
             raise SpecError(f"{where}: low must be < high, got [{bounds[0]!r}, {bounds[1]!r}]")
         limit_low, limit_high, open_low = THRESHOLD_RANGES[key]
         if (low <= limit_low if open_low else low < limit_low) or high > limit_high:
-            valid = f"{'(' if open_low else '['}{limit_low:g}, {limit_high:g}]"
+            valid = validation.interval(limit_low, limit_high, open_low)
             raise SpecError(f"{where}: must lie within {key}'s valid range {valid}, got [{low:g}, {high:g}]")
         base_value = getattr(base, key)
         if not low <= base_value <= high:

@@ -94,7 +94,7 @@ def test_from_dict_rejects_unknown_keys_and_non_mappings_with_the_given_path():
     with pytest.raises(ConfigError) as error:
         AdaTPConfig.from_dict({"tau_x": 0.5}, where="preset.config")
     assert str(error.value).startswith("preset.config.tau_x: unknown key (allowed: alpha_boost, gamma_cap, method")
-    with pytest.raises(ConfigError, match=r"^preset.config: must be a mapping, got list$"):
+    with pytest.raises(ConfigError, match=r"^preset.config: must be a mapping, got list \[0.9\]$"):
         AdaTPConfig.from_dict([0.9], where="preset.config")
     with pytest.raises(ConfigError, match=r"^preset.config.tau_t: must be in \[0, 1\], got 2$"):
         AdaTPConfig.from_dict({"tau_t": 2}, where="preset.config")
