@@ -230,7 +230,7 @@ class Engine:
         with torch.no_grad():
             packed = self.video.encode(pixels, self.device)
         self.vision_calls += 1
-        self._sync()
+        self.synchronize()
         seconds["vision"] += time.perf_counter() - start
         return packed
 
@@ -244,13 +244,16 @@ class Engine:
                                          valid=lambda tensor: tuple(tensor.shape) == shape
                                          and tensor.dtype.is_floating_point)
 
-    def _prompt(self, question: Question) -> list[int]:
+    def prompt_ids(self, question: Question) -> list[int]:
+        """The token ids one question runs: its rendered prompt with the video placeholder expanded to the video's
+        tokens (`n_visual` of them; the rest are text tokens). Cached per question."""
         if question.qid not in self._prompts:
             ids = self.tokenizer(render_prompt(self.tokenizer, question), add_special_tokens=False)["input_ids"]
             self._prompts[question.qid] = self.video.expand(ids, question)
         return self._prompts[question.qid]
 
-    def _sync(self) -> None:
+    def synchronize(self) -> None:
+        """Wait for the engine's device to finish its queued work (a no-op on CPU): for timing."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -286,7 +289,7 @@ class Engine:
                     before_batch()
                 if prefixed:
                     try:
-                        prefix = self._prefix(batch[0], config.prune_layer, seconds)
+                        prefix = self.prefix(batch[0], config.prune_layer, seconds)
                     except (VideoError, OSError) as error:
                         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
                         skipped.update({question.qid: reason for question in batch})
@@ -306,7 +309,7 @@ class Engine:
                     answers = self._answer(ready, features, mode, seconds, drawn)
                 predictions.update(zip([q.qid for q in ready], answers, strict=True))
                 for question in ready:
-                    n_text = len(self._prompt(question)) - self.n_visual
+                    n_text = len(self.prompt_ids(question)) - self.n_visual
                     ratios.append(1.0 if config is None else flops_ratio(
                         self.model.config.text_config, self.n_visual, n_text, config.retention, config.prune_layer))
         finally:
@@ -329,9 +332,9 @@ class Engine:
             drawn=drawn,
         )
 
-    def _split(self, question: Question) -> int:
+    def prefix_length(self, question: Question) -> int:
         """Where the question's prompt leaves its prefix: the index after its last video token."""
-        ids = self._prompt(question)
+        ids = self.prompt_ids(question)
         return len(ids) - ids[::-1].index(self.video_token_id)
 
     def _batches(self, questions: Sequence[Question], batch_size: int, by_prefix: bool) -> list[list[Question]]:
@@ -341,14 +344,16 @@ class Engine:
             return [list(questions[start : start + batch_size]) for start in range(0, len(questions), batch_size)]
         groups: dict[tuple, list[Question]] = {}
         for question in questions:
-            groups.setdefault((question.video_path, tuple(self._prompt(question)[: self._split(question)])),
+            groups.setdefault((question.video_path, tuple(self.prompt_ids(question)[: self.prefix_length(question)])),
                               []).append(question)
         return [group[start : start + batch_size] for group in groups.values()
                 for start in range(0, len(group), batch_size)]
 
-    def _prefix(self, question: Question, prune_layer: int, seconds: dict[str, float]) -> adatp.Prefix:
-        """The cached prefix of the question's video (built once: the first trial that needs it pays)."""
-        prefix_ids = self._prompt(question)[: self._split(question)]
+    def prefix(self, question: Question, prune_layer: int, seconds: dict[str, float] | None = None) -> adatp.Prefix:
+        """The cached prefix of the question's video (built once: the first trial that needs it pays); `seconds`
+        accumulates the time spent building it, by stage."""
+        seconds = seconds if seconds is not None else _new_seconds()
+        prefix_ids = self.prompt_ids(question)[: self.prefix_length(question)]
         video_key = self.cache.video_key(self.model_key, question.video_path, self.frames)
         digest = hashlib.sha256(json.dumps(prefix_ids).encode()).hexdigest()[:16]
         key = hashlib.sha256(f"{video_key}|{digest}|{prune_layer}|{self.model.dtype}|prefix-v1".encode()).hexdigest()
@@ -370,7 +375,7 @@ class Engine:
         input_ids = torch.tensor([prefix_ids], device=self.device)
         inputs = self.video.model_inputs(input_ids, [features.to(self.device, self.model.dtype)])
         prefix = adatp.encode_prefix(self.model, input_ids=input_ids, **inputs)
-        self._sync()
+        self.synchronize()
         seconds["prefix"] += time.perf_counter() - start
         self.prefixes.put(key, prefix.tensors())
         self.prefix_builds += 1
@@ -379,7 +384,7 @@ class Engine:
 
     def _answer_from_prefix(self, questions: list[Question], prefix: adatp.Prefix,
                             seconds: dict[str, float]) -> list[str | None]:
-        input_ids, mask = self._left_padded([self._prompt(q)[self._split(q) :] for q in questions])
+        input_ids, mask = self._left_padded([self.prompt_ids(q)[self.prefix_length(q) :] for q in questions])
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         start = time.perf_counter()
         with torch.no_grad(), adatp.use_prefix(self.model, prefix):
@@ -387,7 +392,7 @@ class Engine:
                                 position_ids=adatp.suffix_position_ids(prefix, mask), logits_to_keep=1,
                                 use_cache=False).logits[:, -1].float()
         answers = self._letters(logits, questions)
-        self._sync()
+        self.synchronize()
         seconds["prefill"] += time.perf_counter() - start
         return answers
 
@@ -410,8 +415,9 @@ class Engine:
             mask[row, width - len(ids) :] = 1
         return input_ids, mask
 
-    def _batch_inputs(self, questions: list[Question], features: list[torch.Tensor]) -> dict:
-        input_ids, mask = self._left_padded([self._prompt(q) for q in questions])
+    def batch_inputs(self, questions: list[Question], features: list[torch.Tensor]) -> dict:
+        """The model's keyword inputs for one left-padded batch of questions, given each one's video features."""
+        input_ids, mask = self._left_padded([self.prompt_ids(q) for q in questions])
         # Copied one by one from (pinned) host memory to the device: no host-side stack of the batch.
         on_device = [f.to(self.device, self.model.dtype, non_blocking=True) for f in features]
         input_ids = input_ids.to(self.device)
@@ -420,7 +426,7 @@ class Engine:
 
     def _answer(self, questions: list[Question], features: list[torch.Tensor], mode: str,
                 seconds: dict[str, float], drawn: list[str]) -> list[str | None]:
-        inputs = self._batch_inputs(questions, features)
+        inputs = self.batch_inputs(questions, features)
         start = time.perf_counter()
         with torch.no_grad():
             if mode == "logits":
@@ -432,7 +438,7 @@ class Engine:
                 texts = self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :],
                                                     skip_special_tokens=True)
                 answers = [self._extract(text, q, drawn) for text, q in zip(texts, questions, strict=True)]
-        self._sync()
+        self.synchronize()
         seconds["prefill"] += time.perf_counter() - start
         return answers
 

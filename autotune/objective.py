@@ -78,12 +78,17 @@ def evaluate_rungs(workspace: Workspace, config: adatp.AdaTPConfig, sizes: Seque
     return outcome
 
 
+def stored_trial(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
+    """`trial` as the storage holds it now (another worker may have changed its state), through Optuna's public API."""
+    trials = study.get_trials(deepcopy=False)
+    return next(frozen for frozen in reversed(trials) if frozen.number == trial.number)
+
+
 def retry_tags(study: optuna.Study, trial: optuna.Trial) -> dict[str, str]:
     """`retry_of`: the trial this one re-runs (after Ctrl-C, or after its worker died), else nothing."""
     retry_of = trial.user_attrs.get("retry_of")
     if retry_of is None:
-        frozen = study._storage.get_trial(trial._trial_id)
-        retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+        retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(stored_trial(study, trial))
         if retry_of is not None:
             trial.set_user_attr("retry_of", retry_of)
     return {} if retry_of is None else {"retry_of": str(retry_of)}
@@ -101,7 +106,7 @@ def mark_interrupted(study: optuna.Study, trial: optuna.Trial, params: dict[str,
     """Ctrl-C: record why the trial failed and queue its thresholds again (it does not count toward n_trials)."""
     trial.set_user_attr("fail_reason", INTERRUPTED)
     # An enqueued trial (the default config, a retry) keeps its queued values even if suggestion was cut short.
-    queued = study._storage.get_trial_system_attrs(trial._trial_id).get("fixed_params", {})
+    queued = stored_trial(study, trial).system_attrs.get("fixed_params", {})
     study.enqueue_trial({**queued, **params}, user_attrs={"retry_of": trial.number})
 
 
@@ -110,7 +115,7 @@ def failed_as_stale(study: optuna.Study, trial: optuna.Trial | None) -> bool:
     (or cut off) for longer than `heartbeat.grace`, and the trial's retry is already queued."""
     if trial is None:
         return False
-    frozen = study._storage.get_trial(trial._trial_id)
+    frozen = stored_trial(study, trial)
     return frozen.state == optuna.trial.TrialState.FAIL and frozen.user_attrs.get("fail_reason") == STALE_REASON
 
 

@@ -243,6 +243,11 @@ def ensure_sqlite_parent(url: str) -> None:
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
 
+def has_heartbeats(url: str) -> bool:
+    """Whether the storage at `url` records heartbeats: RDB storages do, the journal file does not."""
+    return not url.startswith("journal:///")
+
+
 def storage_for(url: str, heartbeat_interval: int = 60, grace_period: int = 600, outage_s: float = 300.0,
                 attempts: int = CONNECT_ATTEMPTS, backoff_s: float = CONNECT_BACKOFF_S) -> optuna.storages.BaseStorage:
     """The Optuna storage: connection retries at start, outage retries afterwards, heartbeats.
@@ -255,7 +260,7 @@ def storage_for(url: str, heartbeat_interval: int = 60, grace_period: int = 600,
     quiet_optuna()
     OUTAGE.limit_s = float(outage_s)
     OUTAGE.heartbeat_interval_s = float(heartbeat_interval)
-    if url.startswith("journal:///"):  # one machine, processes share the file through its lock; no heartbeats
+    if not has_heartbeats(url):  # the journal file: one machine, processes share the file through its lock
         path = Path(url.removeprefix("journal://"))
         path.parent.mkdir(parents=True, exist_ok=True)
         journal = optuna.storages.journal

@@ -38,11 +38,12 @@ from autotune.objective import (
     mark_interrupted,
     release_gpu_memory,
     retry_tags,
+    stored_trial,
     trial_config,
 )
 from autotune.search import make_pruner, make_sampler, rung_sizes, sampler_seed
 from autotune.spec import StudySpec, mask_url
-from autotune.storage import STALE_REASON, StorageOutage, quiet_optuna
+from autotune.storage import STALE_REASON, StorageOutage, has_heartbeats, quiet_optuna
 from autotune.versions import package_versions
 from autotune.workspace import (
     ATTR,
@@ -283,11 +284,11 @@ def _run_study(workspace: Workspace, budget: float, study: optuna.Study, bar, ec
         waiting = [trial for trial in trials if trial.state == TrialState.WAITING]
         running = [trial for trial in trials if trial.state == TrialState.RUNNING]
         if finished_count(study) >= spec.n_trials and not waiting:
-            if not running or not _heartbeats(study):
+            if not running or not has_heartbeats(spec.storage):
                 break
             if not wait:
                 return False
-            said = _wait_for_running(study, running, said, echo)
+            said = _wait_for_running(spec, study, running, said, echo)
             continue
         current.clear()
         STOP.check()
@@ -312,7 +313,7 @@ def _run_study(workspace: Workspace, budget: float, study: optuna.Study, bar, ec
                                 f"({spec.heartbeat.grace} s), then the next worker runs it again")) from None
         if "trial" not in current:
             continue
-        last = study._storage.get_trial(current["trial"]._trial_id)
+        last = stored_trial(study, current["trial"])
         failures = failures + 1 if last.state == TrialState.FAIL else 0
         if failures >= MAX_CONSECUTIVE_FAILURES:
             raise RuntimeError(f"{study.study_name}: {failures} trials in a row failed; last: "
@@ -327,25 +328,17 @@ def _run_study(workspace: Workspace, budget: float, study: optuna.Study, bar, ec
 
 
 
-def _heartbeats(study: optuna.Study) -> bool:
-    """Whether the storage records heartbeats (RDB storages do; the journal file does not)."""
-    return getattr(study._storage, "get_heartbeat_interval", lambda: None)() is not None
-
-
-
-def _wait_for_running(study: optuna.Study, running: list[FrozenTrial], said: tuple | None,
+def _wait_for_running(spec: StudySpec, study: optuna.Study, running: list[FrozenTrial], said: tuple | None,
                       echo: Callable[[str], None]) -> tuple:
     """The plan is counted but other workers' trials are RUNNING: wait for them to end, or to go stale and come
     back queued. Says why once per set of trials; returns what it said."""
-    storage = study._storage
     key = tuple(trial.number for trial in running)
     if key != said:
-        grace = getattr(getattr(storage, "_backend", storage), "grace_period", None)
         names = ", ".join(f"{trial.number} ({trial.user_attrs.get('worker', 'unknown worker')})" for trial in running)
         echo(f"{study.study_name}: plan counted, waiting for RUNNING trial(s) {names} to finish; a trial whose "
-             f"worker is silent for {grace} s is failed and run again here")
+             f"worker is silent for {spec.heartbeat.grace} s is failed and run again here")
     STOP.check()
-    time.sleep(min(5.0, max(0.5, storage.get_heartbeat_interval() or 1)))
+    time.sleep(min(5.0, max(0.5, spec.heartbeat.interval)))
     return key
 
 
@@ -355,7 +348,7 @@ def _interrupted_outside_objective(study: optuna.Study, trial: optuna.Trial | No
     if trial is None:
         return
     with contextlib.suppress(Exception):
-        frozen = study._storage.get_trial(trial._trial_id)
+        frozen = stored_trial(study, trial)
         if frozen.state == TrialState.RUNNING:
             mark_interrupted(study, trial, dict(frozen.params))
             study.tell(trial, state=TrialState.FAIL)

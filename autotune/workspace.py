@@ -111,7 +111,7 @@ class Workspace:
 
     def n_text(self, questions: Sequence[Question]) -> list[int]:
         engine = self.engine
-        return [len(engine._prompt(q)) - engine.n_visual for q in questions]
+        return [len(engine.prompt_ids(q)) - engine.n_visual for q in questions]
 
 
 def open_tracker(spec: StudySpec):

@@ -27,7 +27,7 @@ def settings(engine: Engine, question, budget: float) -> dict[str, adatp.AdaTPCo
     """The compared settings. A budget becomes a retention for this prompt length; with the demo's 4 layers and
     ~80 text tokens only prune_layer 0 reaches 0.3 (prune_layer 1 bottoms out near 0.43), so the budgeted rows
     prune before the LM with pre-LLM scores, and one row shows attention scores (prune_layer 1) at 0.5."""
-    n_text = len(engine._prompt(question)) - engine.n_visual
+    n_text = len(engine.prompt_ids(question)) - engine.n_visual
     text_config = engine.model.config.text_config
     at_budget = adatp.retention_for_budget(text_config, engine.n_visual, n_text, budget, 0)
     late = 0.5  # attention scores at prune_layer 1: the smallest of 0.5, 0.6, ... the model can reach

@@ -82,7 +82,7 @@ def prepared_batches(engine: Engine, questions, batch_size: int) -> list[dict]:
     batches = []
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
-        batches.append(engine._batch_inputs(chunk, [engine.video_features(q.video_path) for q in chunk]))
+        batches.append(engine.batch_inputs(chunk, [engine.video_features(q.video_path) for q in chunk]))
     return batches
 
 
@@ -93,11 +93,11 @@ def pure_prefill_seconds(engine: Engine, batches: list[dict], config, cuda_graph
                else contextlib.nullcontext())
     with torch.no_grad(), pruning:
         engine.model(**batches[0], logits_to_keep=1, use_cache=False)
-        engine._sync()
+        engine.synchronize()
         start = time.perf_counter()
         for inputs in batches:
             engine.model(**inputs, logits_to_keep=1, use_cache=False)
-        engine._sync()
+        engine.synchronize()
         return time.perf_counter() - start
 
 
@@ -126,7 +126,7 @@ def compare_prefix_cache(engine: Engine, questions, batches: list[dict], args, b
     from adatp.flops import prefixed_flops
 
     text_config = engine.model.config.text_config
-    n_text = max(len(engine._prompt(q)) for q in questions) - engine.n_visual
+    n_text = max(len(engine.prompt_ids(q)) for q in questions) - engine.n_visual
     configs = [adatp.AdaTPConfig(prune_layer=2, retention=adatp.retention_for_budget(
         text_config, engine.n_visual, n_text, point, 2) if budgets else point) for point in PREFIX_POINTS]
     timings, pures = {}, {}
@@ -146,8 +146,8 @@ def compare_prefix_cache(engine: Engine, questions, batches: list[dict], args, b
         retention, pure = config.retention, pures[point]
         shares = []
         for question in questions:
-            split = engine._split(question)
-            n_question = len(engine._prompt(question)) - split
+            split = engine.prefix_length(question)
+            n_question = len(engine.prompt_ids(question)) - split
             n_prefix_text = split - engine.n_visual
             shares.append(prefixed_flops(text_config, engine.n_visual, n_prefix_text, n_question, retention, 2)
                           / prefill_flops(text_config, engine.n_visual, n_prefix_text + n_question, retention, 2))

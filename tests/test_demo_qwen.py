@@ -30,7 +30,7 @@ def test_accuracy_is_high_unpruned_and_falls_when_the_answer_tokens_go(held_out)
     vanilla = engine.evaluate(held_out, None, batch_size=16)
     uniform = engine.evaluate(held_out, adatp.AdaTPConfig(method="uniform", retention=0.1, prune_layer=0,
                                                           score="norm"), batch_size=16)
-    n_text = len(engine._prompt(held_out[0])) - engine.n_visual
+    n_text = len(engine.prompt_ids(held_out[0])) - engine.n_visual
     retention = adatp.retention_for_budget(engine.model.config.text_config, engine.n_visual, n_text, 0.5, 0)
     pruned = engine.evaluate(held_out, adatp.AdaTPConfig(retention=retention, prune_layer=0, score="norm"),
                              batch_size=16)

@@ -57,7 +57,7 @@ def test_full_retention_matches_vanilla_and_ratios(model_dir, dataset):
     assert full.predictions == vanilla.predictions
     assert vanilla.flops_ratio == 1.0 and full.flops_ratio == pytest.approx(1.0)
     pruned = engine.evaluate(dataset, adatp.AdaTPConfig(retention=0.25, prune_layer=2))
-    n_text = len(engine._prompt(dataset[0])) - engine.n_visual
+    n_text = len(engine.prompt_ids(dataset[0])) - engine.n_visual
     expected = adatp.flops_ratio(engine.model.config.text_config, engine.n_visual, n_text, 0.25, 2)
     assert pruned.flops_ratio == pytest.approx(expected, rel=1e-3)
     assert pruned.kept_tokens == round(0.25 * 256) and pruned.visual_tokens == 256

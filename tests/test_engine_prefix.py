@@ -39,12 +39,12 @@ def test_features_a_prefix_makes_redundant_are_dropped_and_prefixes_persist(mode
     assert len(stored) == len({q.video_id for q in dataset})
     # Bytes per video: keys and values of layers < K, the layer-K input, positions, columns, frame features.
     text = engine.model.config.text_config
-    prefix_length = engine._split(dataset[0])
+    prefix_length = engine.prefix_length(dataset[0])
     per_token = 2 * 2 * text.num_key_value_heads * (text.hidden_size // text.num_attention_heads) + text.hidden_size
     frames = engine.frames
     floats = per_token * prefix_length + frames * text.hidden_size
     expected = 4 * floats + 8 * (2 * prefix_length + 1 + engine.n_visual)  # int64: positions (rope, text), columns
-    prefix = engine._prefix(dataset[0], 2, {"prefix": 0.0, "decode": 0.0, "vision": 0.0})
+    prefix = engine.prefix(dataset[0], 2, {"prefix": 0.0, "decode": 0.0, "vision": 0.0})
     assert prefix.nbytes() == expected
     # A new process reads the prefixes from disk: no vision tower, same answers.
     fresh = Engine(str(model_dir), cache_dir=tmp_path / "cache")

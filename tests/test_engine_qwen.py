@@ -74,7 +74,7 @@ def test_cached_features_equal_the_stock_pixel_path(model_dir, dataset):
     token types as its processor gives them; pruned or not."""
     engine = Engine(str(model_dir), frame_size=FRAME_SIZE)
     questions = dataset[:3]
-    inputs = engine._batch_inputs(questions, [engine.video_features(q.video_path) for q in questions])
+    inputs = engine.batch_inputs(questions, [engine.video_features(q.video_path) for q in questions])
     pixels = torch.cat([engine.video.pixels(q.video_path) for q in questions])
     stock_inputs = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                         mm_token_type_ids=inputs["mm_token_type_ids"], video_grid_thw=inputs["video_grid_thw"],
@@ -90,7 +90,7 @@ def test_cached_features_equal_the_stock_pixel_path(model_dir, dataset):
 def test_prompts_expand_as_the_processor_does(model_dir, dataset):
     engine = Engine(str(model_dir), frame_size=FRAME_SIZE)
     config = engine.model.config
-    ids = engine._prompt(dataset[0])
+    ids = engine.prompt_ids(dataset[0])
     groups = engine.video_protocol["grid"][0]
     assert ids.count(config.video_token_id) == engine.n_visual
     starts = [i for i, token in enumerate(ids) if token == config.vision_start_token_id]

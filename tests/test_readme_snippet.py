@@ -18,7 +18,7 @@ def test_the_inference_snippet_runs_against_a_shipped_preset(tmp_path, monkeypat
     synthetic.generate(tmp_path / "data", 1, seed=5)
     question = synthetic.load(tmp_path / "data").questions[0]
     engine = Engine(str(REPO / "assets" / "tiny-llava-ov-synthetic"))  # the engine's prompt and pixels for `inputs`
-    ids = torch.tensor([engine._prompt(question)])
+    ids = torch.tensor([engine.prompt_ids(question)])
     inputs = dict(input_ids=ids, attention_mask=torch.ones_like(ids),
                   pixel_values_videos=engine.video.pixels(question.video_path)[None])
     monkeypatch.chdir(REPO)
