@@ -226,8 +226,6 @@ def _or_empty(value: Any) -> Any:
     return {} if value is None else value
 
 
-
-
 def _check_format(where: str, data: dict[Any, Any]) -> None:
     """Checked before anything else: a newer file may have keys this version does not know."""
     if "format" not in data:
@@ -238,9 +236,6 @@ def _check_format(where: str, data: dict[Any, Any]) -> None:
         raise ConfigError(f"{where}: {value} is newer than this adatp understands ({FORMAT}); upgrade adatp")
     if match is None or int(match[1]) != _FORMAT_VERSION:
         raise ConfigError(f"{where}: must be {FORMAT}, got {value!r}")
-
-
-
 
 
 def _target(where: str, data: Any) -> dict[str, Any]:
