@@ -31,9 +31,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from autotune.data.protocol import (
     MAX_OPTIONS,
     LoadReport,
@@ -42,6 +39,7 @@ from autotune.data.protocol import (
     collect,
     dataset_root,
     letters,
+    parquet_rows,
     required,
 )
 
@@ -93,18 +91,12 @@ def _json_rows(json_dir: Path, skipped: collections.Counter) -> Iterator[tuple[s
     return _interleaved(files)
 
 
-def _parquet_rows(files: list[Path], skipped: collections.Counter) -> Iterator[tuple[str, int, Any]]:
+def _parquet_task_rows(files: list[Path], skipped: collections.Counter) -> Iterator[tuple[str, int, Any]]:
     """Rows grouped by `task_type` in order of first appearance (rows without one go last), then interleaved."""
     groups: dict[str, list[Any]] = {}
-    for path in files:
-        try:
-            rows = pq.read_table(path).to_pylist()
-        except (OSError, pa.ArrowException):
-            skipped[f"unreadable file: {path.name}"] += 1
-            continue
-        for row in rows:
-            task = row.get("task_type") if isinstance(row, dict) else None
-            groups.setdefault(task if isinstance(task, str) and task else "", []).append(row)
+    for row in parquet_rows(files, skipped):
+        task = row.get("task_type") if isinstance(row, dict) else None
+        groups.setdefault(task if isinstance(task, str) and task else "", []).append(row)
     return _interleaved(sorted(groups.items(), key=lambda item: item[0] == ""))
 
 
@@ -188,7 +180,7 @@ def load(root: str | os.PathLike[str], limit: int | None = None) -> LoadReport:
     skipped: collections.Counter = collections.Counter()
     files = _parquet_files(base)
     if files:
-        return collect(DATASET, _parquet_rows(files, skipped), lambda item: _parse_parquet(base, item), limit,
+        return collect(DATASET, _parquet_task_rows(files, skipped), lambda item: _parse_parquet(base, item), limit,
                        skipped)
     json_dir = _json_dir(base)
     return collect(DATASET, _json_rows(json_dir, skipped), lambda item: _parse_json(json_dir.parent, item), limit,

@@ -32,7 +32,7 @@ import hashlib
 import os
 import random
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +148,21 @@ def required(row: Mapping[str, Any], name: str, kind: type | tuple[type, ...] = 
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise SkipRow(f"malformed row: {name} has wrong type")
     return value
+
+
+def parquet_rows(files: Iterable[Path], skipped: collections.Counter) -> Iterator[Any]:
+    """Every row of the parquet `files` in order, as dicts; a file that cannot be read is counted in `skipped` as
+    "unreadable file: NAME" and passed over."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for path in files:
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except (OSError, pa.ArrowException):
+            skipped[f"unreadable file: {path.name}"] += 1
+            continue
+        yield from rows
 
 
 def collect(

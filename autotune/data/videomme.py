@@ -14,12 +14,8 @@ from __future__ import annotations
 import collections
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from autotune.data.protocol import (
     MAX_OPTIONS,
@@ -29,6 +25,7 @@ from autotune.data.protocol import (
     collect,
     dataset_root,
     letters,
+    parquet_rows,
     required,
 )
 
@@ -43,16 +40,6 @@ def _annotation_files(base: Path) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"no Video-MME parquet (videomme/test-*.parquet) under {base}")
     return files
-
-
-def _rows(files: list[Path], skipped: collections.Counter) -> Iterator[Any]:
-    for path in files:
-        try:
-            rows = pq.read_table(path).to_pylist()
-        except (OSError, pa.ArrowException):
-            skipped[f"unreadable file: {path.name}"] += 1
-            continue
-        yield from rows
 
 
 def strip_letter(option: str, letter: str) -> str:
@@ -100,4 +87,4 @@ def load(root: str | os.PathLike[str], limit: int | None = None) -> LoadReport:
     base = dataset_root(DATASET, root)
     files = _annotation_files(base)
     skipped: collections.Counter = collections.Counter()
-    return collect(DATASET, _rows(files, skipped), lambda row: _parse(base, row), limit, skipped)
+    return collect(DATASET, parquet_rows(files, skipped), lambda row: _parse(base, row), limit, skipped)
