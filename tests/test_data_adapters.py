@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from autotune.data import DATASETS, build_prompt, load_dataset, longvideobench, mlvu, videomme
+from autotune.data import DATASETS, build_prompt, load_dataset
+from autotune.data.benchmarks import MLVU_TASK_TYPES, mlvu_dev_score
 
 
 def touch(path: Path) -> Path:
@@ -77,7 +78,7 @@ def videomme_root(tmp_path):
 
 
 def test_videomme_loads_letters_options_meta_and_counts_skips(videomme_root):
-    report = videomme.load(videomme_root)
+    report = load_dataset("videomme", videomme_root)
     assert [(q.qid, q.answer) for q in report.questions] == [("001-1", "C"), ("001-2", "A"), ("002-1", "B")]
     assert report.skipped == {
         "missing video": 1,
@@ -122,7 +123,7 @@ def test_videomme_prompt_is_lmms_evals_text_from_the_raw_strings(tmp_path):
     root = tmp_path / "Video-MME"
     write_parquet(root / "videomme" / "test-00000-of-00001.parquet", [row])
     touch(root / "data" / "fFjv93ACGo8.mp4")
-    (question,) = videomme.load(root).questions
+    (question,) = load_dataset("videomme", root).questions
     lmms = (LMMS_VIDEOMME_INSTRUCTION + "\n" + row["question"] + "\n" + "\n".join(row["options"]) + "\n"
             + "\nAnswer with the option's letter from the given choices directly.")
     assert build_prompt(question) == lmms
@@ -133,12 +134,12 @@ def test_videomme_prompt_is_lmms_evals_text_from_the_raw_strings(tmp_path):
 
 
 def test_videomme_limit_stops_reading_early(videomme_root):
-    report = videomme.load(videomme_root, limit=2)
+    report = load_dataset("videomme", videomme_root, limit=2)
     assert [q.qid for q in report.questions] == ["001-1", "001-2"]
     assert not report.skipped
-    assert videomme.load(videomme_root, limit=0).questions == []
+    assert load_dataset("videomme", videomme_root, limit=0).questions == []
     with pytest.raises(ValueError, match="limit"):
-        videomme.load(videomme_root, limit=-1)
+        load_dataset("videomme", videomme_root, limit=-1)
 
 
 def test_videomme_finds_parquet_elsewhere_and_survives_a_corrupt_file(tmp_path):
@@ -146,7 +147,7 @@ def test_videomme_finds_parquet_elsewhere_and_survives_a_corrupt_file(tmp_path):
     write_parquet(root / "snapshot" / "abc" / "part-0.parquet", videomme_rows()[:1])
     (root / "snapshot" / "abc" / "part-1.parquet").write_bytes(b"not a parquet file")
     touch(root / "data" / "fFjv93ACGo8.mp4")
-    report = videomme.load(str(root))
+    report = load_dataset("videomme", str(root))
     assert [q.qid for q in report.questions] == ["001-1"]
     assert report.skipped == {"unreadable file: part-1.parquet": 1}
 
@@ -160,7 +161,7 @@ def test_videomme_strip_letter():
 
 def test_videomme_root_without_annotations(tmp_path):
     with pytest.raises(FileNotFoundError, match="no Video-MME parquet"):
-        videomme.load(tmp_path)
+        load_dataset("videomme", tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------------------- MLVU
@@ -214,7 +215,7 @@ def mlvu_root(tmp_path):
 
 
 def test_mlvu_answer_letter_is_index_of_answer_text(mlvu_root):
-    report = mlvu.load(mlvu_root)
+    report = load_dataset("mlvu", mlvu_root)
     assert [(q.qid, q.answer) for q in report.questions] == [("1_plotQA/0", "B"), ("4_count/0", "C")]
     assert report.skipped == {
         "malformed row: answer not among options": 1,
@@ -237,10 +238,10 @@ def test_mlvu_answer_letter_is_index_of_answer_text(mlvu_root):
 
 
 def test_mlvu_accepts_the_repo_root_above_the_mlvu_folder(mlvu_root):
-    assert [q.qid for q in mlvu.load(mlvu_root.parent, limit=1).questions] == ["1_plotQA/0"]
+    assert [q.qid for q in load_dataset("mlvu", mlvu_root.parent, limit=1).questions] == ["1_plotQA/0"]
     expected = r"no MLVU annotations under .*json/1_plotQA.json.*data/test-\*.parquet"
     with pytest.raises(FileNotFoundError, match=expected):
-        mlvu.load(mlvu_root / "video")
+        load_dataset("mlvu", mlvu_root / "video")
 
 
 @pytest.fixture
@@ -261,18 +262,18 @@ def mlvu_all_types(tmp_path):
 
 
 def test_mlvu_task_types_are_lmms_evals_names(mlvu_all_types):
-    questions = mlvu.load(mlvu_all_types).questions
-    assert sorted({q.meta["task_type"] for q in questions}) == sorted(mlvu.TASK_TYPES)
+    questions = load_dataset("mlvu", mlvu_all_types).questions
+    assert sorted({q.meta["task_type"] for q in questions}) == sorted(MLVU_TASK_TYPES)
     needle = next(q for q in questions if q.qid == "2_needle/0")
     assert (needle.meta["task_type"], needle.meta["question_type"]) == ("needle", "findNeedle")
 
 
 @pytest.mark.parametrize("limit", [7, 10, 14])
 def test_mlvu_limit_keeps_every_task_type(mlvu_all_types, limit):
-    questions = mlvu.load(mlvu_all_types, limit=limit).questions
+    questions = load_dataset("mlvu", mlvu_all_types, limit=limit).questions
     assert len(questions) == limit
     counts = collections.Counter(q.meta["task_type"] for q in questions)
-    assert set(counts) == set(mlvu.TASK_TYPES)  # every type, not the first file's 3 rows and the next file's 4
+    assert set(counts) == set(MLVU_TASK_TYPES)  # every type, not the first file's 3 rows and the next file's 4
     assert max(counts.values()) - min(counts.values()) <= 1
 
 
@@ -289,18 +290,18 @@ def _lmms_eval_mlvu_dev(task_types, correct) -> float:
 
 
 def test_mlvu_macro_equals_lmms_evals_and_names_missing_types(mlvu_all_types):
-    questions = mlvu.load(mlvu_all_types).questions
+    questions = load_dataset("mlvu", mlvu_all_types).questions
     rng = random.Random(4)
     for _ in range(20):
         correct = [rng.random() < 0.6 for _ in questions]
-        score = mlvu.lmms_eval_dev_score(questions, correct)
+        score = mlvu_dev_score(questions, correct)
         assert 100 * score["macro"] == pytest.approx(
             _lmms_eval_mlvu_dev([q.meta["task_type"] for q in questions], correct), abs=1e-9)
         assert score["micro"] == sum(correct) / len(correct) and score["missing"] == []
     # Without the needle questions lmms-eval still divides by 7 (needle counts 0): the score says so.
     kept = [q for q in questions if q.meta["task_type"] != "needle"]
     correct = [True] * len(kept)
-    score = mlvu.lmms_eval_dev_score(kept, correct)
+    score = mlvu_dev_score(kept, correct)
     assert score["missing"] == ["needle"] and score["micro"] == 1.0
     assert score["macro"] == pytest.approx(6 / 7) == _lmms_eval_mlvu_dev([q.meta["task_type"] for q in kept],
                                                                          correct) / 100
@@ -316,7 +317,7 @@ def mlvu_dev_rows():
     """Rows in sy1998/MLVU_dev's layout (the copy lmms-eval reads): the question embeds its options; edge rows end
     in a newline, carry trailing spaces, or glue a letter to its text."""
     rows = []
-    for i, task in enumerate(mlvu.TASK_TYPES):
+    for i, task in enumerate(MLVU_TASK_TYPES):
         for j in range(2):
             rows.append({"video_name": f"{task}_{j}.mp4", "duration": 100.0 + i,
                          "question": f"What happens in {task} clip {j}?\n(A) one\n(B) two\n(C) three\n(D) four",
@@ -342,7 +343,7 @@ def mlvu_dev_root(tmp_path):
 
 
 def test_mlvu_dev_layout_prompts_are_lmms_evals_character_for_character(mlvu_dev_root):
-    report = mlvu.load(mlvu_dev_root)
+    report = load_dataset("mlvu", mlvu_dev_root)
     rows = {row["question_id"]: row for row in mlvu_dev_rows()}
     assert report.skipped == {"missing video": 1}
     assert sorted(q.qid for q in report.questions) == sorted(rows)
@@ -364,11 +365,11 @@ def test_mlvu_dev_layout_prompts_are_lmms_evals_character_for_character(mlvu_dev
 
 @pytest.mark.parametrize("limit", [7, 9])
 def test_mlvu_dev_layout_limit_keeps_every_task_type(mlvu_dev_root, limit):
-    questions = mlvu.load(mlvu_dev_root, limit=limit).questions
+    questions = load_dataset("mlvu", mlvu_dev_root, limit=limit).questions
     assert len(questions) == limit
-    assert {q.meta["task_type"] for q in questions} == set(mlvu.TASK_TYPES)
+    assert {q.meta["task_type"] for q in questions} == set(MLVU_TASK_TYPES)
     correct = [q.answer == "B" for q in questions]
-    assert 100 * mlvu.lmms_eval_dev_score(questions, correct)["macro"] == pytest.approx(
+    assert 100 * mlvu_dev_score(questions, correct)["macro"] == pytest.approx(
         _lmms_eval_mlvu_dev([q.meta["task_type"] for q in questions], correct), abs=1e-9)
 
 
@@ -416,7 +417,7 @@ def lvb_root(tmp_path):
 
 
 def test_longvideobench_drops_na_options_and_recomputes_the_letter(lvb_root):
-    report = longvideobench.load(lvb_root)
+    report = load_dataset("longvideobench", lvb_root)
     assert [(q.qid, q.answer) for q in report.questions] == [("86CxyhFV9MI_0", "C"), ("xjh2Y_kOLv8_1", "A")]
     assert report.skipped == {
         "malformed row: answer is N/A": 1,
@@ -454,7 +455,7 @@ def test_longvideobench_prompt_is_lmms_evals_text_from_the_raw_strings(tmp_path)
                   option2=" a phone", option3="a book", option4="N/A", correct_choice=2)
     write_json(root / "lvb_val.json", [row])
     touch(root / "videos" / "86CxyhFV9MI.mp4")
-    (question,) = longvideobench.load(root).questions
+    (question,) = load_dataset("longvideobench", root).questions
     kept = [row[f"option{i}"] for i in range(5) if row[f"option{i}"] != "N/A"]
     lmms = (row["question"] + "\n" + "\n".join(". ".join([chr(ord("A") + i), c]) for i, c in enumerate(kept))
             + "\n" + "Answer with the option's letter from the given choices directly.\n")
@@ -465,15 +466,15 @@ def test_longvideobench_prompt_is_lmms_evals_text_from_the_raw_strings(tmp_path)
 
 
 def test_longvideobench_finds_the_annotation_file_below_root(lvb_root):
-    report = longvideobench.load(lvb_root.parent)  # videos/ is looked up next to the lvb_val.json found
+    report = load_dataset("longvideobench", lvb_root.parent)  # videos/ is looked up next to the lvb_val.json found
     assert [(q.qid, q.answer) for q in report.questions] == [("86CxyhFV9MI_0", "C"), ("xjh2Y_kOLv8_1", "A")]
     with pytest.raises(FileNotFoundError, match="no LongVideoBench annotation file"):
-        longvideobench.load(lvb_root / "videos")
+        load_dataset("longvideobench", lvb_root / "videos")
 
 
 def test_longvideobench_unreadable_annotation_is_counted(tmp_path):
     (tmp_path / "lvb_val.json").write_text('{"not": "a list"}')
-    report = longvideobench.load(tmp_path)
+    report = load_dataset("longvideobench", tmp_path)
     assert report.questions == [] and report.skipped == {"unreadable file: lvb_val.json": 1}
 
 
@@ -490,7 +491,7 @@ def test_missing_root_is_one_clear_line(name, tmp_path):
 
 def test_registry_names_and_unknown_dataset(videomme_root):
     assert set(DATASETS) == {"videomme", "mlvu", "longvideobench", "synthetic"}
-    assert load_dataset("videomme", videomme_root, limit=1).questions == videomme.load(videomme_root, 1).questions
+    assert load_dataset("videomme", videomme_root, limit=1).questions == load_dataset("videomme", videomme_root, 1).questions
     known = "known: longvideobench, mlvu, synthetic, videomme"
     with pytest.raises(ValueError, match=f"unknown dataset 'egoschema'; {known}"):
         load_dataset("egoschema", videomme_root)

@@ -32,8 +32,7 @@ import hashlib
 import os
 import random
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -61,11 +60,14 @@ def letters(n: int) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class Question:
-    """One multiple-choice question about one video.
+    """One question about one video: multiple-choice (options) or open-ended (no options), labelled or not.
 
     qid: unique within its dataset. video_path: absolute. options: option texts without letter prefixes, in
-    the dataset's order. answer: the correct option's letter, "A" for options[0]. meta: free-form grouping
-    fields (duration group, task type, domain, ...); not part of equality or hashing.
+    the dataset's order; () for an open-ended question. answer: the correct option's letter ("A" for options[0]),
+    the gold answer text of an open-ended question, or None when the table has no answers (tuned for fidelity to
+    the unpruned model). meta: free-form grouping fields (duration group, task type, domain, ...); not part of
+    equality or hashing. style: whose prompt wording and answer reading apply (videomme, mlvu, longvideobench;
+    "" means `dataset`'s, and a dataset without its own wording gets Video-MME's).
     """
 
     qid: str
@@ -74,22 +76,36 @@ class Question:
     video_path: str
     question: str
     options: tuple[str, ...]
-    answer: str
+    answer: str | None
     meta: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False, compare=False)
+    style: str = dataclasses.field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.options, tuple) or not all(isinstance(o, str) for o in self.options):
             raise ValueError(f"question {self.qid}: options must be a tuple of str, got {self.options!r}")
-        if len(self.options) < 2:
-            raise ValueError(f"question {self.qid}: needs at least 2 options, got {len(self.options)}")
-        if self.answer not in letters(len(self.options)):
+        if len(self.options) == 1:
+            raise ValueError(f"question {self.qid}: needs at least 2 options (or none: open-ended), got 1")
+        if self.options and self.answer is not None and self.answer not in letters(len(self.options)):
             raise ValueError(f"question {self.qid}: answer {self.answer!r} is not one of {letters(len(self.options))}")
+        if not self.options and self.answer is not None and not isinstance(self.answer, str):
+            raise ValueError(f"question {self.qid}: an open-ended answer must be text, got {self.answer!r}")
         if not os.path.isabs(self.video_path):
             raise ValueError(f"question {self.qid}: video_path must be absolute, got {self.video_path!r}")
 
     @property
+    def open_ended(self) -> bool:
+        """No options: the answer is generated text."""
+        return not self.options
+
+    @property
+    def labelled(self) -> bool:
+        return self.answer is not None
+
+    @property
     def answer_index(self) -> int:
         """Index of the correct option in `options`."""
+        if not self.options or self.answer is None:
+            raise ValueError(f"question {self.qid}: no correct option (open-ended or unlabelled)")
         return ord(self.answer) - ord("A")
 
 
@@ -99,100 +115,6 @@ class SkipRow(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
-
-
-@dataclasses.dataclass
-class LoadReport:
-    """What a dataset adapter loaded, and what it skipped and why (reason -> count)."""
-
-    questions: list[Question]
-    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    dataset: str = ""
-
-    @property
-    def n_videos(self) -> int:
-        return len({q.video_id for q in self.questions})
-
-    def summary(self) -> str:
-        """One line: "videomme: 3 questions from 2 videos; skipped 2 (1 malformed row: no answer, 1 missing video)"."""
-        name = self.dataset or (self.questions[0].dataset if self.questions else "dataset")
-        line = f"{name}: {len(self.questions)} questions from {self.n_videos} videos"
-        total = sum(self.skipped.values())
-        if not total:
-            return line + "; skipped 0"
-        reasons = sorted(self.skipped.items(), key=lambda item: (-item[1], item[0]))
-        return line + f"; skipped {total} (" + ", ".join(f"{count} {reason}" for reason, count in reasons) + ")"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Shared by the adapters: root checks, typed field access, the skip-and-count loop.
-
-
-def dataset_root(dataset: str, root: str | os.PathLike[str]) -> Path:
-    """`root` as an absolute directory, or FileNotFoundError "dataset root for DATASET not found: PATH"."""
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"dataset root for {dataset} not found: {path}")
-    return path.resolve()
-
-
-def required(row: Mapping[str, Any], name: str, kind: type | tuple[type, ...] = str) -> Any:
-    """row[name], which must be present, non-empty and of type `kind` (bool never passes for int); else SkipRow
-    "malformed row: no NAME", "malformed row: NAME has wrong type", or "malformed row: not an object"."""
-    if not isinstance(row, Mapping):
-        raise SkipRow("malformed row: not an object")
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    value = row.get(name)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise SkipRow(f"malformed row: no {name}")
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        raise SkipRow(f"malformed row: {name} has wrong type")
-    return value
-
-
-def parquet_rows(files: Iterable[Path], skipped: collections.Counter) -> Iterator[Any]:
-    """Every row of the parquet `files` in order, as dicts; a file that cannot be read is counted in `skipped` as
-    "unreadable file: NAME" and passed over."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    for path in files:
-        try:
-            rows = pq.read_table(path).to_pylist()
-        except (OSError, pa.ArrowException):
-            skipped[f"unreadable file: {path.name}"] += 1
-            continue
-        yield from rows
-
-
-def collect(
-    dataset: str,
-    rows: Iterable[Any],
-    parse: Callable[[Any], Question],
-    limit: int | None = None,
-    skipped: collections.Counter | None = None,
-) -> LoadReport:
-    """Parse rows in order into a LoadReport, counting each SkipRow reason, until `limit` questions are loaded.
-
-    `skipped` may be shared with the row source (which counts unreadable files as it goes). A row whose values
-    break the parser in a way it did not name (a Question failing its own checks, an odd type) counts as
-    "malformed row: invalid": one bad row never stops a load.
-    """
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-        raise ValueError(f"limit must be None or an int >= 0, got {limit!r}")
-    report = LoadReport([], skipped if skipped is not None else collections.Counter(), dataset)
-    if limit == 0:
-        return report
-    for row in rows:
-        try:
-            report.questions.append(parse(row))
-        except SkipRow as skip:
-            report.skipped[skip.reason] += 1
-        except (ValueError, TypeError):
-            report.skipped["malformed row: invalid"] += 1
-        if limit is not None and len(report.questions) >= limit:
-            break
-    return report
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -236,7 +158,7 @@ def _raw(q: Question) -> tuple[str, list[str]] | None:
 
 def _videomme_prompt(q: Question) -> str:
     instruction = _VIDEOMME_INSTRUCTION.format(letter_list=_letter_list(len(q.options)))
-    raw = _raw(q) if q.dataset == "videomme" else None
+    raw = _raw(q) if style_of(q) == "videomme" else None
     if raw is not None:  # lmms-eval: the options exactly as stored, each already carrying its "A. " prefix
         return f"{instruction}\n{raw[0]}\n" + "\n".join(raw[1]) + f"\n{_VIDEOMME_POST_PROMPT}"
     return f"{instruction}\n{q.question}\n{_dotted_options(q.options)}\n{_VIDEOMME_POST_PROMPT}"
@@ -265,12 +187,25 @@ PROMPTS: dict[str, Callable[[Question], str]] = {
 }
 
 
-def build_prompt(question: Question) -> str:
-    """The user text that follows the video, in lmms-eval's wording for `question.dataset`.
+# Open-ended questions (no options): the question, then the short-answer instruction lmms-eval's open-ended video
+# tasks use (e.g. ActivityNet-QA's default post_prompt).
+OPEN_POST_PROMPT = "\nAnswer the question using a single word or phrase."
 
-    Datasets without their own wording (synthetic, or one of your own) get Video-MME's.
+
+def style_of(question: Question) -> str:
+    """Whose wording and answer reading a question follows: its `style`, else its dataset's name."""
+    return question.style or question.dataset
+
+
+def build_prompt(question: Question) -> str:
+    """The user text that follows the video, in lmms-eval's wording for the question's style (`style_of`).
+
+    Datasets without their own wording (synthetic, or one of your own) get Video-MME's; open-ended questions the
+    question and OPEN_POST_PROMPT.
     """
-    return PROMPTS.get(question.dataset, _videomme_prompt)(question)
+    if question.open_ended:
+        return f"{question.question}{OPEN_POST_PROMPT}"
+    return PROMPTS.get(style_of(question), _videomme_prompt)(question)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -396,10 +331,10 @@ def lmms_eval_answer(text: str, question: Question, seed: int = 0) -> tuple[str 
     """The letter lmms-eval 0.7.3 reads from `text` for `question`'s dataset, and whether it was drawn at random
     (LongVideoBench's fallback, seeded per question from `seed` and the qid, so reruns agree). Video-MME and MLVU
     use choices A-D as lmms-eval does; other datasets their own letters."""
-    if question.dataset == "longvideobench":
+    if style_of(question) == "longvideobench":
         digest = hashlib.sha256(f"{seed}|{question.qid}".encode()).digest()
         return lmms_eval_longvideobench_letter(text, len(question.options), random.Random(digest))
-    choices = letters(4) if question.dataset in ("videomme", "mlvu") else letters(len(question.options))
+    choices = letters(4) if style_of(question) in ("videomme", "mlvu") else letters(len(question.options))
     return lmms_eval_mcq_letter(text, choices), False
 
 
@@ -454,7 +389,7 @@ def accuracy_by(
     hits: dict[Any, list[int]] = collections.defaultdict(lambda: [0, 0])
     for question, ok in zip(questions, correct, strict=True):
         group = hits[_group_of(question, key)]
-        group[0] += bool(ok)
+        group[0] += float(ok)
         group[1] += 1
     return {name: hits[name][0] / hits[name][1] for name in sorted(hits, key=str)}
 
@@ -463,9 +398,9 @@ def micro_macro(
     questions: Sequence[Question], correct: Sequence[bool], key: str | Callable[[Question], Any] = "task_type"
 ) -> tuple[float, float]:
     """(micro, macro) accuracy: micro over all questions, macro the mean of the accuracies of the groups present.
-    For MLVU as lmms-eval scores it (a missing task type counts as 0), use `mlvu.lmms_eval_dev_score`."""
+    For MLVU as lmms-eval scores it (a missing task type counts as 0), use `benchmarks.mlvu_dev_score`."""
     if not questions:
         raise ValueError("no questions to score")
     per_group = accuracy_by(questions, correct, key)
-    micro = sum(bool(ok) for ok in correct) / len(correct)
+    micro = sum(float(ok) for ok in correct) / len(correct)
     return micro, sum(per_group.values()) / len(per_group)

@@ -20,8 +20,11 @@ alone says which kind it belongs to (a tiny model can then find "the stripes" to
 Colours are saturated RGB so that yuv420p h264 keeps them apart (see COLOURS). Layout on disk::
 
     ROOT/videos/<video_id>.mp4
-    ROOT/questions.json   [{qid, video_id, video, question, options, answer, meta: {kind, colour,
-                            target_frames, cells, events}}]   (video: path relative to ROOT)
+    ROOT/questions.jsonl  one question a line: {qid, video_id, video, question, options, answer, meta: {kind,
+                          colour, target_frames, cells, events}}   (video: path relative to ROOT); a `datasets`
+                          JSON table, read by the `synthetic` preset of autotune.data.table
+    ROOT/open.jsonl       the same videos as an unlabelled, open-ended table: {id, clip, question} (what colour
+                          was the object with this pattern?), for `studies/demo-own-data.yaml`
     ROOT/meta.json        generator version and parameters, written last: its presence means "complete"
 
     python -m autotune.data.synthetic ROOT N_VIDEOS [--seed S] [--frames F] [--size PX]
@@ -32,25 +35,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from autotune.data.protocol import (
-    MAX_OPTIONS,
-    LoadReport,
-    Question,
-    SkipRow,
-    collect,
-    dataset_root,
-    letters,
-    required,
-)
+from autotune.data.protocol import letters
 
 DATASET = "synthetic"
-GENERATOR_VERSION = "synthetic-v5"  # v5: lossless H.264 (v4 was lossy, and x264 is not bit-reproducible)
+# v6: questions.jsonl (a `datasets` table) and open.jsonl; v5: lossless H.264 (x264's lossy output is not
+# bit-reproducible). The videos are those of v5.
+GENERATOR_VERSION = "synthetic-v6"
 GRID = 4  # cells per side; one cell = one pooled visual token at 32x32 input
 KINDS = ("block", "stripes", "checker")
 OBJECT_CELLS = 2  # objects cover OBJECT_CELLS x OBJECT_CELLS cells
@@ -65,6 +60,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 EVENT_LENGTHS = (2, 3, 4)  # consecutive frames per event
 QUESTION_TEMPLATE = "Which pattern did the {colour} object have?"
+OPEN_QUESTION_TEMPLATE = "What colour was the {kind} object?"
 _FPS = 8
 _TEXTURE_CELLS = 8  # background texture resolution before smooth upsampling
 
@@ -125,7 +121,9 @@ def generate(
         if stale.stem not in current:
             stale.unlink()
 
-    (root / "questions.json").write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    (root / "questions.json").unlink(missing_ok=True)  # v5's manifest
+    _write_jsonl(root / "questions.jsonl", rows)
+    _write_jsonl(root / "open.jsonl", [_open_row(row) for row in rows])
     meta = {"generator": GENERATOR_VERSION, **params, "codec": codec, "fps": _FPS, "grid": GRID}
     meta["kinds"] = list(KINDS)
     meta["colours"] = {name: list(rgb) for name, rgb in COLOURS.items()}
@@ -267,45 +265,29 @@ def _write_mp4(path: Path, video: np.ndarray, codec: str) -> None:
             container.mux(packet)
 
 
-def _rows(questions_path: Path) -> Iterator[Any]:
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows), encoding="utf-8")
+
+
+def _open_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The question as a user's own unlabelled, open-ended table would hold it: an id, a clip, a question."""
+    return {"id": row["qid"], "clip": row["video"], "question": OPEN_QUESTION_TEMPLATE.format(kind=row["meta"]["kind"])}
+
+
+def load(root: str | os.PathLike[str], limit: int | None = None):
+    """The synthetic questions under ``root`` (made by :func:`generate`), in file order; at most ``limit``: the
+    `synthetic` preset of the table adapter. Missing root or questions.jsonl: FileNotFoundError."""
+    from autotune.data.benchmarks import load_dataset
+    from autotune.data.table import TableError
+
+    if not (Path(root) / "questions.jsonl").is_file():
+        if not Path(root).is_dir():
+            raise FileNotFoundError(f"dataset root for {DATASET} not found: {root}")
+        raise FileNotFoundError(f"no questions.jsonl in {root}: make the set with autotune.data.synthetic.generate")
     try:
-        rows = json.loads(questions_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise ValueError(f"{questions_path}: not a readable JSON file: {error}") from None
-    if not isinstance(rows, list):
-        raise ValueError(f"{questions_path}: expected a JSON list of questions, got {type(rows).__name__}")
-    yield from rows
-
-
-def _parse(base: Path, row: Any) -> Question:
-    qid = required(row, "qid")
-    video_id = required(row, "video_id")
-    question = required(row, "question")
-    options = required(row, "options", list)
-    if not all(isinstance(option, str) and option for option in options):
-        raise SkipRow("malformed row: options has wrong type")
-    if not 2 <= len(options) <= MAX_OPTIONS:
-        raise SkipRow("malformed row: wrong number of options")
-    answer = required(row, "answer")
-    if answer not in letters(len(options)):
-        raise SkipRow("malformed row: answer not among options")
-    video = base / required(row, "video")
-    if not video.is_file():
-        raise SkipRow("missing video")
-    meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
-    return Question(qid, DATASET, video_id, str(video), question, tuple(options), answer, dict(meta))
-
-
-def load(root: str | os.PathLike[str], limit: int | None = None) -> LoadReport:
-    """The synthetic questions under ``root`` (made by :func:`generate`), in file order; at most ``limit``.
-
-    Missing root or questions.json: FileNotFoundError. Malformed rows and missing videos are skipped and counted.
-    """
-    base = dataset_root(DATASET, root)
-    questions_path = base / "questions.json"
-    if not questions_path.is_file():
-        raise FileNotFoundError(f"no questions.json in {base}: make the set with autotune.data.synthetic.generate")
-    return collect(DATASET, _rows(questions_path), lambda row: _parse(base, row), limit)
+        return load_dataset(DATASET, root, limit=limit)
+    except TableError as error:
+        raise FileNotFoundError(str(error)) from None
 
 
 def main(argv: list[str] | None = None) -> None:
