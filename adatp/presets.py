@@ -17,6 +17,9 @@ A preset is one YAML file:
       vanilla_accuracy: {value: 0.62, n: 1200}   # unpruned model, same test questions
       default_accuracy: {value: 0.58, n: 1200}   # default AdaTPConfig at the same retention, same questions
       paired: {test_minus_vanilla: -0.02}      # free-form: name -> number or list of numbers
+      # An unlabelled table has no accuracy: tune_fidelity, test_fidelity, default_fidelity instead (agreement with
+      # the unpruned model on the same questions, same fields as an accuracy).
+      scoring: {objective: accuracy, answers: multiple-choice, metric: letter, reference: gold}   # how it was scored
     provenance:                                # optional, and so is every key in it
       study: videomme-b0.30
       trial: 17                                # int >= 0
@@ -50,8 +53,12 @@ _FORMAT_PATTERN = re.compile(r"adatp-preset/v(\d+)")
 
 _TOP_KEYS = ("format", "config", "target", "results", "provenance")
 _TARGET_KEYS = ("model", "dataset", "frames", "flops_budget")
-_ACCURACY_KEYS = ("tune_accuracy", "test_accuracy", "vanilla_accuracy", "default_accuracy")
-_RESULT_KEYS = ("flops_ratio", *_ACCURACY_KEYS, "paired")
+_ACCURACY_KEYS = ("tune_accuracy", "test_accuracy", "vanilla_accuracy", "default_accuracy", "tune_fidelity",
+                  "test_fidelity", "default_fidelity")
+_RESULT_KEYS = ("flops_ratio", *_ACCURACY_KEYS, "paired", "scoring")
+# results.scoring: how answers were scored (objective, multiple-choice or open-ended, the metric, against what).
+SCORING = {"objective": ("accuracy", "fidelity"), "answers": ("multiple-choice", "open-ended"),
+           "metric": ("letter", "exact_match", "token_f1", "relative_accuracy"), "reference": ("gold", "unpruned")}
 _ACCURACY_FIELDS = ("value", "n", "ci95", "macro", "macro_missing")
 _PROVENANCE_KEYS = ("study", "trial", "mlflow_run_id", "versions", "created")
 # A measured flops_ratio may exceed the budget it was tuned for by float noise alone (0.30000000000000004).
@@ -79,6 +86,17 @@ class Preset:
         """Held-out test accuracy in [0, 1], or None when not measured."""
         accuracy = self.results.get("test_accuracy")
         return None if accuracy is None else accuracy["value"]
+
+    @property
+    def held_out(self) -> tuple[str, dict[str, Any] | None, dict[str, Any] | None, dict[str, Any] | None]:
+        """`held_out_view` of this preset's results."""
+        return held_out_view(self.results)
+
+    @property
+    def test_score(self) -> float | None:
+        """The held-out test accuracy, else (unlabelled table) the test fidelity; None when not measured."""
+        test = self.held_out[1]
+        return None if test is None else test["value"]
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML document, validated and in file order (format, config, target, results, provenance)."""
@@ -168,7 +186,8 @@ def select_preset(directory: str | os.PathLike[str], dataset: str, budget: float
     """The best preset in `directory` (its `*.yaml` files) for `dataset` that fits a FLOPs `budget` in (0, 1].
 
     A preset fits when its achieved `results.flops_ratio` (else its `target.flops_budget`) is <= budget. Among
-    those, the highest test accuracy wins (presets without one rank last); ties go to the lower FLOPs ratio,
+    those, the highest test accuracy (for unlabelled data: test fidelity) wins (presets without one rank last); ties
+    go to the lower FLOPs ratio,
     then to the file name. Unreadable presets are skipped; if none fits, ConfigError says what exists.
     """
     validation.number("select_preset.budget", budget, 0.0, 1.0, low_open=True)
@@ -190,7 +209,7 @@ def select_preset(directory: str | os.PathLike[str], dataset: str, budget: float
         if preset.flops_ratio <= budget + _BUDGET_SLACK:
             fitting.append(preset)
     if fitting:
-        return max(fitting, key=lambda p: (p.test_accuracy is not None, p.test_accuracy or 0.0, -p.flops_ratio))
+        return max(fitting, key=lambda p: (p.test_score is not None, p.test_score or 0.0, -p.flops_ratio))
     found = (
         f"its presets cost {', '.join(f'{cost:g}' for cost in sorted(dataset_costs))}"
         if dataset_costs
@@ -219,6 +238,14 @@ def _plain(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         return int(value)
     return value
+
+
+def held_out_view(results: dict[str, Any]) -> tuple[str, Any, Any, Any]:
+    """(what was measured, test, default, vanilla) of a preset's `results`: "accuracy" with those three, or for an
+    unlabelled table "fidelity" (agreement with the unpruned model; vanilla is then None: it agrees with itself)."""
+    if results.get("test_accuracy") is None and results.get("test_fidelity") is not None:
+        return "fidelity", results["test_fidelity"], results.get("default_fidelity"), None
+    return "accuracy", results.get("test_accuracy"), results.get("default_accuracy"), results.get("vanilla_accuracy")
 
 
 def _or_empty(value: Any) -> Any:
@@ -304,7 +331,15 @@ def _results(where: str, data: Any) -> dict[str, Any]:
             results[key] = _accuracy(f"{where}.{key}", data[key])
     if "paired" in data:
         results["paired"] = _paired(f"{where}.paired", _or_empty(data["paired"]))
+    if data.get("scoring") is not None:
+        results["scoring"] = _scoring(f"{where}.scoring", data["scoring"])
     return results
+
+
+def _scoring(where: str, data: Any) -> dict[str, str]:
+    data = validation.mapping(where, data)
+    validation.known_keys(where, data, tuple(SCORING))
+    return {key: validation.choice(f"{where}.{key}", data[key], SCORING[key]) for key in SCORING if key in data}
 
 
 def _versions(where: str, data: Any) -> dict[str, str]:

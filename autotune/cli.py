@@ -1,6 +1,7 @@
 """The `autotune` command line. Exit codes: 0 ok, 2 bad input or an unreachable storage (one line, no traceback),
 1 internal error, 130 interrupted (run the same command again to resume).
 
+    autotune data studies/demo.yaml                   # preview and preflight the spec's table (no model loads)
     autotune study studies/demo.yaml n_trials=12      # create the studies (one per budget), then run trials here
     autotune worker studies/demo.yaml                 # join existing studies from another process or machine
     autotune status studies/demo.yaml                 # trials by state, best so far per budget
@@ -38,11 +39,12 @@ class BadInput(Exception):
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
     from adatp import ConfigError
+    from autotune.data import TableError
     from autotune.spec import SpecError
     from autotune.storage import StorageOutage
     from autotune.study import StudyError
 
-    return (SpecError, StudyError, ConfigError, BadInput, StorageOutage)
+    return (SpecError, StudyError, ConfigError, BadInput, StorageOutage, TableError)
 
 
 def guarded(command: Callable) -> Callable:
@@ -106,6 +108,8 @@ def _workspace(spec, echo: bool = True):
     if echo:
         typer.echo(f"{workspace.report.summary()}; split by video: {len(workspace.tune)} tune, "
                    f"{len(workspace.test)} test questions")
+        for note in workspace.notes:
+            typer.echo(note)
     return workspace
 
 
@@ -171,8 +175,8 @@ def study(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
         _run_worker_processes(spec_path, list(overrides or []), extra, spec, studies, progress)
     else:
         run_studies(workspace, studies, progress=progress, echo=typer.echo)
-    _print_status(spec)
-    _pareto(spec)
+    _print_status(workspace.spec)
+    _pareto(workspace.spec)
 
 
 def _run_worker_processes(spec_path: str, overrides: list[str], extra: list[list[str]], spec, studies,
@@ -228,16 +232,17 @@ def worker(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
     _quiet_libraries()
     workspace = _workspace(spec)
     run_studies(workspace, open_studies(workspace), progress=progress, echo=typer.echo)
-    _print_status(spec)
+    _print_status(workspace.spec)
 
 
 def _print_status(spec) -> bool:
     from rich.table import Table
 
     from autotune.storage import stale_trial_numbers
-    from autotune.study import ATTR, best_feasible, finished_count, load_studies
+    from autotune.study import ATTR, best_feasible, finished_count, load_studies, recorded_spec
 
     studies = load_studies(spec)
+    spec = recorded_spec(spec, studies)
     notes, rung_note = [], None
     table = Table(title=f"{spec.name}: {spec.n_trials} trials planned per budget")
     for column in ("budget", "study", "retention", "done", "COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING",
@@ -301,15 +306,40 @@ def _print_selected(spec) -> None:
         except adatp.ConfigError as error:
             table.add_row(f"{budget:.2f}", "-", *["-"] * len(names), f"unreadable: {error}", "-", "-", str(path))
             continue
-        results = preset.results
-        test = results.get("test_accuracy", {})
+        kind, test, default, vanilla = preset.held_out
+        test, default, vanilla = (item or {} for item in (test, default, vanilla))
         ci = test.get("ci95") or [float("nan")] * 2
         table.add_row(f"{budget:.2f}", str(preset.provenance.get("trial", "-")),
                       *[f"{getattr(preset.config, name):.3f}" for name in names],
-                      f"{test.get('value', float('nan')):.3f} [{ci[0]:.3f}, {ci[1]:.3f}]",
-                      f"{results.get('vanilla_accuracy', {}).get('value', float('nan')):.3f}",
-                      f"{results.get('default_accuracy', {}).get('value', float('nan')):.3f}", str(path))
+                      f"{test.get('value', float('nan')):.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" + _fidelity_mark(kind),
+                      f"{vanilla.get('value', float('nan')):.3f}" if vanilla else "-",
+                      f"{default.get('value', float('nan')):.3f}", str(path))
     _console().print(table)
+
+
+def _fidelity_mark(kind: str) -> str:
+    """Marks a held-out number that is agreement with the unpruned model (unlabelled table), not accuracy."""
+    return " fidelity" if kind == "fidelity" else ""
+
+
+@app.command()
+@guarded
+def data(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
+         probe: bool = typer.Option(True, help="open every video found and count its frames (decord, else PyAV)"),
+         progress: bool = typer.Option(True, help="progress bar while probing videos")) -> None:
+    """Preview and preflight the spec's table before any model loads: counts, column types, option and answer
+    histograms, the first prompts as the model sees them, skipped rows by reason, every missing or unreadable video.
+    Exit 2 when something would stop `autotune study` (e.g. a missing video without dataset.missing_video: skip)."""
+    from autotune.preview import preflight
+
+    spec = _spec(spec_path, overrides)
+    _quiet_libraries()
+    report = preflight(spec, probe=probe, progress=progress)
+    for line in report.lines():
+        typer.echo(line)
+    if report.blocking:
+        typer.echo(f"error: autotune study would refuse this table: {'; '.join(report.blocking)}", err=True)
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -325,7 +355,9 @@ def _pareto(spec, log: bool = True) -> None:
     from rich.table import Table
 
     from autotune.export import summarise_pareto
+    from autotune.study import recorded_spec
 
+    spec = recorded_spec(spec)
     directory = Path(spec.workdir) / "pareto"
     points, front, volume, held = summarise_pareto(spec, directory, log=log)
     tested = {(item.budget, item.trial): item for item in held}
@@ -378,13 +410,15 @@ def export(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
         if item.preset is None:
             continue
         results = item.preset.results
-        test, paired = results["test_accuracy"], results["paired"]
-        tune = results.get("tune_accuracy", {}).get("value", paired.get("tune_fidelity"))
+        kind, test, default, vanilla = item.preset.held_out
+        paired = results["paired"]
+        tune = results.get(f"tune_{kind}", {}).get("value", paired.get("tune_fidelity"))
         low, high = paired["test_minus_default_ci95"]
         table.add_row(f"{item.budget:.2f}", str(item.preset.provenance["trial"]), f"{results['flops_ratio']:.4f}",
-                      f"{tune:.3f}", f"{test['value']:.3f} [{test['ci95'][0]:.3f}, {test['ci95'][1]:.3f}]",
-                      f"{results['vanilla_accuracy']['value']:.3f}", f"{results['default_accuracy']['value']:.3f}",
-                      f"{paired['test_minus_default']:+.3f} [{low:+.3f}, {high:+.3f}]", str(item.path))
+                      f"{tune:.3f}", f"{test['value']:.3f} [{test['ci95'][0]:.3f}, {test['ci95'][1]:.3f}]"
+                      + _fidelity_mark(kind), f"{vanilla['value']:.3f}" if vanilla else "-",
+                      f"{default['value']:.3f}", f"{paired['test_minus_default']:+.3f} [{low:+.3f}, {high:+.3f}]",
+                      str(item.path))
     _console().print(table)
     for item in exported:
         typer.echo(item.message)
@@ -395,7 +429,7 @@ def export(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
     from autotune.export import summarise_pareto
 
     directory = Path(spec.workdir) / "pareto"
-    summarise_pareto(spec, directory)  # the summary plots and run now carry the held-out results
+    summarise_pareto(workspace.spec, directory)  # the summary plots and run now carry the held-out results
     typer.echo(f"Pareto plots with the held-out results: {directory / 'pareto.png'}  {directory / 'pareto.html'}")
     typer.echo(f"MLflow UI: autotune ui {spec_path}")
 

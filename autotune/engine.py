@@ -49,6 +49,7 @@ from autotune.data.protocol import (
     lmms_eval_answer,
     protocol_version,
 )
+from autotune.data.scoring import OPEN_METRICS, score_answer
 
 # Bounds of the prefix cache (a 7B prefix at 32 frames and K = 2 is ~71 MB in bfloat16: README, Trial cost).
 PREFIX_MEMORY = 4 << 30
@@ -72,7 +73,9 @@ def prompt_ids(tokenizer, question: Question, video_token_id: int, n_video_token
 
 @dataclasses.dataclass
 class EvalResult:
-    """One config on a list of questions. `correct`/`predictions` map qid -> bool / letter (None: unanswered).
+    """One config on a list of questions. `predictions`: qid -> letter, or for open-ended questions the generated
+    text (None: unanswered). `scores`: qid -> score in [0, 1] against the gold answer (1/0 for a letter; the engine's
+    open-ended metric otherwise), for labelled questions; `correct`: qid -> score == 1. `accuracy`: mean score.
 
     flops_ratio: mean over questions of pruned / vanilla LM prefill FLOPs (text tokens included).
     kept_tokens: visual tokens kept per video. seconds: decode, vision, prefill (LM incl. selection), selection.
@@ -84,6 +87,7 @@ class EvalResult:
     correct: dict[str, bool]
     predictions: dict[str, str | None]
     accuracy: float
+    scores: dict[str, float]
     flops_ratio: float
     kept_tokens: int
     visual_tokens: int
@@ -150,7 +154,7 @@ class Engine:
                  frames: int | None = None, cache_dir: str | os.PathLike[str] | None = None,
                  trust_remote_code: bool = False, cuda_graphs: bool = False,
                  frame_size: tuple[int, int] | None = None, prefix_cache: bool = True, mode: str = "logits",
-                 extraction: str = "lmms-eval-0.7") -> None:
+                 extraction: str = "lmms-eval-0.7", metric: str = "letter", max_new_tokens: int = 16) -> None:
         if not (Path(model).is_dir() or "/" in model):
             raise FileNotFoundError(f"model {model!r}: not a local directory or a hub id")
         loaded, tokenizer = load_model(model, dtype, attn_implementation, trust_remote_code)
@@ -161,26 +165,32 @@ class Engine:
         saved_frames = _saved_num_frames(str(local)) if local is not None else None
         self._attach(loaded, tokenizer, device, frames or saved_frames or 32, cache_dir, preprocess,
                      model_path=model, cuda_graphs=cuda_graphs, frame_size=frame_size, prefix_cache=prefix_cache,
-                     mode=mode, extraction=extraction)
+                     mode=mode, extraction=extraction, metric=metric, max_new_tokens=max_new_tokens)
 
     @classmethod
     def from_model(cls, model, tokenizer, device: str = "cpu", frames: int = 32,
                    cache_dir: str | os.PathLike[str] | None = None, preprocess: dict | None = None,
                    cuda_graphs: bool = False, frame_size: tuple[int, int] | None = None,
-                   prefix_cache: bool = True, mode: str = "logits", extraction: str = "lmms-eval-0.7") -> Engine:
+                   prefix_cache: bool = True, mode: str = "logits", extraction: str = "lmms-eval-0.7",
+                   metric: str = "letter", max_new_tokens: int = 16) -> Engine:
         """An engine around a model already in memory (e.g. built from config for a GPU benchmark)."""
         engine = cls.__new__(cls)
         engine._attach(model, tokenizer, device, frames, cache_dir, preprocess or {}, model_path="<in memory>",
                        cuda_graphs=cuda_graphs, frame_size=frame_size, prefix_cache=prefix_cache, mode=mode,
-                       extraction=extraction)
+                       extraction=extraction, metric=metric, max_new_tokens=max_new_tokens)
         return engine
 
     def _attach(self, model, tokenizer, device: str, frames: int, cache_dir, preprocess: dict,
                 model_path: str, cuda_graphs: bool, frame_size: tuple[int, int] | None,
-                prefix_cache: bool = True, mode: str = "logits", extraction: str = "lmms-eval-0.7") -> None:
+                prefix_cache: bool = True, mode: str = "logits", extraction: str = "lmms-eval-0.7",
+                metric: str = "letter", max_new_tokens: int = 16) -> None:
         if mode not in ("logits", "generate"):
             raise ValueError(f"mode must be 'logits' or 'generate', got {mode!r}")
+        if metric != "letter" and metric not in OPEN_METRICS:
+            raise ValueError(f"metric must be 'letter' or one of {', '.join(OPEN_METRICS)}, got {metric!r}")
         self.mode = mode
+        self.metric = metric
+        self.max_new_tokens = max_new_tokens
         self.extraction = extraction
         self.protocol = protocol_version(extraction)
         self.model_path = model_path
@@ -318,11 +328,13 @@ class Engine:
                 adatp.disable(self.model)
         seconds["total"] = time.perf_counter() - started
         by_qid = {q.qid: q for q in questions}
-        correct = {qid: letter == by_qid[qid].answer for qid, letter in predictions.items()}
+        scores = {qid: score_answer(by_qid[qid], answer, by_qid[qid].answer, self.metric)
+                  for qid, answer in predictions.items() if by_qid[qid].labelled}
         return EvalResult(
-            correct=correct,
+            correct={qid: score == 1.0 for qid, score in scores.items()},
             predictions=predictions,
-            accuracy=sum(correct.values()) / len(correct) if correct else 0.0,
+            accuracy=sum(scores.values()) / len(scores) if scores else 0.0,
+            scores=scores,
             flops_ratio=sum(ratios) / len(ratios) if ratios else 1.0,
             kept_tokens=self.n_visual if config is None else kept_count(self.n_visual, config.retention),
             visual_tokens=self.n_visual,
@@ -433,7 +445,7 @@ class Engine:
                 logits = self.model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1].float()
                 answers = self._letters(logits, questions)
             else:
-                output = self.model.generate(**inputs, max_new_tokens=16, do_sample=False,
+                output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
                                              pad_token_id=self.tokenizer.pad_token_id)
                 texts = self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :],
                                                     skip_special_tokens=True)
@@ -443,7 +455,10 @@ class Engine:
         return answers
 
     def _extract(self, text: str, question: Question, drawn: list[str]) -> str | None:
-        """The letter a generated text names, under the engine's extraction rules."""
+        """The letter a generated text names, under the engine's extraction rules; an open-ended question's answer is
+        the text itself (stripped; None when empty)."""
+        if question.open_ended:
+            return text.strip() or None
         if self.extraction == "strict":
             return extract_answer(text, len(question.options))
         letter, random_draw = lmms_eval_answer(text, question)
@@ -453,9 +468,11 @@ class Engine:
 
     def vanilla_predictions(self, questions: Sequence[Question], dataset_key: str, batch_size: int = 8,
                             progress: bool = False) -> dict[str, str | None]:
-        """The unpruned model's letters, computed once per (model, dataset, protocol) and cached on disk."""
+        """The unpruned model's letters (or open-ended answers), computed once per (model, dataset, protocol, mode)
+        and cached on disk."""
         settings = json.dumps(self.video_protocol, sort_keys=True)
-        digest = hashlib.sha256(f"{self.model_key}|{dataset_key}|{self.protocol}|{self.mode}|{settings}".encode())
+        answering = self.mode if self.mode == "logits" else f"{self.mode}|{self.max_new_tokens}"
+        digest = hashlib.sha256(f"{self.model_key}|{dataset_key}|{self.protocol}|{answering}|{settings}".encode())
         path = self.cache_dir / "vanilla" / f"{digest.hexdigest()[:24]}.json" if self.cache_dir else None
         known = _read_answers(path) if path else {}
         missing = [q for q in questions if q.qid not in known]

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import adatp
-from autotune.data import mlvu
+from adatp.presets import held_out_view
+from autotune.data import mlvu_dev_score
+from autotune.data.scoring import score_answer
 from autotune.pareto import HeldOut, Point, front_table, hypervolume, pareto_front, plot_html, plot_png
 from autotune.stats import accuracy_summary, paired_difference
 from autotune.study import (
@@ -72,7 +74,6 @@ def export_presets(workspace: Workspace, progress: bool = False, echo=print) -> 
     engine = workspace.engine
     tracker = workspace.tracker
     vanilla = workspace.vanilla(workspace.test)
-    by_qid = {q.qid: q for q in workspace.test}
     exported = []
     for budget, study in studies.items():
         settings = study.user_attrs[ATTR]
@@ -96,33 +97,11 @@ def export_presets(workspace: Workspace, progress: bool = False, echo=print) -> 
                  f"{len(workspace.test)} test questions")
         tuned = engine.evaluate(workspace.test, chosen, batch_size=spec.batch_size, progress=progress)
         baseline = engine.evaluate(workspace.test, default, batch_size=spec.batch_size, progress=progress)
-        qids = [q.qid for q in workspace.test
-                if q.qid in tuned.predictions and q.qid in baseline.predictions and vanilla.get(q.qid) is not None]
-        tuned_correct = [tuned.correct[qid] for qid in qids]
-        default_correct = [baseline.correct[qid] for qid in qids]
-        vanilla_correct = [vanilla[qid] == by_qid[qid].answer for qid in qids]
-        versus_vanilla = paired_difference(tuned_correct, vanilla_correct, n_boot=BOOTSTRAP_SAMPLES)
-        versus_default = paired_difference(tuned_correct, default_correct, n_boot=BOOTSTRAP_SAMPLES)
+        results, versus_default = held_out_results(workspace, tuned, baseline, vanilla)
         tune_answered = len(workspace.tune) - best.user_attrs.get("skipped", 0)
-        results: dict[str, Any] = {
-            "flops_ratio": round(tuned.flops_ratio, 6),
-            "test_accuracy": accuracy_summary(tuned_correct, n_boot=BOOTSTRAP_SAMPLES),
-            "vanilla_accuracy": accuracy_summary(vanilla_correct, n_boot=BOOTSTRAP_SAMPLES),
-            "default_accuracy": accuracy_summary(default_correct, n_boot=BOOTSTRAP_SAMPLES),
-            "paired": {
-                "test_minus_vanilla": versus_vanilla["value"], "test_minus_vanilla_ci95": versus_vanilla["ci95"],
-                "test_minus_default": versus_default["value"], "test_minus_default_ci95": versus_default["ci95"],
-                "wins_losses_vs_default": [versus_default["wins"], versus_default["losses"]],
-            },
-        }
-        if spec.dataset.name == "mlvu":  # lmms-eval's headline number next to plain accuracy
-            questions = [by_qid[qid] for qid in qids]
-            for key, flags in (("test_accuracy", tuned_correct), ("vanilla_accuracy", vanilla_correct),
-                               ("default_accuracy", default_correct)):
-                score = mlvu.lmms_eval_dev_score(questions, flags)
-                results[key].update(macro=round(score["macro"], 4), macro_missing=score["missing"])
-        if spec.objective == "accuracy":
-            results["tune_accuracy"] = {"value": round(best.value, 4), "n": tune_answered}
+        kind = results["scoring"]["objective"]
+        if spec.objective == kind:  # the tune score measured what the test score measures
+            results[f"tune_{kind}"] = {"value": round(best.value, 4), "n": tune_answered}
         else:
             results["paired"]["tune_fidelity"] = round(best.value, 4)
         preset = adatp.Preset(
@@ -141,16 +120,18 @@ def export_presets(workspace: Workspace, progress: bool = False, echo=print) -> 
         selected = {**{f"selected.{name}": round(value, 4) for name, value in best.params.items()},
                     "selected.retention": round(retention, 4), "selected.trial": best.number}
         winner = tracker.mark_selected(study.study_name, best.number)
-        macro = results["test_accuracy"].get("macro")
+        macro = (results.get("test_accuracy") or {}).get("macro")
+        kind, test, default_result, vanilla_result = held_out_view(results)
         tracker.log(run_id, metrics={
             **selected,
             **({} if macro is None else {"test_macro_accuracy": macro}),
-            "test_accuracy": results["test_accuracy"]["value"],
-            "test_accuracy_ci95_low": results["test_accuracy"]["ci95"][0],
-            "test_accuracy_ci95_high": results["test_accuracy"]["ci95"][1],
-            "vanilla_test_accuracy": results["vanilla_accuracy"]["value"],
-            "default_test_accuracy": results["default_accuracy"]["value"],
-            "test_minus_default": versus_default["value"], "test_minus_vanilla": versus_vanilla["value"],
+            f"test_{kind}": test["value"],
+            f"test_{kind}_ci95_low": test["ci95"][0],
+            f"test_{kind}_ci95_high": test["ci95"][1],
+            **({} if vanilla_result is None else {"vanilla_test_accuracy": vanilla_result["value"],
+                                                  "test_minus_vanilla": results["paired"]["test_minus_vanilla"]}),
+            f"default_test_{kind}": default_result["value"],
+            "test_minus_default": versus_default["value"],
             "test_flops_ratio": round(tuned.flops_ratio, 4),
         }, tags={"preset": str(path), "selected.trial": best.number, "selected.run_id": winner or "",
                  "mlflow.note.content": run_description(spec, budget, best, retention, results, path,
@@ -166,13 +147,53 @@ def export_presets(workspace: Workspace, progress: bool = False, echo=print) -> 
     return exported
 
 
+def held_out_results(workspace: Workspace, tuned, baseline, vanilla: dict[str, str | None]) -> tuple[dict, dict]:
+    """(the preset's `results` for the test split, the tuned-vs-default paired difference). On a labelled table:
+    test, default and vanilla accuracy (scores against the gold answers) with CIs and paired differences; on an
+    unlabelled one: test and default fidelity (scores against the unpruned model's answers). `results.scoring`
+    records how answers were scored."""
+    spec = workspace.spec
+    test = workspace.test
+    qids = [q.qid for q in test if q.qid in tuned.predictions and q.qid in baseline.predictions
+            and vanilla.get(q.qid) is not None]
+    asked = [q for q in test if q.qid in set(qids)]
+    labelled = all(q.labelled for q in asked)
+    reference = None if labelled else vanilla
+    tuned_scores = workspace.scores(asked, tuned, reference)
+    default_scores = workspace.scores(asked, baseline, reference)
+    versus_default = paired_difference(tuned_scores, default_scores, n_boot=BOOTSTRAP_SAMPLES)
+    kind = "accuracy" if labelled else "fidelity"
+    results: dict[str, Any] = {
+        "flops_ratio": round(tuned.flops_ratio, 6),
+        f"test_{kind}": accuracy_summary(tuned_scores, n_boot=BOOTSTRAP_SAMPLES),
+        f"default_{kind}": accuracy_summary(default_scores, n_boot=BOOTSTRAP_SAMPLES),
+        "paired": {"test_minus_default": versus_default["value"], "test_minus_default_ci95": versus_default["ci95"],
+                   "wins_losses_vs_default": [versus_default["wins"], versus_default["losses"]]},
+        "scoring": {"objective": kind, "answers": "open-ended" if asked and asked[0].open_ended else "multiple-choice",
+                    "metric": spec.metric, "reference": "gold" if labelled else "unpruned"},
+    }
+    if labelled:
+        vanilla_scores = [score_answer(q, vanilla[q.qid], q.answer, spec.metric) for q in asked]
+        versus_vanilla = paired_difference(tuned_scores, vanilla_scores, n_boot=BOOTSTRAP_SAMPLES)
+        results["vanilla_accuracy"] = accuracy_summary(vanilla_scores, n_boot=BOOTSTRAP_SAMPLES)
+        results["paired"].update(test_minus_vanilla=versus_vanilla["value"],
+                                 test_minus_vanilla_ci95=versus_vanilla["ci95"])
+        if spec.dataset.preset == "mlvu":  # lmms-eval's headline number next to plain accuracy
+            for key, flags in (("test_accuracy", tuned_scores), ("vanilla_accuracy", vanilla_scores),
+                               ("default_accuracy", default_scores)):
+                score = mlvu_dev_score(asked, flags)
+                results[key].update(macro=round(score["macro"], 4), macro_missing=score["missing"])
+    return results, versus_default
+
+
 def run_description(spec, budget: float, best, retention: float, results: dict, path: Path, experiment_id: str,
                     winner: str | None) -> str:
     """The parent run's Markdown description: the answer (thresholds to use) and how good it is on held-out data."""
     names = [*best.params, "retention"]
     values = {**best.params, "retention": retention}
-    test, vanilla, default = (results[key] for key in ("test_accuracy", "vanilla_accuracy", "default_accuracy"))
+    kind, test, default, vanilla = held_out_view(results)
     paired = results["paired"]
+    vanilla_text = f"vanilla {vanilla['value']:.3f}" if vanilla else "measured against the unpruned model's answers"
     low, high = paired["test_minus_default_ci95"]
     trial = f"trial #{best.number:03d}"
     if winner:
@@ -181,8 +202,8 @@ def run_description(spec, budget: float, best, retention: float, results: dict, 
     return "\n".join([
         f"**Use these thresholds at FLOPs budget {budget:.2f} on {spec.dataset.name}**: `{settings}`",
         "",
-        f"**Held-out test accuracy {test['value']:.3f} [95% CI {test['ci95'][0]:.3f}, {test['ci95'][1]:.3f}]** "
-        f"({test['n']} questions); default config {default['value']:.3f}, vanilla {vanilla['value']:.3f}; "
+        f"**Held-out test {kind} {test['value']:.3f} [95% CI {test['ci95'][0]:.3f}, {test['ci95'][1]:.3f}]** "
+        f"({test['n']} questions); default config {default['value']:.3f}, {vanilla_text}; "
         f"tuned - default {paired['test_minus_default']:+.3f} [95% CI {low:+.3f}, {high:+.3f}].",
         "",
         f"From {trial}, chosen on the tune split only; preset `{path}`.",
@@ -193,11 +214,11 @@ def run_description(spec, budget: float, best, retention: float, results: dict, 
         "",
         f"Held-out test split ({test['n']} questions), FLOPs ratio {results['flops_ratio']:.4f}:",
         "",
-        "| config | test accuracy |",
+        f"| config | test {kind} |",
         "|---|---|",
         f"| tuned | {test['value']:.3f} [95% CI {test['ci95'][0]:.3f}, {test['ci95'][1]:.3f}] |",
         f"| default config, same retention | {default['value']:.3f} |",
-        f"| vanilla (no pruning) | {vanilla['value']:.3f} |",
+        *([f"| vanilla (no pruning) | {vanilla['value']:.3f} |"] if vanilla else []),
         f"| tuned - default | {paired['test_minus_default']:+.3f} [95% CI {low:+.3f}, {high:+.3f}] |",
     ])
 
@@ -238,13 +259,15 @@ def held_out(spec, studies: dict) -> list[HeldOut]:
         if preset.provenance.get("study") != study.study_name:
             continue  # a preset of another run of the same name
         results = preset.results
-        test = results["test_accuracy"]
-        tune = results.get("tune_accuracy", {}).get("value")
+        kind, test, default, vanilla = preset.held_out
+        if test is None:
+            continue
+        tune = results.get(f"tune_{kind}", {}).get("value")
         found.append(HeldOut(
             budget=budget, trial=int(preset.provenance["trial"]), flops_ratio=float(results["flops_ratio"]),
             accuracy=float(test["value"]), ci95=(float(test["ci95"][0]), float(test["ci95"][1])),
-            default_accuracy=results.get("default_accuracy", {}).get("value"),
-            vanilla_accuracy=results.get("vanilla_accuracy", {}).get("value"),
+            default_accuracy=None if default is None else default.get("value"),
+            vanilla_accuracy=None if vanilla is None else vanilla.get("value"),
             tune_accuracy=None if tune is None else float(tune), preset=str(path),
             params={name: getattr(preset.config, name) for name in spec.space}))
     return found

@@ -53,20 +53,20 @@ def evaluate_rungs(workspace: Workspace, config: adatp.AdaTPConfig, sizes: Seque
                    on_rung: Callable[[RungOutcome], None]) -> RungOutcome:
     """Score `config` on the tune split rung by rung (nested prefixes `sizes`), calling `on_rung` after each.
 
-    The objective is accuracy, or agreement with the unpruned model for `fidelity`; unreadable videos are
-    skipped and left out of the denominator.
+    The objective is the mean score against the gold answers (`accuracy`), or against the unpruned model's answers
+    (`fidelity`): 1/0 per letter, or the spec's open-ended metric; unreadable videos are skipped and left out of the
+    denominator.
     """
     spec = workspace.spec
     vanilla = workspace.vanilla(workspace.tune) if spec.objective == "fidelity" else None
-    scores: list[bool] = []
+    scores: list[float] = []
     flops_sum, seconds, skipped, done = 0.0, 0.0, 0, 0
     outcome = None
     for rung, size in enumerate(sizes):
-        result = workspace.engine.evaluate(workspace.tune[done:size], config, batch_size=spec.batch_size,
-                                           before_batch=STOP.check)
+        asked = workspace.tune[done:size]
+        result = workspace.engine.evaluate(asked, config, batch_size=spec.batch_size, before_batch=STOP.check)
         done = size
-        for qid, letter in result.predictions.items():
-            scores.append(result.correct[qid] if vanilla is None else letter == vanilla[qid])
+        scores += workspace.scores(asked, result, vanilla)
         flops_sum += result.flops_ratio * len(result.predictions)
         skipped += len(result.skipped)
         seconds += result.seconds["total"]

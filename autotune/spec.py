@@ -26,8 +26,10 @@ import yaml
 
 from adatp import safe_yaml, validation
 from adatp.config import THRESHOLD_RANGES, AdaTPConfig, ConfigError
-from autotune.data import DATASETS
+from autotune.data.benchmarks import BENCHMARKS
 from autotune.data.protocol import EXTRACTIONS
+from autotune.data.scoring import OPEN_METRICS
+from autotune.data.table import ANSWER_FORMATS, CANONICAL, MISSING_VIDEO, SOURCES, SUFFIX_SOURCES
 
 
 class SpecError(ValueError):
@@ -49,8 +51,10 @@ DEFAULT_SPACE = {"tau_s": (0.7, 1.0), "tau_t": (0.0, 1.0), "alpha_boost": (1.0, 
 
 DTYPES = ("float32", "bfloat16", "float16")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
-OBJECTIVES = ("accuracy", "fidelity")
-MODES = ("logits", "generate")
+# auto: accuracy when the table has answers, else fidelity; logits for multiple-choice, generate for open-ended.
+OBJECTIVES = ("auto", "accuracy", "fidelity")
+MODES = ("auto", "logits", "generate")
+METRICS = ("auto", "letter", *OPEN_METRICS)  # letter: multiple-choice answers, the only metric there
 SAMPLERS = ("tpe", "random", "nsga2", "gp")
 PRUNERS = ("successive_halving", "hyperband", "median", "none")
 
@@ -60,7 +64,8 @@ _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # Top-level spec keys, in the order a spec file usually lists them.
 _TOP_KEYS = tuple(
-    "name model dataset budgets objective mode protocol base space warm_start sampler pruner n_trials batch_size "
+    "name model dataset budgets objective mode protocol metric max_new_tokens base space warm_start sampler pruner "
+    "n_trials batch_size "
     "storage "
     "tracking_uri artifact_location presets_dir cache_dir workdir heartbeat".split()
 )
@@ -101,25 +106,60 @@ class ModelSpec:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-    """The local dataset copy and its tune/test split.
+    """The video-QA table and its tune/test split (`autotune.data.table` reads it through HF `datasets`).
 
-    name: a key of `autotune.data.DATASETS` (videomme, mlvu, longvideobench, synthetic).
-    root: absolute path of the local copy.
+    name: the dataset's name in study and preset names (a slug; default: the preset, else the file's stem).
+    root: where the table is (spec key `path`, or `root` as older specs say): a file, a glob or a directory
+        (absolute after loading), or with `source: hub` a hub id read from the local Hugging Face cache.
+    preset: a benchmark layout (videomme, mlvu, longvideobench, synthetic: `autotune.data.benchmarks`), or None
+        for your own table. source: json | csv | parquet | disk | hub | videofolder (default: from the file suffix;
+        a directory with a dataset_info.json is `disk`). split: which split (default: the only one).
+    video_root: where relative video paths are found (default: the table's directory).
+    columns: canonical name (id, video, video_id, question, options, answer) -> the table's column; `options` may be
+        a list of columns. answer_format: auto | letter | index | text. where: {column: value or [values]}.
+    subset: {n: >= 1, stratify: column or null, seed: >= 0}: a seeded, stratified sample of the questions.
+    missing_video: error (the study refuses to start while a video is missing) | skip (skipped and counted).
     frames: frames per video, >= 1; None uses the model's saved num_frames.
     test_fraction: share of videos held out for the test split, in (0, 1).
     split_seed: seed of the split by video, >= 0.
     limit: at most this many questions (>= 1); None reads all.
-    synthetic: generator parameters {n_videos: >= 1, seed: >= 0, questions_per_video: >= 1}, only for the
-        synthetic dataset; when given, a missing root is generated rather than an error.
+    synthetic: generator parameters {n_videos: >= 1, seed: >= 0, questions_per_video: >= 1}, for the synthetic
+        preset and tables over its files; when given, a missing set is generated rather than an error.
     """
 
     name: str
     root: str
+    preset: str | None = None
+    source: str | None = None
+    split: str | None = None
+    video_root: str | None = None
+    columns: dict = dataclasses.field(default_factory=dict)
+    answer_format: str = "auto"
+    where: dict = dataclasses.field(default_factory=dict)
+    subset: dict | None = None
+    missing_video: str = "error"
     frames: int | None = None
     test_fraction: float = 0.5
     split_seed: int = 0
     limit: int | None = None
     synthetic: dict | None = None
+
+    def table(self):
+        """The `autotune.data.table.TableSpec` this section reads (a preset's layout is picked from the files)."""
+        from autotune.data.benchmarks import preset_table
+        from autotune.data.table import TableSpec
+
+        common = dict(split=self.split, video_root=self.video_root, where=self.where, limit=self.limit,
+                      subset=self.subset, missing_video=self.missing_video)
+        if self.preset is not None:
+            overrides = {**common, "dataset_name": self.name}
+            if self.columns:
+                overrides["columns"] = self.columns
+            if self.answer_format != "auto":
+                overrides["answer_format"] = self.answer_format
+            return preset_table(self.preset, self.root, source=self.source, **overrides)
+        return TableSpec(name=self.name, source=self.source or "json", path=self.root, columns=self.columns,
+                         answer_format=self.answer_format, **common)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,9 +206,15 @@ class StudySpec:
 
     name: slug [a-z0-9][a-z0-9_.-]*, used in study names and as the MLflow experiment.
     budgets: FLOPs ratios (pruned prefill / unpruned prefill), each in (0, 1], sorted ascending, unique.
-    objective: `accuracy` (labelled answers) or `fidelity` (agreement with the unpruned model).
+    objective: `accuracy` (against the table's answers), `fidelity` (agreement with the unpruned model), or `auto`
+        (the default): accuracy when the table has an answer column, else fidelity (`resolve_answers` says so).
     mode: how an answer is read: `logits` (the option letters' next-token logits after the prompt: one prefill, no
-        decoding) or `generate` (up to 16 greedy tokens, then a letter extracted from the text, as lmms-eval does).
+        decoding), `generate` (up to `max_new_tokens` greedy tokens; a letter extracted from the text as lmms-eval
+        does, or for open-ended questions the text itself), or `auto` (the default): logits for multiple-choice
+        tables, generate for open-ended ones.
+    metric: how an open-ended answer is scored against the gold or the unpruned model's answer: exact_match, token_f1,
+        relative_accuracy (numbers), or `auto`: relative_accuracy when every gold answer is a number, else token_f1.
+        Multiple-choice answers are scored by their letter (`letter`). max_new_tokens: generate mode's budget, >= 1.
     protocol: the extraction in generate mode: `lmms-eval-0.7` (lmms-eval 0.7.3's rules exactly, LongVideoBench's
         random fallback seeded per question) or `strict` (ours: never a letter inside a word; None when unsure).
     base: fixed values of everything not searched, and the default thresholds (the warm-start point);
@@ -185,9 +231,11 @@ class StudySpec:
     model: ModelSpec
     dataset: DatasetSpec
     budgets: tuple[float, ...]
-    objective: str = "accuracy"
-    mode: str = "logits"
+    objective: str = "auto"
+    mode: str = "auto"
     protocol: str = "lmms-eval-0.7"
+    metric: str = "auto"
+    max_new_tokens: int = 16
     base: AdaTPConfig = dataclasses.field(default_factory=AdaTPConfig)
     space: dict[str, tuple[float, float]] = dataclasses.field(default_factory=lambda: dict(DEFAULT_SPACE))
     warm_start: tuple[dict[str, float], ...] = ()
@@ -232,6 +280,8 @@ class StudySpec:
             "objective": self.objective,
             "mode": self.mode,
             "protocol": self.protocol,
+            "metric": self.metric,
+            "max_new_tokens": self.max_new_tokens,
             "base": base,
             "space": {key: list(bounds) for key, bounds in self.space.items()},
             "warm_start": [dict(point) for point in self.warm_start],
@@ -452,8 +502,10 @@ def _build(raw: dict, source: str | None, check_paths: bool) -> StudySpec:
     model = _model(raw, check_paths)
     dataset = _dataset(raw, check_paths)
     budgets = _budgets(raw)
-    objective = _choice("objective", raw.get("objective", "accuracy"), OBJECTIVES)
-    mode = _choice("mode", raw.get("mode", "logits"), MODES)
+    objective = _choice("objective", raw.get("objective", "auto"), OBJECTIVES)
+    mode = _choice("mode", raw.get("mode", "auto"), MODES)
+    metric = _choice("metric", raw.get("metric", "auto"), METRICS)
+    max_new_tokens = _integer("max_new_tokens", raw.get("max_new_tokens", 16), 1, 4096)
     protocol = _choice("protocol", raw.get("protocol", "lmms-eval-0.7"), EXTRACTIONS)
     base = _base(raw, budgets, check_paths)
     space = _space(raw, base)
@@ -482,6 +534,8 @@ def _build(raw: dict, source: str | None, check_paths: bool) -> StudySpec:
         objective=objective,
         mode=mode,
         protocol=protocol,
+        metric=metric,
+        max_new_tokens=max_new_tokens,
         base=base,
         space=space,
         warm_start=warm_start,
@@ -556,40 +610,147 @@ def _in_hub_cache(repo_id: str) -> bool:
     return isinstance(found, str)
 
 
+_DATASET_KEYS = ("name", "preset", "source", "path", "root", "split", "video_root", "columns", "answer_format",
+                 "where", "subset", "missing_video", "frames", "test_fraction", "split_seed", "limit", "synthetic")
+
+
 def _dataset(raw: dict, check_paths: bool) -> DatasetSpec:
     if raw.get("dataset") is None:
-        raise SpecError("dataset.name: required")
-    section = _section(raw, "dataset", [field.name for field in dataclasses.fields(DatasetSpec)])
-    name = _required(section, "name", "dataset")
-    if name not in DATASETS:
-        raise SpecError(f"dataset.name: unknown dataset {name!r} (known: {', '.join(sorted(DATASETS))})")
-    root = _abspath(_string("dataset.root", _required(section, "root", "dataset")))
-    test_fraction = _number("dataset.test_fraction", section.get("test_fraction", 0.5), 0.0, 1.0, low_open=True,
-                            high_open=True)
-    synthetic = _synthetic(section.get("synthetic"), name)
-    if check_paths and synthetic is None:
-        if not os.path.exists(root):
-            hint = " (or give dataset.synthetic parameters to generate it)" if name == "synthetic" else ""
-            raise SpecError(f"dataset.root: {root} does not exist{hint}")
-        if not os.path.isdir(root):
-            raise SpecError(f"dataset.root: {root} is not a directory")
+        raise SpecError("dataset.path: required (the table to tune on)")
+    section = _section(raw, "dataset", _DATASET_KEYS)
+    preset = _dataset_preset(section)
+    source = None if section.get("source") is None else _choice("dataset.source", section["source"], SOURCES)
+    root = _dataset_path(section, source)
+    name = _dataset_name(section, preset, root)
+    synthetic = _synthetic(section.get("synthetic"), preset, section.get("path", section.get("root")))
+    if preset is None and source is None:
+        source = _source_from_path(root)
+    if check_paths and synthetic is None and source != "hub" and not _glob_matches(root):
+        raise SpecError(f"dataset.path: {root} does not exist"
+                        + (" (or give dataset.synthetic parameters to generate it)" if preset == "synthetic" else ""))
     return DatasetSpec(
-        name=name,
-        root=root,
+        name=name, root=root, preset=preset, source=source,
+        split=None if section.get("split") is None else _string("dataset.split", section["split"]),
+        video_root=None if section.get("video_root") is None else _abspath(_string("dataset.video_root",
+                                                                                   section["video_root"])),
+        columns=_columns(section.get("columns")),
+        answer_format=_choice("dataset.answer_format", section.get("answer_format", "auto"), ANSWER_FORMATS),
+        where=_where(section.get("where")),
+        subset=_subset(section.get("subset")),
+        missing_video=_choice("dataset.missing_video", section.get("missing_video", "error"), MISSING_VIDEO),
         frames=_optional_integer("dataset.frames", section.get("frames"), 1),
-        test_fraction=test_fraction,
+        test_fraction=_number("dataset.test_fraction", section.get("test_fraction", 0.5), 0.0, 1.0, low_open=True,
+                              high_open=True),
         split_seed=_integer("dataset.split_seed", section.get("split_seed", 0), 0),
         limit=_optional_integer("dataset.limit", section.get("limit"), 1),
         synthetic=synthetic,
     )
 
 
-def _synthetic(value: Any, dataset_name: str) -> dict | None:
+def _dataset_preset(section: dict) -> str | None:
+    """`preset`, or (as older specs say) a `name` that is a benchmark's, when no `source` is given."""
+    if section.get("preset") is not None:
+        return _choice("dataset.preset", section["preset"], BENCHMARKS)
+    name = section.get("name")
+    if section.get("source") is None and isinstance(name, str) and name in BENCHMARKS:
+        return name
+    return None
+
+
+def _dataset_path(section: dict, source: str | None) -> str:
+    if section.get("path") is not None and section.get("root") is not None:
+        raise SpecError("dataset.root: give path or root (the same thing), not both")
+    key = "root" if section.get("root") is not None else "path"
+    value = _string(f"dataset.{key}", _required(section, key, "dataset"))
+    if source == "hub":
+        if not _HUB_ID.fullmatch(value):
+            raise SpecError(f"dataset.{key}: a hub dataset id is 'org/name', got {_brief(value)}")
+        return value
+    return _abspath(value)
+
+
+def _dataset_name(section: dict, preset: str | None, root: str) -> str:
+    name = section.get("name")
+    if name is None:
+        stem = preset or os.path.splitext(os.path.basename(root.rstrip("/*")))[0] or "dataset"
+        name = re.sub(r"[^a-z0-9_.-]+", "-", stem.lower()).strip("-.") or "dataset"
+    name = _string("dataset.name", name)
+    if not _SLUG.fullmatch(name):
+        raise SpecError(f"dataset.name: must match [a-z0-9][a-z0-9_.-]* (lowercase slug), got {_brief(name)}")
+    return name
+
+
+def _source_from_path(root: str) -> str:
+    """json/csv/parquet from the suffix; a directory is a save_to_disk one (`disk`) if it has dataset_info.json or
+    state.json (or a DatasetDict's dataset_dict.json), else a videofolder."""
+    suffix = os.path.splitext(root)[1].lower()
+    if suffix in SUFFIX_SOURCES:
+        return SUFFIX_SOURCES[suffix]
+    if os.path.isdir(root):
+        markers = ("dataset_info.json", "state.json", "dataset_dict.json")
+        return "disk" if any(os.path.isfile(os.path.join(root, m)) for m in markers) else "videofolder"
+    raise SpecError(f"dataset.source: cannot tell the source of {_brief(root)} from its name; say source: "
+                    f"{' | '.join(SOURCES)}")
+
+
+def _glob_matches(root: str) -> bool:
+    import glob as globbing
+
+    return os.path.exists(root) or bool(globbing.glob(root, recursive=True))
+
+
+def _columns(value: Any) -> dict:
+    where = "dataset.columns"
+    if value is None:
+        return {}
+    mapping = _mapping(where, value)
+    _known_keys(mapping, where, CANONICAL)
+    columns: dict[str, Any] = {}
+    for canonical, column in mapping.items():
+        field = f"{where}.{canonical}"
+        if canonical == "options" and isinstance(column, list):
+            if not column or not all(isinstance(name, str) and name for name in column):
+                raise SpecError(f"{field}: a list of option columns must be non-empty column names, got "
+                                f"{_brief(repr(column))}")
+            columns[canonical] = list(column)
+        else:
+            columns[canonical] = _string(field, column)
+    return columns
+
+
+def _where(value: Any) -> dict:
+    if value is None:
+        return {}
+    where = _mapping("dataset.where", value)
+    for column, wanted in where.items():
+        allowed = wanted if isinstance(wanted, list) else [wanted]
+        if not all(item is None or isinstance(item, (str, int, float, bool)) for item in allowed):
+            raise SpecError(f"dataset.where.{column}: must be a value or a list of values, got {_brief(repr(wanted))}")
+    return dict(where)
+
+
+def _subset(value: Any) -> dict | None:
+    where = "dataset.subset"
+    if value is None:
+        return None
+    mapping = _mapping(where, value)
+    _known_keys(mapping, where, ["n", "stratify", "seed"])
+    stratify = mapping.get("stratify")
+    return {"n": _integer(f"{where}.n", _required(mapping, "n", where), 1),
+            "stratify": None if stratify is None else _string(f"{where}.stratify", stratify),
+            "seed": _integer(f"{where}.seed", mapping.get("seed", 0), 0)}
+
+
+def _synthetic(value: Any, preset: str | None, path: Any) -> dict | None:
+    """Generator parameters: for the synthetic preset (path = the set's folder), or for a table over the set's own
+    files (path = its questions.jsonl or open.jsonl)."""
     where = "dataset.synthetic"
     if value is None:
         return None
-    if dataset_name != "synthetic":
-        raise SpecError(f"{where}: only for dataset 'synthetic', not {dataset_name!r}")
+    own_file = isinstance(path, str) and os.path.basename(path) in ("questions.jsonl", "open.jsonl")
+    if preset != "synthetic" and not own_file:
+        raise SpecError(f"{where}: only for the synthetic preset or a table over its questions.jsonl / open.jsonl, "
+                        f"not {preset or _brief(str(path))}")
     _known_keys(_mapping(where, value), where, ["n_videos", "seed", "questions_per_video"])
     from autotune.data.synthetic import KINDS  # numpy only; one question per pattern kind at most
 

@@ -1,4 +1,5 @@
-"""Bootstrap statistics for held-out evaluation of 0/1 outcomes (one per question).
+"""Bootstrap statistics for held-out evaluation of per-question scores in [0, 1] (0/1 for a letter; a partial score
+such as token F1 for an open-ended answer).
 
 All resampling is vectorised: a whole block of bootstrap replicates is one `rng.integers(0, n, size=(rows, n))`
 draw, and blocks are bounded at about `_MAX_ENTRIES` indices so memory stays flat for large `n * n_boot`.
@@ -18,12 +19,12 @@ Outcomes = Sequence[bool] | Sequence[int] | np.ndarray
 
 
 def _as_outcomes(correct: Outcomes) -> np.ndarray:
-    """1-D float array of 0.0/1.0 from bools or 0/1 numbers; ValueError on anything else."""
+    """1-D float array of scores in [0, 1] from bools or numbers; ValueError on anything else."""
     values = np.asarray(correct, dtype=float)
     if values.ndim != 1:
         raise ValueError(f"outcomes must be a 1-D sequence, got shape {values.shape}")
-    if values.size and not np.all((values == 0.0) | (values == 1.0)):
-        raise ValueError("outcomes must be 0/1 (or booleans)")
+    if values.size and not np.all((values >= 0.0) & (values <= 1.0)):
+        raise ValueError("outcomes must be scores in [0, 1] (or booleans)")
     return values
 
 
@@ -60,7 +61,7 @@ def _r4(x: float) -> float:
 
 
 def bootstrap_ci(correct: Outcomes, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean of 0/1 outcomes.
+    """Percentile bootstrap confidence interval of the mean of outcomes in [0, 1].
 
     `level` in (0, 1) is the coverage (0.95 -> 2.5th and 97.5th percentiles of `n_boot` resampled means).
     Returns (lo, hi) as floats in [0, 1]; (nan, nan) for no outcomes. Deterministic for a fixed `seed`.
@@ -87,8 +88,8 @@ def paired_difference(a: Outcomes, b: Outcomes, n_boot: int = 2000, seed: int = 
     """Accuracy difference mean(a) - mean(b) in [-1, 1] of two systems on the same questions, in the same order.
 
     The CI is a paired percentile bootstrap: both systems are resampled with the same question indices (equivalently,
-    the per-question differences are resampled). Returns {"value", "ci95": [lo, hi], "n", "wins": #(a right, b wrong),
-    "losses": #(a wrong, b right)} with floats rounded to 4 decimals. ValueError if the lengths differ.
+    the per-question differences are resampled). Returns {"value", "ci95": [lo, hi], "n", "wins": #(a scores higher),
+    "losses": #(b scores higher)} with floats rounded to 4 decimals. ValueError if the lengths differ.
     """
     _check(n_boot, level)
     xa, xb = _as_outcomes(a), _as_outcomes(b)

@@ -75,6 +75,7 @@ def _settings(workspace: Workspace, budget: float, retention: float, planned: fl
         "base": spec.base.to_dict(), "sampler": dataclasses.asdict(spec.sampler),
         "sampler_seed": sampler_seed(spec, budget),
         "pruner": dataclasses.asdict(spec.pruner), "protocol": protocol_version(spec.protocol), "mode": spec.mode,
+        "metric": spec.metric, "max_new_tokens": spec.max_new_tokens if spec.mode == "generate" else None,
         "versions": package_versions(),
         "video": workspace.engine.video_protocol,  # family, frames, and for Qwen the frame size and grid
     }
@@ -87,7 +88,8 @@ def check_same_meaning(workspace: Workspace, study: optuna.Study) -> None:
     known, spec = study.user_attrs[ATTR], workspace.spec
     current = {"objective": spec.objective, "dataset": spec.dataset.name, "frames": workspace.engine.frames,
                "video": workspace.engine.video_protocol, "protocol": protocol_version(spec.protocol),
-               "mode": spec.mode,
+               "mode": spec.mode, "metric": spec.metric,
+               "max_new_tokens": spec.max_new_tokens if spec.mode == "generate" else None,
                "test_questions": question_digest(workspace.test)}
     differences = [(f"base.{key}", value, spec.base.to_dict().get(key))
                    for key, value in known["base"].items() if spec.base.to_dict().get(key) != value]
@@ -109,11 +111,12 @@ def check_same_meaning(workspace: Workspace, study: optuna.Study) -> None:
 # Settings that must match when a study is resumed or joined: anything else would mix incomparable trials. The
 # model's path may differ between machines; its shape shows in the retention, its questions in `tune_questions`.
 _MUST_MATCH = ("retention", "rungs", "objective", "dataset", "tune_questions", "frames", "space", "base", "protocol",
-               "mode")
+               "mode", "metric", "max_new_tokens")
 
 
 
-_RECORDED_SINCE_V2 = ("mode",)  # older studies lack it (they all ran in logits mode): compared only when recorded
+# Older studies lack these (they all ran multiple-choice tables in logits mode): compared only when recorded.
+_RECORDED_SINCE_V2 = ("mode", "metric", "max_new_tokens")
 
 
 
@@ -204,6 +207,20 @@ def load_studies(spec: StudySpec) -> dict[float, optuna.Study | None]:
     return {budget: optuna.load_study(study_name=name, storage=storage) if name in existing else None
             for budget, name in study_names(spec).items()}
 
+
+
+def recorded_spec(spec: StudySpec, studies: dict[float, optuna.Study | None] | None = None) -> StudySpec:
+    """The spec with its `auto` objective, mode and metric as its studies recorded them (for commands that open no
+    table: status, pareto); unchanged when nothing is `auto` or no study exists yet."""
+    automatic = [key for key in ("objective", "mode", "metric") if getattr(spec, key) == "auto"]
+    if not automatic:
+        return spec
+    studies = load_studies(spec) if studies is None else studies
+    known = next((study.user_attrs[ATTR] for study in studies.values()
+                  if study is not None and ATTR in study.user_attrs), None)
+    if known is None:
+        return spec
+    return dataclasses.replace(spec, **{key: known[key] for key in automatic if known.get(key)})
 
 
 # -- counting ------------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -14,7 +15,8 @@ import optuna
 
 import adatp
 from adatp.flops import min_flops_ratio
-from autotune.data import LoadReport, Question, load_dataset, split_by_video
+from autotune.data import Question, TableError, TableReport, read_table, split_by_video
+from autotune.data.scoring import default_open_metric, score_answer
 from autotune.spec import StudySpec, mask_url
 from autotune.storage import ensure_sqlite_parent, storage_for
 
@@ -35,20 +37,42 @@ def _one_line(error: BaseException) -> str:
 
 
 # -- questions -----------------------------------------------------------------------------------------------------
-def load_questions(spec: StudySpec) -> tuple[LoadReport, list[Question], list[Question]]:
-    """The spec's questions split by video into (tune, test); tune is shuffled once (seeded) to make the rungs.
-
-    A synthetic dataset with `synthetic:` parameters is generated first if its root does not hold it yet.
-    """
+def read_spec_table(spec: StudySpec) -> TableReport:
+    """The spec's table as read (`autotune.data.table`), generating the synthetic set first when the spec gives its
+    parameters and it is not there yet. TableError for a table that cannot be read as mapped."""
     data = spec.dataset
-    if data.name == "synthetic" and data.synthetic:
+    if data.synthetic:
         from autotune.data import synthetic
 
-        synthetic.generate(data.root, data.synthetic["n_videos"], seed=data.synthetic["seed"],
+        folder = data.root if data.preset == "synthetic" else os.path.dirname(data.root)
+        synthetic.generate(folder, data.synthetic["n_videos"], seed=data.synthetic["seed"],
                            questions_per_video=data.synthetic.get("questions_per_video", 2))
-    report = load_dataset(data.name, data.root, limit=data.limit)
+    return read_table(data.table(), cache_dir=os.path.join(spec.cache_dir, "datasets"),
+                      videos_dir=os.path.join(spec.cache_dir, "videos"))
+
+
+def missing_videos_line(report: TableReport) -> str:
+    """One line for a table with missing videos: how many, the first, and what to do."""
+    missing = report.missing_videos
+    first = next(iter(missing.items()))
+    return (f"dataset: {len(missing)} of {len(report.questions)} questions have no video file (first: {first[0]} -> "
+            f"{first[1]}); `autotune data SPEC` lists them all; set dataset.missing_video: skip to tune without them")
+
+
+def load_questions(spec: StudySpec) -> tuple[TableReport, list[Question], list[Question]]:
+    """The spec's questions split by video into (tune, test); tune is shuffled once (seeded) to make the rungs.
+
+    StudyError when no question is left, a video is missing (unless `missing_video: skip`) or a split is empty.
+    """
+    data = spec.dataset
+    try:
+        report = read_spec_table(spec)
+    except TableError as error:
+        raise StudyError(str(error)) from None
     if not report.questions:
-        raise StudyError(f"dataset.root: no questions loaded from {data.root} ({report.summary()})")
+        raise StudyError(f"dataset.path: no questions loaded from {data.root} ({report.summary()})")
+    if report.missing_videos:
+        raise StudyError(missing_videos_line(report))
     tune, test = split_by_video(report.questions, test_fraction=data.test_fraction, seed=data.split_seed)
     if not tune or not test:
         raise StudyError(f"dataset: the split left {len(tune)} tune and {len(test)} test questions; "
@@ -56,6 +80,39 @@ def load_questions(spec: StudySpec) -> tuple[LoadReport, list[Question], list[Qu
     tune = list(tune)
     random.Random(data.split_seed).shuffle(tune)
     return report, tune, list(test)
+
+
+def resolve_answers(spec: StudySpec, report: TableReport) -> tuple[StudySpec, list[str]]:
+    """The spec with `auto` objective, mode and metric decided from the table, and a line for each thing decided
+    that the user may not expect. StudyError for a mode the table cannot be read in."""
+    notes = []
+    objective, mode, metric = spec.objective, spec.mode, spec.metric
+    if not report.labelled:
+        if objective == "accuracy":
+            notes.append("objective: the table has no answer column, so the study tunes for fidelity (agreement "
+                         "with the unpruned model) instead of accuracy")
+        elif objective == "auto":
+            notes.append("objective: no answer column; tuning for fidelity to the unpruned model")
+        objective = "fidelity"
+    elif objective == "auto":
+        objective = "accuracy"
+    if report.open_ended:
+        if metric == "letter":
+            raise StudyError("metric: letter scores multiple-choice answers; this table is open-ended (use "
+                             "exact_match, token_f1, relative_accuracy or auto)")
+        if mode == "logits":
+            raise StudyError("mode: logits reads option letters, but the table has no options (open-ended); use "
+                             "mode: generate (or auto)")
+        mode = "generate"
+        if metric == "auto":
+            metric = default_open_metric([q.answer for q in report.questions])
+    else:
+        if metric not in ("auto", "letter"):
+            raise StudyError(f"metric: {metric} scores open-ended answers; this table is multiple-choice (its answers "
+                             "are scored by letter: metric letter or auto)")
+        mode = "logits" if mode == "auto" else mode
+        metric = "letter"
+    return dataclasses.replace(spec, objective=objective, mode=mode, metric=metric), notes
 
 
 def spec_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
@@ -68,17 +125,22 @@ class Workspace:
     """What one worker process needs: loaded once, shared by all studies of the spec."""
 
     spec: StudySpec
-    report: LoadReport
+    report: TableReport
     tune: list[Question]
     test: list[Question]
     _engine: Any = None
     _tracker: Any = None
     seeds: dict[str, int] = dataclasses.field(default_factory=dict)
 
+    notes: list[str] = dataclasses.field(default_factory=list)
+
     @classmethod
     def open(cls, spec: StudySpec) -> Workspace:
+        """The spec's questions, with `auto` objective, mode and metric decided from the table (`resolve_answers`:
+        `notes` says what was decided)."""
         report, tune, test = load_questions(spec)
-        return cls(spec, report, tune, test)
+        spec, notes = resolve_answers(spec, report)
+        return cls(spec, report, tune, test, notes=notes)
 
     @property
     def engine(self):
@@ -91,7 +153,8 @@ class Workspace:
                                   cache_dir=self.spec.cache_dir, trust_remote_code=model.trust_remote_code,
                                   cuda_graphs=model.cuda_graphs, frame_size=model.frame_size,
                                   prefix_cache=model.prefix_cache, mode=self.spec.mode,
-                                  extraction=self.spec.protocol)
+                                  extraction=self.spec.protocol, metric=self.spec.metric,
+                                  max_new_tokens=self.spec.max_new_tokens)
         return self._engine
 
     @property
@@ -106,8 +169,16 @@ class Workspace:
         return f"{data.name}|{data.root}|{data.limit}"
 
     def vanilla(self, questions: Sequence[Question]) -> dict[str, str | None]:
-        """The unpruned model's letters (cached on disk per model, dataset and protocol)."""
+        """The unpruned model's letters or open-ended answers (cached on disk per model, dataset and protocol)."""
         return self.engine.vanilla_predictions(questions, self.dataset_key, batch_size=self.spec.batch_size)
+
+    def scores(self, questions: Sequence[Question], result, vanilla: dict[str, str | None] | None) -> list[float]:
+        """Per answered question (in `questions` order), its objective score in [0, 1]: against the gold answer, or
+        with `vanilla` (fidelity) against the unpruned model's answer under the spec's metric."""
+        answered = [q for q in questions if q.qid in result.predictions]
+        if vanilla is None:
+            return [result.scores[q.qid] for q in answered]
+        return [score_answer(q, result.predictions[q.qid], vanilla.get(q.qid), self.spec.metric) for q in answered]
 
     def n_text(self, questions: Sequence[Question]) -> list[int]:
         engine = self.engine

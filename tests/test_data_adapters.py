@@ -1,13 +1,15 @@
-"""Dataset adapters read local copies laid out as the published HF dataset repos; fixtures here rebuild those
-layouts in miniature (real parquet/json annotations, empty placeholder files as videos: adapters only check that
-a video exists)."""
+"""The benchmark presets of the table adapter read local copies laid out as the published HF dataset repos; fixtures
+here rebuild those layouts in miniature (real parquet/json annotations, empty placeholder files as videos: the adapter
+only checks that a video exists). The same presets read the copies from a local Hugging Face hub cache, and give what
+the old per-benchmark readers gave (tests/fixtures/benchmark_golden.json)."""
 
 import collections
+import hashlib
 import json
+import os
 import random
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,7 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from autotune.data import DATASETS, build_prompt, load_dataset
-from autotune.data.benchmarks import MLVU_TASK_TYPES, mlvu_dev_score
+from autotune.data.benchmarks import MLVU_TASK_TYPES, mlvu_dev_score, preset_table
+from autotune.data.table import TableError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def touch(path: Path) -> Path:
@@ -39,19 +44,11 @@ CHRISTMAS = (
 
 def videomme_rows():
     def row(qid, video, answer, question=CHRISTMAS, options=("Apples.", "Candles.", "Berries.", "Same number.")):
-        return {
-            "video_id": qid.split("-")[0],
-            "duration": "short",
-            "domain": "Knowledge",
-            "sub_category": "Humanity & History",
-            "url": f"https://www.youtube.com/watch?v={video}",
-            "videoID": video,
-            "question_id": qid,
-            "task_type": "Counting Problem",
-            "question": question,
-            "options": [f"{letter}. {text}" for letter, text in zip("ABCD", options, strict=True)],
-            "answer": answer,
-        }
+        return {"video_id": qid.split("-")[0], "duration": "short", "domain": "Knowledge",
+                "sub_category": "Humanity & History", "url": f"https://www.youtube.com/watch?v={video}",
+                "videoID": video, "question_id": qid, "task_type": "Counting Problem", "question": question,
+                "options": [f"{letter}. {text}" for letter, text in zip("ABCD", options, strict=True)],
+                "answer": answer}
 
     return [
         row("001-1", "fFjv93ACGo8", "C"),
@@ -80,11 +77,8 @@ def videomme_root(tmp_path):
 def test_videomme_loads_letters_options_meta_and_counts_skips(videomme_root):
     report = load_dataset("videomme", videomme_root)
     assert [(q.qid, q.answer) for q in report.questions] == [("001-1", "C"), ("001-2", "A"), ("002-1", "B")]
-    assert report.skipped == {
-        "missing video": 1,
-        "malformed row: no answer": 1,
-        "malformed row: answer not among options": 1,
-    }
+    assert report.skipped == {"missing video": 1, "malformed row: no answer": 1,
+                              "malformed row: answer not among options": 1}
     first = report.questions[0]
     assert first.dataset == "videomme" and first.video_id == "fFjv93ACGo8"
     assert first.options == ("Apples.", "Candles.", "Berries.", "Same number.")
@@ -152,16 +146,25 @@ def test_videomme_finds_parquet_elsewhere_and_survives_a_corrupt_file(tmp_path):
     assert report.skipped == {"unreadable file: part-1.parquet": 1}
 
 
-def test_videomme_strip_letter():
-    assert videomme.strip_letter("B. a red car", "B") == "a red car"
-    assert videomme.strip_letter("(C) a dog", "C") == "a dog"
-    assert videomme.strip_letter("A. not my letter", "B") == "A. not my letter"
-    assert videomme.strip_letter("  no prefix ", "A") == "no prefix"
+def test_videomme_strips_each_options_own_letter_prefix(tmp_path):
+    """The preset's `option_prefix: strip`: an option loses its own letter's prefix ("A. ", "(B) "), not another
+    letter's, and is trimmed; the prompt still renders the stored strings."""
+    raw = ["A. Apples.", "(B) a dog", "A. not my letter", "  no prefix "]
+    root = tmp_path / "Video-MME"
+    write_parquet(root / "videomme" / "test-00000-of-00001.parquet", [{**videomme_rows()[0], "options": raw}])
+    touch(root / "data" / "fFjv93ACGo8.mp4")
+    (question,) = load_dataset("videomme", root).questions
+    assert question.options == ("Apples.", "a dog", "A. not my letter", "no prefix")
+    assert (question.answer, question.meta["raw_options"]) == ("C", raw)
+    assert "\nA. Apples.\n(B) a dog\nA. not my letter\n  no prefix \n\n" in build_prompt(question)
 
 
 def test_videomme_root_without_annotations(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no Video-MME parquet"):
+    (tmp_path / "data").mkdir()
+    with pytest.raises(TableError) as error:
         load_dataset("videomme", tmp_path)
+    assert str(error.value) == (f"dataset.path: no videomme annotations under {tmp_path.resolve()} "
+                                "(expected videomme/test-*.parquet or **/*.parquet)")
 
 
 # ----------------------------------------------------------------------------------------------------------- MLVU
@@ -170,43 +173,15 @@ def test_videomme_root_without_annotations(tmp_path):
 @pytest.fixture
 def mlvu_root(tmp_path):
     root = tmp_path / "MVLU" / "MLVU"
-    plot = {
-        "video": "movie101_66.mp4",
-        "duration": 246,
-        "question": "What color is the main character's shirt?",
-        "candidates": ["Yellow", "Red", "Green", "Blue"],
-        "answer": "Red",
-        "question_type": "plotQA",
-    }
-    write_json(
-        root / "json" / "1_plotQA.json",
-        [
-            plot,
-            {**plot, "answer": "Purple"},
-            {**plot, "video": "gone.mp4"},
-        ],
-    )
-    count = {
-        "video": "count_1.mp4",
-        "duration": 400,
-        "question": "How many times does the man jump?",
-        "candidates": ["1", "2", "3", "4"],
-        "answer": "3",
-        "question_type": "count",
-    }
+    plot = {"video": "movie101_66.mp4", "duration": 246, "question": "What color is the main character's shirt?",
+            "candidates": ["Yellow", "Red", "Green", "Blue"], "answer": "Red", "question_type": "plotQA"}
+    write_json(root / "json" / "1_plotQA.json", [plot, {**plot, "answer": "Purple"}, {**plot, "video": "gone.mp4"}])
+    count = {"video": "count_1.mp4", "duration": 400, "question": "How many times does the man jump?",
+             "candidates": ["1", "2", "3", "4"], "answer": "3", "question_type": "count"}
     write_json(root / "json" / "4_count.json", [count, {**count, "candidates": "1, 2, 3, 4"}, ["not", "a", "row"]])
-    write_json(
-        root / "json" / "9_summary.json",
-        [
-            {
-                "video": "summary_1.mp4",
-                "duration": 900,
-                "question": "Please summarize this video.",
-                "answer": "A man cooks dinner.",
-                "question_type": "summary",
-            },
-        ],
-    )
+    write_json(root / "json" / "9_summary.json", [{"video": "summary_1.mp4", "duration": 900,
+                                                   "question": "Please summarize this video.",
+                                                   "answer": "A man cooks dinner.", "question_type": "summary"}])
     (root / "json" / "10_broken.json").write_text("{not json")
     touch(root / "video" / "1_plotQA" / "movie101_66.mp4")
     touch(root / "video" / "4_count" / "count_1.mp4")
@@ -217,14 +192,9 @@ def mlvu_root(tmp_path):
 def test_mlvu_answer_letter_is_index_of_answer_text(mlvu_root):
     report = load_dataset("mlvu", mlvu_root)
     assert [(q.qid, q.answer) for q in report.questions] == [("1_plotQA/0", "B"), ("4_count/0", "C")]
-    assert report.skipped == {
-        "malformed row: answer not among options": 1,
-        "missing video": 1,
-        "malformed row: candidates has wrong type": 1,
-        "malformed row: not an object": 1,
-        "open-ended question (no candidates)": 1,
-        "unreadable file: 10_broken.json": 1,
-    }
+    assert report.skipped == {"malformed row: answer not among options": 1, "missing video": 1,
+                              "malformed row: candidates has wrong type": 1, "malformed row: not an object": 1,
+                              "open-ended question (no options)": 1, "unreadable file: 10_broken.json": 1}
     plot = report.questions[0]
     assert plot.video_id == "1_plotQA/movie101_66.mp4"
     assert plot.video_path == str((mlvu_root / "video" / "1_plotQA" / "movie101_66.mp4").resolve())
@@ -238,10 +208,15 @@ def test_mlvu_answer_letter_is_index_of_answer_text(mlvu_root):
 
 
 def test_mlvu_accepts_the_repo_root_above_the_mlvu_folder(mlvu_root):
-    assert [q.qid for q in load_dataset("mlvu", mlvu_root.parent, limit=1).questions] == ["1_plotQA/0"]
-    expected = r"no MLVU annotations under .*json/1_plotQA.json.*data/test-\*.parquet"
-    with pytest.raises(FileNotFoundError, match=expected):
+    report = load_dataset("mlvu", mlvu_root.parent, limit=1)
+    assert [q.qid for q in report.questions] == ["1_plotQA/0"]
+    # Whole JSON files are read before the limit applies: 4_count.json's bad rows are counted too.
+    assert report.skipped == {"unreadable file: 10_broken.json": 1, "malformed row: candidates has wrong type": 1,
+                              "malformed row: not an object": 1}
+    with pytest.raises(TableError) as error:
         load_dataset("mlvu", mlvu_root / "video")
+    assert str(error.value) == (f"dataset.path: no mlvu annotations under {(mlvu_root / 'video').resolve()} "
+                                "(expected data/test-*.parquet or test-*.parquet or json/*.json or MLVU/json/*.json)")
 
 
 @pytest.fixture
@@ -377,40 +352,25 @@ def test_mlvu_dev_layout_limit_keeps_every_task_type(mlvu_dev_root, limit):
 
 
 def lvb_row(qid, video="86CxyhFV9MI", **fields):
-    row = {
-        "id": qid,
-        "video_id": video,
-        "video_path": f"{video}.mp4",
-        "question": "What is the man holding?",
-        "duration_group": 600,
-        "question_category": "TOS",
-        "topic_category": "NP-News-Programs",
-        "level": "L2-Relation",
-        "duration": 527.3,
-        "correct_choice": 0,
-    }
-    row.update(fields)
-    return row
+    return {"id": qid, "video_id": video, "video_path": f"{video}.mp4", "question": "What is the man holding?",
+            "duration_group": 600, "question_category": "TOS", "topic_category": "NP-News-Programs",
+            "level": "L2-Relation", "duration": 527.3, "correct_choice": 0, **fields}
 
 
 @pytest.fixture
 def lvb_root(tmp_path):
     root = tmp_path / "LongVideoBench"
     options = {"option0": "a cup", "option1": "N/A", "option2": "a phone", "option3": "a book", "option4": "N/A"}
-    write_json(
-        root / "lvb_val.json",
-        [
-            lvb_row("86CxyhFV9MI_0", **options, correct_choice=3),
-            lvb_row("xjh2Y_kOLv8_1", video="xjh2Y_kOLv8", candidates=["red", "green", "blue", "white", "black"]),
-            lvb_row("86CxyhFV9MI_2", **options, correct_choice=1),
-            lvb_row("86CxyhFV9MI_3", candidates=["red", "green"], correct_choice="1"),
-            lvb_row("86CxyhFV9MI_4", candidates=["red", "green"], correct_choice=True),
-            lvb_row("86CxyhFV9MI_5", candidates=["red", "green"], correct_choice=7),
-            lvb_row("86CxyhFV9MI_6", video="gone", candidates=["red", "green"]),
-            lvb_row("86CxyhFV9MI_7"),
-            "not a row",
-        ],
-    )
+    write_json(root / "lvb_val.json", [
+        lvb_row("86CxyhFV9MI_0", **options, correct_choice=3),
+        lvb_row("xjh2Y_kOLv8_1", video="xjh2Y_kOLv8", candidates=["red", "green", "blue", "white", "black"]),
+        lvb_row("86CxyhFV9MI_2", **options, correct_choice=1),
+        lvb_row("86CxyhFV9MI_3", candidates=["red", "green"], correct_choice="1"),
+        lvb_row("86CxyhFV9MI_4", candidates=["red", "green"], correct_choice=True),
+        lvb_row("86CxyhFV9MI_5", candidates=["red", "green"], correct_choice=7),
+        lvb_row("86CxyhFV9MI_6", video="gone", candidates=["red", "green"]),
+        lvb_row("86CxyhFV9MI_7"),  # no option at all: an open-ended row, skipped by a multiple-choice preset
+        "not a row"])
     touch(root / "videos" / "86CxyhFV9MI.mp4")
     touch(root / "videos" / "xjh2Y_kOLv8.mp4")
     return root
@@ -419,28 +379,17 @@ def lvb_root(tmp_path):
 def test_longvideobench_drops_na_options_and_recomputes_the_letter(lvb_root):
     report = load_dataset("longvideobench", lvb_root)
     assert [(q.qid, q.answer) for q in report.questions] == [("86CxyhFV9MI_0", "C"), ("xjh2Y_kOLv8_1", "A")]
-    assert report.skipped == {
-        "malformed row: answer is N/A": 1,
-        "malformed row: correct_choice has wrong type": 2,
-        "malformed row: answer not among options": 1,
-        "missing video": 1,
-        "malformed row: no options": 1,
-        "malformed row: not an object": 1,
-    }
+    assert report.skipped == {"malformed row: answer is N/A": 1, "malformed row: correct_choice has wrong type": 2,
+                              "malformed row: answer not among options": 1, "missing video": 1,
+                              "open-ended question (no options)": 1, "malformed row: not an object": 1}
     first, second = report.questions
     assert first.options == ("a cup", "a phone", "a book")
     assert second.options == ("red", "green", "blue", "white", "black")
     assert first.video_id == "86CxyhFV9MI"
     assert first.video_path == str((lvb_root / "videos" / "86CxyhFV9MI.mp4").resolve())
-    assert first.meta == {
-        "duration_group": 600,
-        "question_category": "TOS",
-        "topic_category": "NP-News-Programs",
-        "level": "L2-Relation",
-        "duration": 527.3,
-        "raw_question": "What is the man holding?",
-        "raw_options": ["a cup", "a phone", "a book"],
-    }
+    assert first.meta == {"duration_group": 600, "question_category": "TOS", "topic_category": "NP-News-Programs",
+                          "level": "L2-Relation", "duration": 527.3, "raw_question": "What is the man holding?",
+                          "raw_options": ["a cup", "a phone", "a book"]}
     assert build_prompt(first) == (
         "What is the man holding?\nA. a cup\nB. a phone\nC. a book\n"
         "Answer with the option's letter from the given choices directly.\n"
@@ -468,14 +417,17 @@ def test_longvideobench_prompt_is_lmms_evals_text_from_the_raw_strings(tmp_path)
 def test_longvideobench_finds_the_annotation_file_below_root(lvb_root):
     report = load_dataset("longvideobench", lvb_root.parent)  # videos/ is looked up next to the lvb_val.json found
     assert [(q.qid, q.answer) for q in report.questions] == [("86CxyhFV9MI_0", "C"), ("xjh2Y_kOLv8_1", "A")]
-    with pytest.raises(FileNotFoundError, match="no LongVideoBench annotation file"):
+    with pytest.raises(TableError) as error:
         load_dataset("longvideobench", lvb_root / "videos")
+    assert str(error.value) == (f"dataset.path: no longvideobench annotations under {(lvb_root / 'videos').resolve()}"
+                                " (expected lvb_val.json or **/lvb_val.json)")
 
 
-def test_longvideobench_unreadable_annotation_is_counted(tmp_path):
+def test_longvideobench_annotation_object_instead_of_list_names_the_missing_column(tmp_path):
     (tmp_path / "lvb_val.json").write_text('{"not": "a list"}')
-    report = load_dataset("longvideobench", tmp_path)
-    assert report.questions == [] and report.skipped == {"unreadable file: lvb_val.json": 1}
+    with pytest.raises(TableError) as error:
+        load_dataset("longvideobench", tmp_path)
+    assert str(error.value) == "dataset.columns.id: no column 'id' in the table (columns: not)"
 
 
 # ------------------------------------------------------------------------------------------------------ registry
@@ -491,19 +443,29 @@ def test_missing_root_is_one_clear_line(name, tmp_path):
 
 def test_registry_names_and_unknown_dataset(videomme_root):
     assert set(DATASETS) == {"videomme", "mlvu", "longvideobench", "synthetic"}
-    assert load_dataset("videomme", videomme_root, limit=1).questions == load_dataset("videomme", videomme_root, 1).questions
+    assert load_dataset("videomme", videomme_root, limit=1).questions == \
+        load_dataset("videomme", videomme_root, 1).questions
     known = "known: longvideobench, mlvu, synthetic, videomme"
     with pytest.raises(ValueError, match=f"unknown dataset 'egoschema'; {known}"):
         load_dataset("egoschema", videomme_root)
 
 
-def test_synthetic_is_resolved_when_called(monkeypatch, tmp_path):
-    calls = []
-    fake = types.ModuleType("autotune.data.synthetic")
-    fake.load = lambda root, limit=None: calls.append((root, limit)) or "report"
-    monkeypatch.setitem(sys.modules, "autotune.data.synthetic", fake)
-    assert load_dataset("synthetic", tmp_path, limit=3) == "report"
-    assert calls == [(tmp_path, 3)]
+def test_synthetic_preset_reads_the_generators_questions_jsonl(tmp_path):
+    """Rows as `autotune.data.synthetic.generate` writes them; their `meta` object becomes Question.meta."""
+    rows = [{"qid": f"v{i}-q0", "video_id": f"v{i}", "video": f"videos/v{i}.mp4", "question": "Which shape is red?",
+             "options": ["circle", "square", "star"], "answer": "BC"[i], "meta": {"kind": "square", "colour": "red"}}
+            for i in range(2)]
+    (tmp_path / "questions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    touch(tmp_path / "videos" / "v0.mp4")
+    report = load_dataset("synthetic", tmp_path, limit=3)
+    assert [(q.qid, q.video_id, q.options, q.answer) for q in report.questions] == [
+        ("v0-q0", "v0", ("circle", "square", "star"), "B")]
+    assert report.questions[0].meta == {"kind": "square", "colour": "red"}
+    assert report.questions[0].video_path == str((tmp_path / "videos" / "v0.mp4").resolve())
+    assert report.skipped == {"missing video": 1}
+    (tmp_path / "questions.jsonl").unlink()
+    with pytest.raises(TableError, match="no synthetic annotations under .* \\(expected questions.jsonl\\)"):
+        load_dataset("synthetic", tmp_path)
 
 
 def test_importing_the_data_package_pulls_in_neither_torch_nor_transformers():
@@ -513,3 +475,129 @@ def test_importing_the_data_package_pulls_in_neither_torch_nor_transformers():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------- the old readers' golden output
+
+GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "benchmark_golden.json").read_text())
+GOLDEN_CASES = {  # key -> (benchmark, fixture, limit, read the fixture's parent folder)
+    "videomme": ("videomme", "videomme_root", None, False),
+    "mlvu_json": ("mlvu", "mlvu_root", None, False),
+    "mlvu_json_parent": ("mlvu", "mlvu_root", 1, True),
+    "mlvu_all_types": ("mlvu", "mlvu_all_types", None, False),
+    "mlvu_all_types_l9": ("mlvu", "mlvu_all_types", 9, False),
+    "mlvu_dev": ("mlvu", "mlvu_dev_root", None, False),
+    "mlvu_dev_l9": ("mlvu", "mlvu_dev_root", 9, False),
+    "longvideobench": ("longvideobench", "lvb_root", None, False),
+}
+FIELDS = ("qid", "dataset", "video_id", "video_path", "question", "options", "answer", "meta")
+
+
+def golden_rows(rows, base) -> list[dict]:
+    """Questions (or their dicts) as the golden file holds them: JSON values, video_path relative to `base`."""
+    rows = [row if isinstance(row, dict) else {**{f: getattr(row, f) for f in FIELDS}, "prompt": build_prompt(row)}
+            for row in rows]
+    rows = json.loads(json.dumps(rows, sort_keys=True, default=str))
+    for row in rows:
+        row["video_path"] = os.path.relpath(row["video_path"], os.path.realpath(base))
+    return rows
+
+
+def test_golden_covers_every_case():
+    assert set(GOLDEN) == set(GOLDEN_CASES)
+    assert [len(GOLDEN[key]["questions"]) for key in GOLDEN_CASES] == [3, 2, 1, 21, 9, 14, 9, 2]
+
+
+@pytest.mark.parametrize("key", list(GOLDEN_CASES))
+def test_presets_give_the_old_readers_questions_and_prompts(key, request):
+    name, fixture, limit, parent = GOLDEN_CASES[key]
+    root = request.getfixturevalue(fixture)
+    root = root.parent if parent else root
+    assert golden_rows(load_dataset(name, root, limit=limit).questions, root) == GOLDEN[key]["questions"]
+
+
+# --------------------------------------------------------------------------- the lmms-eval hub copies, offline
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+HUB_CASES = {  # hub id -> (benchmark, fixture of the same copy as a folder)
+    "lmms-lab/Video-MME": ("videomme", "videomme_root"),
+    "lmms-eval/Video-MME": ("videomme", "videomme_root"),
+    "sy1998/MLVU_dev": ("mlvu", "mlvu_dev_root"),
+    "longvideobench/LongVideoBench": ("longvideobench", "lvb_root"),
+}
+# Run in a fresh interpreter: huggingface_hub reads HF_HUB_CACHE when it is imported.
+HUB_READ = f"""
+import json, sys
+from autotune.data import build_prompt
+from autotune.data.benchmarks import preset_table
+from autotune.data.table import read_table
+table = preset_table(sys.argv[1], sys.argv[2], source="hub", missing_video="skip")
+report = read_table(table)
+rows = [{{**{{f: getattr(q, f) for f in {FIELDS!r}}}, "prompt": build_prompt(q)}} for q in report.questions]
+print(json.dumps({{"path": table.path, "source": table.source, "skipped": report.skipped, "questions": rows}},
+                 sort_keys=True, default=str))
+"""
+
+
+def hub_cache(cache: Path, repo_id: str, copy: Path) -> Path:
+    """`copy` as dataset repo `repo_id` in a local hub cache, laid out as huggingface_hub writes one: refs/main holds
+    the commit, snapshots/<commit>/<path> are links into blobs/<sha256> (a placeholder video gets its path as its
+    bytes, so that each video is its own blob). Returns the snapshot folder."""
+    repo = cache / f"datasets--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / COMMIT
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(COMMIT)  # no newline, as huggingface_hub writes it
+    for file in sorted(path for path in copy.rglob("*") if path.is_file()):
+        relative = file.relative_to(copy)
+        data = file.read_bytes() or str(relative).encode()
+        blob = touch(repo / "blobs" / hashlib.sha256(data).hexdigest())
+        blob.write_bytes(data)
+        (snapshot / relative).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / relative).symlink_to(os.path.relpath(blob, (snapshot / relative).parent))
+    return snapshot
+
+
+def read_hub(monkeypatch, tmp_path, name: str, repo_id: str) -> dict:
+    """preset_table(name, repo_id, source="hub") read through the real huggingface_hub, offline, from tmp_path."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    done = subprocess.run([sys.executable, "-c", HUB_READ, name, repo_id], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("repo_id", list(HUB_CASES))
+def test_presets_read_the_lmms_eval_hub_copies_offline(repo_id, request, monkeypatch, tmp_path):
+    name, fixture = HUB_CASES[repo_id]
+    copy = request.getfixturevalue(fixture)
+    snapshot = hub_cache(tmp_path / "hub", repo_id, copy)
+    hub = read_hub(monkeypatch, tmp_path, name, repo_id)
+    assert (hub["path"], hub["source"]) == (str(snapshot), "parquet" if name != "longvideobench" else "json")
+    local = load_dataset(name, copy)
+    assert hub["skipped"] == dict(local.skipped) and len(hub["questions"]) == len(local.questions) > 0
+    expected = golden_rows(local.questions, copy)
+    for row, want in zip(hub["questions"], expected, strict=True):  # each question's video is the copy's same file
+        assert os.path.realpath(row["video_path"]) == os.path.realpath(snapshot / want["video_path"])
+        assert Path(row["video_path"]).read_bytes() == want["video_path"].encode()
+        row["video_path"] = want["video_path"]
+    assert hub["questions"] == expected
+
+
+def test_hub_video_paths_name_the_snapshot_file_not_its_blob(videomme_root, monkeypatch, tmp_path):
+    """Question.video_path of a hub copy is the snapshot's data/<videoID>.mp4 (what lmms-eval opens, and what the
+    folder copy gives), not the content-addressed blob it links to (no name, no extension)."""
+    snapshot = hub_cache(tmp_path / "hub", "lmms-lab/Video-MME", videomme_root)
+    hub = read_hub(monkeypatch, tmp_path, "videomme", "lmms-lab/Video-MME")
+    assert [row["video_path"] for row in hub["questions"]] == [
+        str(snapshot / "data" / name) for name in ("fFjv93ACGo8.mp4", "fFjv93ACGo8.mp4", "JxXY8pXY8Yw.mkv")]
+
+
+def test_hub_id_not_in_the_local_cache_is_one_clear_line(tmp_path):
+    repo_id = "autotune-tests/never-downloaded"  # local_files_only: no network, whatever the cache holds
+    with pytest.raises(TableError) as error:
+        preset_table("videomme", repo_id, source="hub")
+    assert str(error.value) == (
+        f"dataset.path: {repo_id} is not in the local Hugging Face cache (LocalEntryNotFoundError); download it once "
+        f"with `huggingface-cli download --repo-type dataset {repo_id}`")

@@ -75,9 +75,12 @@ def _matches(base: Path, layout: dict[str, Any]) -> bool:
     return any(path.is_file() for pattern in layout["files"] for path in base.glob(pattern))
 
 
-def preset_table(name: str, path: str, source: str | None = None, **overrides: Any) -> TableSpec:
+def preset_table(name: str, path: str, source: str | None = None, dataset_name: str | None = None,
+                 **overrides: Any) -> TableSpec:
     """The TableSpec of benchmark `name` for the copy at `path` (a directory, or a hub id with source="hub"): its
-    first layout whose files are there; `overrides` (split, limit, where, video_root, ...) win over the preset's."""
+    first layout whose files are there; `overrides` (split, limit, where, video_root, ...) win over the preset's.
+    `dataset_name` names the questions' dataset (default: the benchmark's name); the prompt style stays the
+    benchmark's."""
     if name not in LAYOUTS:
         raise TableError(f"dataset.preset: unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})")
     layouts = LAYOUTS[name]
@@ -92,8 +95,7 @@ def preset_table(name: str, path: str, source: str | None = None, **overrides: A
     if layout is None:
         wanted = " or ".join(pattern for layout in layouts for pattern in layout["files"])
         raise TableError(f"dataset.path: no {name} annotations under {base} (expected {wanted})")
-    fields = {**layout, "source": layout["source"], **{k: v for k, v in overrides.items() if v is not None}}
-    fields.setdefault("name", name)
+    fields = {**layout, **{k: v for k, v in overrides.items() if v is not None}, "name": dataset_name or name}
     return TableSpec(path=str(base), **{key: value for key, value in fields.items()
                                         if key in {f.name for f in dataclasses.fields(TableSpec)}})
 

@@ -90,3 +90,13 @@ def default_open_metric(answers: list[str | None]) -> str:
     if labelled and all(is_number_answer(answer) for answer in labelled):
         return "relative_accuracy"
     return "token_f1"
+
+
+def score_answer(question, prediction: str | None, reference: str | None, metric: str) -> float:
+    """A prediction's score in [0, 1] against `reference` (the gold answer, or the unpruned model's): for a
+    multiple-choice question 1.0 for the same letter, else `metric` (OPEN_METRICS) of the texts; 0.0 for no answer."""
+    if prediction is None or reference is None:
+        return 0.0
+    if not question.open_ended:
+        return float(prediction == reference)
+    return OPEN_METRICS[metric](prediction, reference)
