@@ -559,10 +559,9 @@ def hub_cache(cache: Path, repo_id: str, copy: Path) -> Path:
 
 def read_hub(monkeypatch, tmp_path, name: str, repo_id: str) -> dict:
     """preset_table(name, repo_id, source="hub") read through the real huggingface_hub, offline, from tmp_path."""
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    for variable, value in {"HF_HUB_CACHE": tmp_path / "hub", "HF_HOME": tmp_path / "hf_home", "HF_HUB_OFFLINE": 1,
+                            "HF_DATASETS_CACHE": tmp_path / "hf_home" / "datasets", "HF_DATASETS_OFFLINE": 1}.items():
+        monkeypatch.setenv(variable, str(value))
     done = subprocess.run([sys.executable, "-c", HUB_READ, name, repo_id], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
@@ -572,7 +571,7 @@ def read_hub(monkeypatch, tmp_path, name: str, repo_id: str) -> dict:
 def test_presets_read_the_lmms_eval_hub_copies_offline(repo_id, request, monkeypatch, tmp_path):
     name, fixture = HUB_CASES[repo_id]
     copy = request.getfixturevalue(fixture)
-    snapshot = hub_cache(tmp_path / "hub", repo_id, copy)
+    snapshot = hub_cache(tmp_path / "hub", repo_id, copy).resolve()  # huggingface_hub resolves the cache folder
     hub = read_hub(monkeypatch, tmp_path, name, repo_id)
     assert (hub["path"], hub["source"]) == (str(snapshot), "parquet" if name != "longvideobench" else "json")
     local = load_dataset(name, copy)
@@ -588,13 +587,13 @@ def test_presets_read_the_lmms_eval_hub_copies_offline(repo_id, request, monkeyp
 def test_hub_video_paths_name_the_snapshot_file_not_its_blob(videomme_root, monkeypatch, tmp_path):
     """Question.video_path of a hub copy is the snapshot's data/<videoID>.mp4 (what lmms-eval opens, and what the
     folder copy gives), not the content-addressed blob it links to (no name, no extension)."""
-    snapshot = hub_cache(tmp_path / "hub", "lmms-lab/Video-MME", videomme_root)
+    snapshot = hub_cache(tmp_path / "hub", "lmms-lab/Video-MME", videomme_root).resolve()
     hub = read_hub(monkeypatch, tmp_path, "videomme", "lmms-lab/Video-MME")
     assert [row["video_path"] for row in hub["questions"]] == [
         str(snapshot / "data" / name) for name in ("fFjv93ACGo8.mp4", "fFjv93ACGo8.mp4", "JxXY8pXY8Yw.mkv")]
 
 
-def test_hub_id_not_in_the_local_cache_is_one_clear_line(tmp_path):
+def test_hub_id_not_in_the_local_cache_is_one_clear_line():
     repo_id = "autotune-tests/never-downloaded"  # local_files_only: no network, whatever the cache holds
     with pytest.raises(TableError) as error:
         preset_table("videomme", repo_id, source="hub")

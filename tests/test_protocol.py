@@ -10,9 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from autotune.data.table import TableReport
+
 from autotune.data.protocol import (
+    OPEN_POST_PROMPT,
     PROTOCOL_VERSION,
-    LoadReport,
     Question,
     accuracy_by,
     build_prompt,
@@ -52,6 +54,8 @@ def test_question_checks_answer_options_and_path():
         make_question(answer="E")
     with pytest.raises(ValueError, match="at least 2 options"):
         make_question(options=("only",))
+    with pytest.raises(ValueError, match="open-ended answer must be text"):
+        make_question(options=(), answer=3)
     with pytest.raises(ValueError, match="absolute"):
         Question("q", "videomme", "v", "relative/v.mp4", "?", ("a", "b"), "A")
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -65,14 +69,25 @@ def test_question_meta_is_not_part_of_identity():
     assert make_question(qid="q1") != a
 
 
+def test_open_ended_and_unlabelled_questions():
+    open_question = make_question(options=(), answer="a red car")
+    assert open_question.open_ended and open_question.labelled
+    assert build_prompt(open_question) == f"What happens?{OPEN_POST_PROMPT}"
+    unlabelled = make_question(answer=None)
+    assert not unlabelled.labelled and not unlabelled.open_ended
+    with pytest.raises(ValueError, match="no correct option"):
+        unlabelled.answer_index
+
+
 def test_load_report_summary():
     questions = [make_question("q0", "v0"), make_question("q1", "v0"), make_question("q2", "v1")]
-    report = LoadReport(questions, collections.Counter({"missing video": 1, "malformed row: no answer": 1}), "videomme")
+    report = TableReport(questions, collections.Counter({"missing video": 1, "malformed row: no answer": 1}),
+                         "videomme")
     assert report.n_videos == 2
     assert report.summary() == (
         "videomme: 3 questions from 2 videos; skipped 2 (1 malformed row: no answer, 1 missing video)"
     )
-    assert LoadReport([], dataset="mlvu").summary() == "mlvu: 0 questions from 0 videos; skipped 0"
+    assert TableReport([], collections.Counter(), "mlvu").summary() == "mlvu: 0 questions from 0 videos; skipped 0"
 
 
 # ---------------------------------------------------------------------------------------------------- prompts

@@ -121,7 +121,7 @@ def test_real_specs_load_with_env_roots(monkeypatch, tmp_path, file, dataset, en
 def test_real_specs_name_the_unset_env_var(monkeypatch, tmp_path, file, dataset, env, model_env, frames):
     monkeypatch.delenv(env, raising=False)
     model = _model_dir(tmp_path / "model")
-    with pytest.raises(SpecError, match=rf"^dataset\.root: environment variable {env} is not set \(in {file}\)$"):
+    with pytest.raises(SpecError, match=rf"^dataset\.path: environment variable {env} is not set \(in {file}\)$"):
         load_spec(STUDIES / file, [f"model.path={model}"])
 
 
@@ -145,7 +145,8 @@ def _set(data, dotted, value):
     ("field", "value", "message"),
     [
         ("epochs", 3, "epochs: unknown key (allowed: name, model, dataset, budgets,"),
-        ("dataset.fps", 2, "dataset.fps: unknown key (allowed: name, root, frames,"),
+        ("dataset.fps", 2, "dataset.fps: unknown key (allowed: name, preset, source, path, root, split, video_root, "
+         "columns, answer_format, where, subset, missing_video, frames, test_fraction, split_seed, limit, synthetic)"),
         ("sampler.sed", 1, "sampler.sed: unknown key"),
         ("space", {"tau_x": [0, 1]}, "space.tau_x: unknown threshold (allowed: tau_s, tau_t, alpha_boost, gamma_cap)"),
         ("space", {"tau_s": [0.5, 1.2]}, "space.tau_s: must lie within tau_s's valid range [-1, 1], got [0.5, 1.2]"),
@@ -164,19 +165,38 @@ def _set(data, dotted, value):
         ("budgets", [0.301, 0.302], "budgets[1]: 0.302 and budgets[0] = 0.301 both round to 0.30"),
         ("budgets", [], "budgets: must be a non-empty list"),
         ("budgets", 0.3, "budgets: must be a non-empty list"),
-        ("dataset.name", "kinetics", "dataset.name: unknown dataset 'kinetics' (known: longvideobench, mlvu,"),
+        ("dataset.preset", "kinetics",
+         "dataset.preset: must be one of videomme, mlvu, longvideobench, synthetic, got 'kinetics'"),
+        ("dataset.name", "My QA", "dataset.name: must match [a-z0-9][a-z0-9_.-]* (lowercase slug), got 'My QA'"),
         ("dataset.test_fraction", 1.0, "dataset.test_fraction: must be in (0, 1), got 1.0"),
         ("dataset.frames", 0, "dataset.frames: must be >= 1, got 0"),
         ("dataset.limit", 2.5, "dataset.limit: must be an integer, got float 2.5"),
-        ("dataset.synthetic", {"n_videos": 4}, "dataset.synthetic: only for dataset 'synthetic', not 'mlvu'"),
+        ("dataset.synthetic", {"n_videos": 4},
+         "dataset.synthetic: only for the synthetic preset or a table over its questions.jsonl / open.jsonl, not mlvu"),
+        ("dataset.columns", {"clip": "file"},
+         "dataset.columns.clip: unknown key (allowed: id, video, video_id, question, options, answer)"),
+        ("dataset.columns", {"options": []},
+         "dataset.columns.options: a list of option columns must be non-empty column names, got '[]'"),
+        ("dataset.columns", {"options": ["a", 3]},
+         "dataset.columns.options: a list of option columns must be non-empty column names"),
+        ("dataset.columns", {"question": 3}, "dataset.columns.question: must be"),
+        ("dataset.source", "sql", "dataset.source: must be one of json, csv, parquet, disk, hub, videofolder, got 'sql'"),
+        ("dataset.subset", {"stratify": "duration"}, "dataset.subset.n: required"),
+        ("dataset.subset", {"n": 0}, "dataset.subset.n: must be >= 1, got 0"),
+        ("dataset.subset", {"n": 5, "size": 3}, "dataset.subset.size: unknown key (allowed: n, stratify, seed)"),
+        ("dataset.missing_video", "maybe", "dataset.missing_video: must be one of error, skip, got 'maybe'"),
+        ("dataset.answer_format", "roman", "dataset.answer_format: must be one of auto, letter, index, text"),
+        ("dataset.where", {"duration": {"long": 1}}, "dataset.where.duration: must be a value or a list of values"),
         ("sampler.name", "cmaes", "sampler.name: must be one of tpe, random, nsga2, gp, got 'cmaes'"),
         ("pruner.name", "patient", "pruner.name: must be one of successive_halving, hyperband, median, none"),
         ("pruner.reduction_factor", 1, "pruner.reduction_factor: must be >= 2, got 1"),
         ("n_trials", 0, "n_trials: must be >= 1, got 0"),
         ("n_trials", "5", "n_trials: must be an integer, got str '5'"),
         ("batch_size", 0, "batch_size: must be >= 1, got 0"),
-        ("objective", "loss", "objective: must be one of accuracy, fidelity, got 'loss'"),
-        ("mode", "decode", "mode: must be one of logits, generate, got 'decode'"),
+        ("objective", "loss", "objective: must be one of auto, accuracy, fidelity, got 'loss'"),
+        ("mode", "decode", "mode: must be one of auto, logits, generate, got 'decode'"),
+        ("metric", "bleu", "metric: must be one of auto, letter, exact_match, token_f1, relative_accuracy, got 'bleu'"),
+        ("max_new_tokens", 0, "max_new_tokens: must be >= 1, got 0"),
         ("protocol", "lmms-eval-0.3", "protocol: must be one of lmms-eval-0.7, strict, got 'lmms-eval-0.3'"),
         ("name", "My Study", "name: must match [a-z0-9][a-z0-9_.-]*"),
         ("model.dtype", "float64", "model.dtype: must be one of float32, bfloat16, float16, got 'float64'"),
@@ -222,7 +242,7 @@ def test_missing_required_field(valid, key, message):
 
 @pytest.mark.parametrize(
     ("section", "key", "message"),
-    [("model", "path", "model.path: required"), ("dataset", "root", "dataset.root: required")],
+    [("model", "path", "model.path: required"), ("dataset", "root", "dataset.path: required")],
 )
 def test_missing_required_nested_field(valid, section, key, message):
     del valid[section][key]
@@ -232,7 +252,7 @@ def test_missing_required_nested_field(valid, section, key, message):
 
 def test_missing_dataset_root(valid, tmp_path):
     valid["dataset"]["root"] = str(tmp_path / "nowhere")
-    with pytest.raises(SpecError, match=rf"^dataset\.root: {tmp_path}/nowhere does not exist$"):
+    with pytest.raises(SpecError, match=rf"^dataset\.path: {tmp_path}/nowhere does not exist$"):
         spec_from_dict(valid)
 
 
@@ -241,7 +261,7 @@ def test_synthetic_root_may_be_missing_only_with_generator_params(valid, tmp_pat
     spec = spec_from_dict(valid)
     assert spec.dataset.synthetic == {"n_videos": 4, "seed": 0, "questions_per_video": 2}
     del valid["dataset"]["synthetic"]
-    with pytest.raises(SpecError, match=r"^dataset\.root: .*/gen does not exist \(or give dataset\.synthetic"):
+    with pytest.raises(SpecError, match=r"^dataset\.path: .*/gen does not exist \(or give dataset\.synthetic"):
         spec_from_dict(valid)
 
 
@@ -455,7 +475,8 @@ def test_defaults_derive_from_the_workdir(valid, tmp_path):
     assert spec.artifact_location == str(work / "mlartifacts")
     assert spec.cache_dir == str(work / "cache")
     assert spec.budgets == (0.3, 0.5)  # sorted ascending
-    assert (spec.objective, spec.n_trials, spec.batch_size, spec.warm_start) == ("accuracy", 30, 8, ())
+    assert (spec.objective, spec.n_trials, spec.batch_size, spec.warm_start) == ("auto", 30, 8, ())
+    assert (spec.mode, spec.metric, spec.max_new_tokens) == ("auto", "auto", 16)
     assert tuple(spec.space) == THRESHOLDS
     assert spec.base == AdaTPConfig()
 

@@ -1,4 +1,4 @@
-"""autotune.data.synthetic: real mp4 files whose pixels carry the answers that questions.json claims."""
+"""autotune.data.synthetic: real mp4 files whose pixels carry the answers that questions.jsonl claims."""
 
 import json
 import time
@@ -10,7 +10,7 @@ import torch
 from adatp.video import decode_frames, preprocess_frames
 from autotune.data import synthetic
 from autotune.data.protocol import Question
-from autotune.data.synthetic import COLOURS, GRID, KINDS, generate, load, object_mask
+from autotune.data.synthetic import COLOURS, GRID, KINDS, OPEN_QUESTION_TEMPLATE, generate, load, object_mask
 
 pytest.importorskip("av")
 pytest.importorskip("decord")
@@ -25,8 +25,12 @@ def dataset(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("synthetic"), N_VIDEOS, seed=3, frames=FRAMES, size=SIZE)
 
 
-def rows_of(root):
-    return json.loads((root / "questions.json").read_text())
+def rows_of(root, name="questions.jsonl"):
+    return [json.loads(line) for line in (root / name).read_text().splitlines()]
+
+
+def write_rows(root, rows, name="questions.jsonl"):
+    (root / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def videos_of(root):
@@ -53,8 +57,15 @@ def test_layout_and_rows(dataset):
     rows = rows_of(dataset)
     meta = json.loads((dataset / "meta.json").read_text())
     assert meta["generator"] == synthetic.GENERATOR_VERSION and meta["seed"] == 3 and meta["n_videos"] == N_VIDEOS
+    assert meta["generator"] == "synthetic-v6"
+    assert sorted(p.name for p in dataset.iterdir()) == ["meta.json", "open.jsonl", "questions.jsonl", "videos"]
     assert sorted(p.name for p in (dataset / "videos").iterdir()) == [f"syn{i:05d}.mp4" for i in range(N_VIDEOS)]
     assert len(rows) == 2 * N_VIDEOS
+    # open.jsonl: the same questions as an unlabelled, open-ended table over the same videos.
+    assert rows_of(dataset, "open.jsonl") == [
+        {"id": row["qid"], "clip": row["video"], "question": OPEN_QUESTION_TEMPLATE.format(kind=row["meta"]["kind"])}
+        for row in rows
+    ]
     for row in rows:
         events = row["meta"]["events"]
         assert 2 <= len(events) <= 3
@@ -127,9 +138,10 @@ def test_kinds_are_distinct_at_token_granularity(dataset):
 
 def test_deterministic_and_seed_dependent(tmp_path, dataset):
     again = generate(tmp_path / "again", N_VIDEOS, seed=3, frames=FRAMES, size=SIZE)
-    assert (again / "questions.json").read_bytes() == (dataset / "questions.json").read_bytes()
+    for name in ("questions.jsonl", "open.jsonl"):
+        assert (again / name).read_bytes() == (dataset / name).read_bytes()
     other = generate(tmp_path / "other", N_VIDEOS, seed=4, frames=FRAMES, size=SIZE)
-    assert (other / "questions.json").read_bytes() != (dataset / "questions.json").read_bytes()
+    assert (other / "questions.jsonl").read_bytes() != (dataset / "questions.jsonl").read_bytes()
     # The rendered pixels are deterministic; x264's bytes for them are not always (seen within one pytest run: a mean
     # of 0.73 uint8 levels apart after decoding), so the decoded videos are compared: the same seed's video stays
     # within 3 levels on average, another seed's is ~18 away.
@@ -144,11 +156,11 @@ def test_deterministic_and_seed_dependent(tmp_path, dataset):
 
 def test_idempotent_and_regenerates_on_other_parameters(tmp_path):
     root = generate(tmp_path / "set", 3, seed=0)
-    stamp = (root / "questions.json").stat().st_mtime_ns
+    stamp = (root / "questions.jsonl").stat().st_mtime_ns
     (root / "videos/syn00001.mp4").write_bytes(b"left alone when meta.json matches")
     time.sleep(0.01)
     assert generate(root, 3, seed=0) == root
-    assert (root / "questions.json").stat().st_mtime_ns == stamp
+    assert (root / "questions.jsonl").stat().st_mtime_ns == stamp
     assert (root / "videos/syn00001.mp4").read_bytes() == b"left alone when meta.json matches"
     generate(root, 2, seed=0)  # other parameters: rewritten, and the third video goes
     assert sorted(p.name for p in (root / "videos").iterdir()) == ["syn00000.mp4", "syn00001.mp4"]
@@ -179,13 +191,13 @@ def test_load_skips_missing_videos_and_malformed_rows(tmp_path):
     rows.append({"qid": "broken", "video_id": "x", "video": "videos/syn00000.mp4", "question": "?"})
     rows.append({**rows[0], "qid": "bad-letter", "answer": "E"})
     rows.append("not an object")
-    (root / "questions.json").write_text(json.dumps(rows))
+    write_rows(root, rows)
     report = load(root)
     assert len(report.questions) == 6
     assert "syn00002" not in {q.video_id for q in report.questions}
     assert report.skipped == {
         "missing video": 2,
-        "malformed row: no options": 1,
+        "open-ended question (no options)": 1,  # the synthetic preset reads multiple-choice questions only
         "malformed row: answer not among options": 1,
         "malformed row: not an object": 1,
     }
@@ -194,8 +206,17 @@ def test_load_skips_missing_videos_and_malformed_rows(tmp_path):
 def test_load_missing_root_or_questions(tmp_path):
     with pytest.raises(FileNotFoundError, match="synthetic"):
         load(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="questions.json"):
+    with pytest.raises(FileNotFoundError, match=r"no questions\.jsonl in .*synthetic\.generate"):
         load(tmp_path)
+
+
+def test_an_old_questions_json_is_replaced_by_the_jsonl_table(tmp_path):
+    root = generate(tmp_path / "set", 2, seed=0)
+    (root / "meta.json").write_text("{}")  # as if made by another version: regenerated
+    (root / "questions.json").write_text("[]")  # synthetic-v5's manifest
+    generate(root, 2, seed=0)
+    assert not (root / "questions.json").exists()
+    assert len(load(root).questions) == len(rows_of(root)) == 4
 
 
 @pytest.mark.parametrize(

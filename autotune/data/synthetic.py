@@ -76,8 +76,8 @@ def generate(
     """Write ``n_videos`` videos and their questions under ``root``; return ``root`` as a Path.
 
     Deterministic in (seed, n_videos, frames, size, questions_per_video): the same arguments give the same
-    questions.json bytes. If ``root/meta.json`` already records these arguments and this generator version,
-    nothing is written. Otherwise the set is (re)written and meta.json comes last.
+    questions.jsonl and open.jsonl bytes. If ``root/meta.json`` already records these arguments and this generator
+    version, nothing is written. Otherwise the set is (re)written and meta.json comes last.
     """
     if not isinstance(n_videos, int) or n_videos < 1:
         raise ValueError(f"n_videos must be an int >= 1, got {n_videos!r}")

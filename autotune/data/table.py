@@ -57,6 +57,7 @@ VIDEO_SUFFIXES = (".mp4", ".MP4", ".mkv", ".webm", ".avi", ".mov")
 VIRTUAL = ("_file", "_file_dir", "_index", "_group_index", "_row", "_lists")
 _LETTER_PREFIX = re.compile(r"\s*\(?([A-Za-z])[.):]\s*(.*)", re.DOTALL)
 _TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_LETTERS = letters(MAX_OPTIONS)  # sliced per row: letters(n) == _LETTERS[:n]
 
 
 class TableError(ValueError):
@@ -264,7 +265,7 @@ def _load_file(table: TableSpec, path: Path, cache_dir: str | None, skipped: col
         problem = _utf8_problem(path)
         if problem is not None:
             raise TableError(f"dataset.path: {path} is not UTF-8 text ({problem}); save it as UTF-8")
-    kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    kwargs = _csv_options(path) if builder == "csv" else {}
     try:
         loaded = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir, **kwargs)
     except Exception as error:  # datasets wraps every reader failure; the file is counted, the load goes on
@@ -279,6 +280,20 @@ def _load_file(table: TableSpec, path: Path, cache_dir: str | None, skipped: col
             return _Part(path, [], {})
     loaded = _as_paths(loaded)
     return _Part(path, loaded.to_list(), _feature_types(loaded.features))
+
+
+def _csv_options(path: Path) -> dict[str, Any]:
+    """`load_dataset("csv")` options that read every cell as the text written ("None", "NA", "007", "3" stay
+    strings; only a blank cell is null), where pandas would make "NA" a null and a column of digits numbers."""
+    import csv
+
+    import datasets
+
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        header = next(csv.reader(handle, delimiter=delimiter), [])
+    features = datasets.Features({name: datasets.Value("string") for name in header})
+    return {"delimiter": delimiter, "features": features, "keep_default_na": False, "na_values": [""]}
 
 
 def _json_rows(path: Path, skipped: collections.Counter) -> list[dict[str, Any]] | None:
@@ -424,6 +439,9 @@ def check_types(mapping: Mapping[str, Any], types: Mapping[str, str]) -> None:
 
 
 def _fill(template: str, row: Mapping[str, Any]) -> str:
+    if "{" not in template:
+        return template
+
     def value(match: re.Match) -> str:
         found = row.get(match.group(1))
         if found is None:
@@ -485,7 +503,7 @@ def _options(table: TableSpec, raw: list[Any], column: str) -> tuple[list[str], 
     kept = [value is not None and value.strip() not in table.not_options and value not in table.not_options
             for value in raw]
     texts = [value for value, keep in zip(raw, kept, strict=True) if keep]
-    names = letters(min(max(len(texts), 1), MAX_OPTIONS))
+    names = _LETTERS[: max(len(texts), 1)]
     stripped = [_strip_letter(text, letter) for text, letter in zip(texts, names, strict=False)]
     if table.option_prefix == "strip" or (table.option_prefix == "auto" and texts
                                           and all(s is not None for s in stripped)):
@@ -495,12 +513,13 @@ def _options(table: TableSpec, raw: list[Any], column: str) -> tuple[list[str], 
 
 def _answer_letter(table: TableSpec, value: Any, raw: list[Any], kept: list[bool], options: list[str]) -> str:
     """The answer as a letter of the kept options, read as `answer_format` says (auto: an int is an index, a valid
-    letter a letter, else the option's text)."""
-    names = letters(len(options))
+    letter a letter, else the option's text; a CSV holds only text, so there a number is an index too)."""
+    names = _LETTERS[: len(options)]
     fmt = table.answer_format
     if isinstance(value, bool) or value is None or not isinstance(value, (str, int)):
         raise SkipRow("malformed row: answer has wrong type")
-    if fmt == "index" or (fmt == "auto" and isinstance(value, int)):
+    number = isinstance(value, int) or (table.source == "csv" and value.strip().isdigit())
+    if fmt == "index" or (fmt == "auto" and number):
         index = value if isinstance(value, int) else int(value) if str(value).strip().isdigit() else -1
         if not 0 <= index < len(raw):
             raise SkipRow("malformed row: answer not among options")
@@ -581,8 +600,8 @@ class _Videos:
             path = self.root / folder / stored
             for candidate in [path] + [path.with_name(path.name + suffix) for suffix in self.table.video_extensions
                                        if not path.suffix]:
-                if candidate.is_file():
-                    return candidate.resolve()
+                if candidate.is_file():  # absolute, symlinks kept: a hub snapshot's file, not the blob it links to
+                    return Path(os.path.abspath(candidate))
         return None
 
     def _materialise(self, stored: str, data: bytes) -> Path:
@@ -654,11 +673,24 @@ def _video_id(table: TableSpec, mapping: Mapping[str, Any], row: Mapping[str, An
 
 # -- order, filters, subsets ----------------------------------------------------------------------------------
 def _matches(row: Mapping[str, Any], where: Mapping[str, Any]) -> bool:
+    """Whether the row has one of the wanted values in every `where` column (a number also matches its text, as a
+    CSV stores it: {level: 2} keeps level "2")."""
     for column, wanted in where.items():
+        value = row.get(column)
         allowed = wanted if isinstance(wanted, list) else [wanted]
-        if row.get(column) not in allowed:
+        if value not in allowed and not (isinstance(value, str) and value in
+                                         [str(w) for w in allowed if isinstance(w, (int, float))
+                                          and not isinstance(w, bool)]):
             return False
     return True
+
+
+def check_where(where: Mapping[str, Any], columns: set[str]) -> None:
+    """TableError for a `where` column the table does not have (it would keep no row, silently)."""
+    for column in where:
+        if column not in columns and column not in VIRTUAL:
+            known = ", ".join(sorted(columns)[:20]) + (" ..." if len(columns) > 20 else "")
+            raise TableError(f"dataset.where: no column {column!r} in the table (columns: {known})")
 
 
 def _interleaved(rows: list[dict[str, Any]], column: str) -> list[dict[str, Any]]:
@@ -699,9 +731,9 @@ def stratified_subset(questions: list[Question], n: int, stratify: str | None, s
 def _numbered(parts: list[_Part], lists: frozenset) -> Iterator[dict[str, Any]]:
     number = 0
     for part in parts:
+        stem, folder = part.file.stem, str(part.file.parent)
         for index, row in enumerate(part.rows):
-            yield {**row, "_file": part.file.stem, "_file_dir": str(part.file.parent), "_index": index,
-                   "_row": number, "_lists": lists}
+            yield {**row, "_file": stem, "_file_dir": folder, "_index": index, "_row": number, "_lists": lists}
             number += 1
 
 
@@ -719,8 +751,11 @@ def read_table(table: TableSpec, cache_dir: str | None = None, videos_dir: str |
     notes: list[str] = []
     mapping = resolve_mapping(table, set(types), notes)
     check_types(mapping, types)
+    check_where(table.where, set(types))
     lists = frozenset(column for column, kind in types.items() if kind.startswith("list<"))
     rows = [row for row in _numbered(parts, lists) if _matches(row, table.where)]
+    if table.where:
+        notes.append(f"dataset.where: kept {len(rows)} of {sum(len(part.rows) for part in parts)} rows")
     if table.interleave:
         rows = _interleaved(rows, table.interleave)
     root = Path(table.video_root) if table.video_root else base
@@ -783,7 +818,8 @@ def _option_count_notes(table: TableSpec, mapping: Mapping[str, Any], rows: list
         n = sum(value is not None and isinstance(value, str) and value.strip() not in table.not_options
                 for value in raw)
         counts[n] += 1
-        examples.setdefault(n, str(row.get(mapping.get("id", ""), f"row {row['_row']}")))
+        qid = row.get(mapping["id"]) if "id" in mapping else None
+        examples.setdefault(n, f"row{row['_row']}" if qid is None or not str(qid).strip() else str(qid))
     if len(counts) < 2:
         return []
     usual = counts.most_common(1)[0][0]
