@@ -165,8 +165,12 @@ class Workspace:
 
     @property
     def dataset_key(self) -> str:
+        """Names the cached unpruned answers: the table and what its questions say (a changed column mapping, prompt
+        or video under the same ids gets answers of its own)."""
         data = self.spec.dataset
-        return f"{data.name}|{data.root}|{data.limit}"
+        content = hashlib.sha256("\n".join(f"{q.qid}|{q.video_path}|{q.question}|{q.options}|{q.style}"
+                                           for q in self.tune + self.test).encode()).hexdigest()[:16]
+        return f"{data.name}|{data.root}|{content}"
 
     def vanilla(self, questions: Sequence[Question]) -> dict[str, str | None]:
         """The unpruned model's letters or open-ended answers (cached on disk per model, dataset and protocol)."""

@@ -180,7 +180,8 @@ def _set(data, dotted, value):
         ("dataset.columns", {"options": ["a", 3]},
          "dataset.columns.options: a list of option columns must be non-empty column names"),
         ("dataset.columns", {"question": 3}, "dataset.columns.question: must be"),
-        ("dataset.source", "sql", "dataset.source: must be one of json, csv, parquet, disk, hub, videofolder, got 'sql'"),
+        ("dataset.source", "sql",
+         "dataset.source: must be one of json, csv, parquet, disk, hub, videofolder, got 'sql'"),
         ("dataset.subset", {"stratify": "duration"}, "dataset.subset.n: required"),
         ("dataset.subset", {"n": 0}, "dataset.subset.n: must be >= 1, got 0"),
         ("dataset.subset", {"n": 5, "size": 3}, "dataset.subset.size: unknown key (allowed: n, stratify, seed)"),
@@ -196,7 +197,7 @@ def _set(data, dotted, value):
         ("objective", "loss", "objective: must be one of auto, accuracy, fidelity, got 'loss'"),
         ("mode", "decode", "mode: must be one of auto, logits, generate, got 'decode'"),
         ("metric", "bleu", "metric: must be one of auto, letter, exact_match, token_f1, relative_accuracy, got 'bleu'"),
-        ("max_new_tokens", 0, "max_new_tokens: must be >= 1, got 0"),
+        ("max_new_tokens", 0, "max_new_tokens: must be in [1, 4096], got 0"),
         ("protocol", "lmms-eval-0.3", "protocol: must be one of lmms-eval-0.7, strict, got 'lmms-eval-0.3'"),
         ("name", "My Study", "name: must match [a-z0-9][a-z0-9_.-]*"),
         ("model.dtype", "float64", "model.dtype: must be one of float32, bfloat16, float16, got 'float64'"),
@@ -499,3 +500,131 @@ def test_load_spec_file_errors(tmp_path):
     listed.write_text("- 1\n- 2\n")
     with pytest.raises(SpecError, match=r"^list\.yaml: must be a YAML mapping"):
         load_spec(listed)
+
+
+# ---------------------------------------------------------------------------------------------------- dataset tables
+def _table(valid, tmp_path, name="qa.jsonl", **section):
+    """`valid` with its dataset replaced by a table at tmp_path/name (created) and the given dataset keys."""
+    path = tmp_path / name
+    path.write_text('{"id": "q0"}\n')
+    valid["dataset"] = {"path": str(path), **section}
+    return valid
+
+
+def test_a_table_section_reads_every_new_key(valid, tmp_path):
+    spec = spec_from_dict(_table(
+        valid, tmp_path, split="test", video_root=str(tmp_path / "clips"),
+        columns={"id": "uid", "video": "clip", "options": ["a", "b", "c"], "answer": "gold"}, answer_format="index",
+        where={"duration": ["short", "medium"], "level": 2}, subset={"n": 50, "stratify": "duration"},
+        missing_video="skip",
+    ))
+    data = spec.dataset
+    assert (data.name, data.root, data.preset, data.source, data.split) == (
+        "qa", str(tmp_path / "qa.jsonl"), None, "json", "test")
+    assert data.video_root == str(tmp_path / "clips")
+    assert data.columns == {"id": "uid", "video": "clip", "options": ["a", "b", "c"], "answer": "gold"}
+    assert (data.answer_format, data.missing_video) == ("index", "skip")
+    assert data.where == {"duration": ["short", "medium"], "level": 2}
+    assert data.subset == {"n": 50, "stratify": "duration", "seed": 0}  # seed defaults to 0
+    assert spec.study_name(0.3) == "t-qa-b0.30"
+
+
+@pytest.mark.parametrize(("name", "source"), [("qa.csv", "csv"), ("qa.tsv", "csv"), ("qa.parquet", "parquet"),
+                                              ("qa.json", "json")])
+def test_a_table_source_comes_from_its_suffix(valid, tmp_path, name, source):
+    assert spec_from_dict(_table(valid, tmp_path, name)).dataset.source == source
+
+
+def test_a_directory_table_is_disk_with_dataset_info_else_a_videofolder(valid, tmp_path):
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "dataset_info.json").write_text("{}")
+    (tmp_path / "clips").mkdir()
+    valid["dataset"] = {"path": str(tmp_path / "saved")}
+    assert spec_from_dict(valid).dataset.source == "disk"
+    valid["dataset"] = {"path": str(tmp_path / "clips")}
+    assert spec_from_dict(valid).dataset.source == "videofolder"
+
+
+def test_a_path_without_a_known_suffix_needs_a_source(valid, tmp_path):
+    valid["dataset"] = {"path": str(tmp_path / "qa.txt")}
+    with pytest.raises(SpecError, match=r"^dataset\.source: cannot tell the source of .*qa\.txt' from its name; say "
+                                        r"source: json \| csv \| parquet \| disk \| hub \| videofolder$"):
+        spec_from_dict(valid, check_paths=False)
+
+
+def test_the_default_dataset_name_is_the_file_stem_as_a_slug(valid):
+    valid["dataset"] = {"path": "/x/My QA.jsonl"}
+    spec = spec_from_dict(valid, check_paths=False)
+    assert (spec.dataset.name, spec.dataset.root) == ("my-qa", "/x/My QA.jsonl")
+    valid["dataset"] = {"path": "/x/clips/**", "source": "parquet"}
+    assert spec_from_dict(valid, check_paths=False).dataset.name == "clips"  # a folder's glob: the folder's name
+    valid["dataset"] = {"path": "/x/My QA.jsonl", "name": "mine"}
+    assert spec_from_dict(valid, check_paths=False).dataset.name == "mine"
+
+
+def test_a_benchmark_name_without_source_is_its_preset(valid, tmp_path):
+    """Older specs say `name: videomme` (no preset, no source): still the videomme preset, under that name."""
+    valid["dataset"] = {"name": "videomme", "root": str(tmp_path)}
+    data = spec_from_dict(valid).dataset
+    assert (data.name, data.preset, data.source, data.root) == ("videomme", "videomme", None, str(tmp_path))
+    valid["dataset"] = {"preset": "mlvu", "path": str(tmp_path)}
+    assert (spec_from_dict(valid).dataset.name, spec_from_dict(valid).dataset.preset) == ("mlvu", "mlvu")
+    # With a source it is a table of one's own that happens to share the name.
+    _table(valid, tmp_path, name="videomme.jsonl", source="json")
+    valid["dataset"]["name"] = "videomme"
+    data = spec_from_dict(valid).dataset
+    assert (data.name, data.preset, data.source) == ("videomme", None, "json")
+
+
+def test_path_and_root_are_one_key(valid, tmp_path):
+    valid["dataset"] = {"name": "mlvu", "path": str(tmp_path), "root": str(tmp_path)}
+    with pytest.raises(SpecError, match=r"^dataset\.root: give path or root \(the same thing\), not both$"):
+        spec_from_dict(valid)
+    del valid["dataset"]["root"]
+    assert spec_from_dict(valid).dataset.root == str(tmp_path)
+
+
+def test_no_dataset_section_asks_for_the_table(valid):
+    del valid["dataset"]
+    with pytest.raises(SpecError, match=r"^dataset\.path: required \(the table to tune on\)$"):
+        spec_from_dict(valid)
+
+
+@pytest.mark.parametrize(("key", "value"), [("path", "justname"), ("path", "org/name/extra"), ("root", "a b/c")])
+def test_a_hub_path_must_be_org_name(valid, key, value):
+    valid["dataset"] = {"source": "hub", key: value}
+    with pytest.raises(SpecError) as caught:
+        spec_from_dict(valid)
+    assert str(caught.value) == f"dataset.{key}: a hub dataset id is 'org/name', got '{value}'"
+
+
+def test_a_hub_path_is_kept_as_an_id_and_not_looked_up(valid):
+    valid["dataset"] = {"source": "hub", "path": "lmms-lab/Video-MME", "preset": "videomme"}
+    data = spec_from_dict(valid).dataset  # check_paths is on: a hub id is read later, from the local HF cache
+    assert (data.root, data.source, data.preset, data.name) == ("lmms-lab/Video-MME", "hub", "videomme", "videomme")
+    valid["dataset"] = {"source": "hub", "path": "someone/My_QA"}
+    assert spec_from_dict(valid).dataset.name == "my_qa"
+
+
+def test_synthetic_parameters_fit_a_table_over_the_synthetic_files(valid, tmp_path):
+    for name in ("questions.jsonl", "open.jsonl"):
+        valid["dataset"] = {"path": str(tmp_path / "gen" / name), "synthetic": {"n_videos": 4, "seed": 1}}
+        data = spec_from_dict(valid).dataset  # missing, but it will be generated
+        assert data.synthetic == {"n_videos": 4, "seed": 1, "questions_per_video": 2} and data.preset is None
+    _table(valid, tmp_path, synthetic={"n_videos": 4})
+    with pytest.raises(SpecError, match=r"^dataset\.synthetic: only for the synthetic preset or a table over its "
+                                        r"questions\.jsonl / open\.jsonl, not '.*qa\.jsonl'$"):
+        spec_from_dict(valid)
+
+
+def test_metric_and_max_new_tokens(valid):
+    spec = spec_from_dict(valid | {"metric": "token_f1", "max_new_tokens": 64, "mode": "generate"})
+    assert (spec.metric, spec.max_new_tokens, spec.mode, spec.objective) == ("token_f1", 64, "generate", "auto")
+    assert (spec.to_dict()["metric"], spec.to_dict()["max_new_tokens"]) == ("token_f1", 64)
+    with pytest.raises(SpecError) as caught:
+        spec_from_dict(valid | {"metric": "bleu"})
+    assert str(caught.value) == ("metric: must be one of auto, letter, exact_match, token_f1, relative_accuracy, "
+                                 "got 'bleu'")
+    with pytest.raises(SpecError) as caught:
+        spec_from_dict(valid | {"metric": ["bleu"]})
+    assert str(caught.value).startswith("metric: must be one of auto, letter, exact_match, token_f1, relative_accuracy")

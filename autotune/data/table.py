@@ -225,6 +225,45 @@ def _as_paths(dataset):
     return dataset
 
 
+def _rows(dataset, videos_dir: str | None) -> list[dict[str, Any]]:
+    """The dataset's rows. A `Video` column's stored bytes (a save_to_disk keeps only the base name as its path) are
+    written to `videos_dir` a batch at a time, so a table of embedded videos is never in memory whole; its values
+    become {path: the stored name, file: the written file}, without the bytes."""
+    import datasets
+
+    columns = [column for column, feature in dataset.features.items() if isinstance(feature, datasets.Video)]
+    if not columns:
+        return dataset.to_list()
+    videos = {column: [] for column in columns}
+    for batch in dataset.select_columns(columns).iter(batch_size=16):
+        for column in columns:
+            videos[column] += [_stored_video(value, videos_dir) for value in batch[column]]
+    others = dataset.remove_columns(columns)
+    rows = others.to_list() if others.column_names else [{} for _ in range(len(dataset))]
+    for column in columns:
+        for row, value in zip(rows, videos[column], strict=True):
+            row[column] = value
+    return rows
+
+
+def _stored_video(value: Mapping[str, Any] | None, videos_dir: str | None) -> dict[str, Any] | None:
+    """A `Video` value without its bytes: {path, file} where the bytes were written to `videos_dir` (once, named by
+    their content hash), else {path} alone (the path is then looked up as any other)."""
+    if value is None or not value.get("bytes"):
+        return None if value is None else {"path": value.get("path")}
+    data, stored = value["bytes"], value.get("path") or ""
+    if videos_dir is None:
+        return {"path": stored}
+    name = f"{hashlib.sha256(data).hexdigest()[:24]}{Path(stored).suffix or '.mp4'}"
+    path = Path(videos_dir) / name
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{name}.{os.getpid()}.tmp")
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    return {"path": stored or name, "file": os.path.abspath(path)}
+
+
 def _pick_split(table: TableSpec, loaded, where: str) -> Any:
     import datasets
 
@@ -254,7 +293,8 @@ def _utf8_problem(path: Path) -> str | None:
     return None
 
 
-def _load_file(table: TableSpec, path: Path, cache_dir: str | None, skipped: collections.Counter) -> _Part | None:
+def _load_file(table: TableSpec, path: Path, cache_dir: str | None, skipped: collections.Counter,
+               videos_dir: str | None = None) -> _Part | None:
     """One data file through `datasets.load_dataset`; None (counted as an unreadable file) when it cannot be read.
     A JSON file whose rows datasets cannot type as one table (a row that is not an object, a column that changes
     type) is read row by row instead, and each such row skipped and counted."""
@@ -279,7 +319,7 @@ def _load_file(table: TableSpec, path: Path, cache_dir: str | None, skipped: col
         if loaded is None:
             return _Part(path, [], {})
     loaded = _as_paths(loaded)
-    return _Part(path, loaded.to_list(), _feature_types(loaded.features))
+    return _Part(path, _rows(loaded, videos_dir), _feature_types(loaded.features))
 
 
 def _csv_options(path: Path) -> dict[str, Any]:
@@ -356,9 +396,10 @@ def table_base(table: TableSpec) -> Path:
     return _hub_snapshot(table.path) if table.source == "hub" else Path(table.path)
 
 
-def read_parts(table: TableSpec, cache_dir: str | None = None,
-               skipped: collections.Counter | None = None) -> tuple[Path, list[_Part]]:
-    """(base directory, the table's rows by part), read through `datasets`."""
+def read_parts(table: TableSpec, cache_dir: str | None = None, skipped: collections.Counter | None = None,
+               videos_dir: str | None = None) -> tuple[Path, list[_Part]]:
+    """(base directory, the table's rows by part), read through `datasets`; videos stored as bytes are written to
+    `videos_dir` (see `_rows`)."""
     import datasets
 
     skipped = skipped if skipped is not None else collections.Counter()
@@ -370,17 +411,18 @@ def read_parts(table: TableSpec, cache_dir: str | None = None,
             loaded = _as_paths(_pick_split(table, datasets.load_from_disk(str(base)), str(base)))
         except FileNotFoundError as error:
             raise TableError(f"dataset.path: {base} is not a save_to_disk directory ({error})") from None
-        return base, [_Part(base, loaded.to_list(), _feature_types(loaded.features))]
+        return base, [_Part(base, _rows(loaded, videos_dir), _feature_types(loaded.features))]
     if table.source == "videofolder":
         if not base.is_dir():
             raise TableError(f"dataset.path: {base} is not a directory of videos")
         loaded = _as_paths(_pick_split(table, datasets.load_dataset("videofolder", data_dir=str(base),
                                                                     cache_dir=cache_dir), str(base)))
-        return base, [_Part(base, loaded.to_list(), _feature_types(loaded.features))]
+        return base, [_Part(base, _rows(loaded, videos_dir), _feature_types(loaded.features))]
     if table.source == "hub" and not table.files:
         loaded = _as_paths(_pick_split(table, datasets.load_dataset(str(base), cache_dir=cache_dir), table.path))
-        return base, [_Part(base, loaded.to_list(), _feature_types(loaded.features))]
-    parts = [part for path in _data_files(table, base) if (part := _load_file(table, path, cache_dir, skipped))]
+        return base, [_Part(base, _rows(loaded, videos_dir), _feature_types(loaded.features))]
+    parts = [part for path in _data_files(table, base)
+             if (part := _load_file(table, path, cache_dir, skipped, videos_dir))]
     return (base if base.is_dir() else base.parent), parts
 
 
@@ -558,31 +600,32 @@ def _meta(table: TableSpec, mapping: Mapping[str, Any], row: Mapping[str, Any]) 
 
 
 class _Videos:
-    """Finds each row's video file: under video_root in `video_dirs`, with `video_extensions` tried; a video stored
-    as bytes is written once under `videos_dir` by its content hash."""
+    """Finds each row's video file: under video_root in `video_dirs`, with `video_extensions` tried, or the file a
+    video stored as bytes was written to (`_stored_video`)."""
 
-    def __init__(self, table: TableSpec, root: Path, videos_dir: str | None) -> None:
+    def __init__(self, table: TableSpec, root: Path) -> None:
         self.table, self.root = table, root
-        self.videos_dir = Path(videos_dir) if videos_dir else None
         self._looked_up: dict[tuple[str, ...], Path | None] = {}  # folders + stored value -> the file found, if any
 
-    def value(self, row: Mapping[str, Any], column: str) -> tuple[str, bytes | None]:
-        """(the path as stored, the stored bytes or None)."""
+    def value(self, row: Mapping[str, Any], column: str) -> tuple[str, str | None]:
+        """(the path as stored, the file its stored bytes were written to, or None)."""
         value = row.get(column)
-        if isinstance(value, dict):  # a datasets.Video column: {path, bytes}
-            path, data = value.get("path"), value.get("bytes")
-            if not path and not data:
+        if isinstance(value, dict):  # a datasets.Video column: {path} or {path, file}
+            if not value.get("path"):
                 raise SkipRow(f"malformed row: no {column}")
-            return str(path or ""), data
+            return str(value["path"]), value.get("file")
         if value is None or (isinstance(value, str) and not value.strip()):
             raise SkipRow(f"malformed row: no {column}")
         if not isinstance(value, str):
             raise SkipRow(f"malformed row: {column} has wrong type")
         return value, None
 
-    def find(self, row: Mapping[str, Any], stored: str, data: bytes | None) -> tuple[Path, bool]:
-        """(absolute path, whether the file is there). Each (folders, value) is looked up once per read: a table
-        of 400k questions over 10 videos stats 10 files, not 400k."""
+    def find(self, row: Mapping[str, Any], stored: str, written: str | None) -> tuple[Path, bool]:
+        """(absolute path, whether the file is there): the written file of stored bytes (the bytes are the video,
+        whatever file of that name lies around), else the lookup. Each (folders, value) is looked up once per read:
+        a table of 400k questions over 10 videos stats 10 files, not 400k."""
+        if written is not None:
+            return Path(written), True
         folders = tuple(_fill(folder, row) for folder in self.table.video_dirs)
         key = (*folders, stored)
         if key not in self._looked_up:
@@ -590,9 +633,15 @@ class _Videos:
         found = self._looked_up[key]
         if found is not None:
             return found, True
-        if data is not None and self.videos_dir is not None:
-            return self._materialise(stored, data), True
         return Path(os.path.abspath(self.root / folders[0] / stored)), False
+
+    def relative(self, stored: str) -> str:
+        """An absolute stored path below video_root made relative to it (a videofolder's or a hub snapshot's file,
+        so that the video id, and with it the tune/test split, does not depend on where the copy lies)."""
+        root = os.path.abspath(self.root)
+        if os.path.isabs(stored) and os.path.commonpath([stored, root]) == root:
+            return Path(os.path.relpath(stored, root)).as_posix()
+        return stored
 
     def _lookup(self, folders: tuple[str, ...], stored: str) -> Path | None:
         """The first existing file of `stored` under the folders (the extensions tried for a name without one)."""
@@ -603,16 +652,6 @@ class _Videos:
                 if candidate.is_file():  # absolute, symlinks kept: a hub snapshot's file, not the blob it links to
                     return Path(os.path.abspath(candidate))
         return None
-
-    def _materialise(self, stored: str, data: bytes) -> Path:
-        suffix = Path(stored).suffix or ".mp4"
-        path = self.videos_dir / f"{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(f".{os.getpid()}.tmp")
-            partial.write_bytes(data)
-            os.replace(partial, path)
-        return path.resolve()
 
 
 def _parse(table: TableSpec, mapping: Mapping[str, Any], videos: _Videos,
@@ -650,9 +689,9 @@ def _parse(table: TableSpec, mapping: Mapping[str, Any], videos: _Videos,
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise SkipRow(f"malformed row: {mapping['answer']} has wrong type")
         answer = str(value).strip()
-    stored, data = videos.value(row, mapping["video"])
-    path, present = videos.find(row, stored, data)
-    video_id = _video_id(table, mapping, row, stored)
+    stored, written = videos.value(row, mapping["video"])
+    path, present = videos.find(row, stored, written)
+    video_id = _video_id(table, mapping, row, videos.relative(stored))
     meta = _meta(table, mapping, row)
     if table.raw_prompt and options:
         meta["raw_question"] = question
@@ -743,7 +782,7 @@ def read_table(table: TableSpec, cache_dir: str | None = None, videos_dir: str |
     TableError for a table that cannot be read as mapped; a row that cannot become a question never stops the load.
     """
     skipped: collections.Counter = collections.Counter()
-    base, parts = read_parts(table, cache_dir, skipped)
+    base, parts = read_parts(table, cache_dir, skipped, videos_dir)
     types: dict[str, str] = {}
     for part in parts:
         for column, kind in part.features.items():
@@ -762,7 +801,7 @@ def read_table(table: TableSpec, cache_dir: str | None = None, videos_dir: str |
     report = TableReport([], skipped, table.name, column_types=types, mapping=mapping,
                          rows=sum(len(part.rows) for part in parts), files=[str(part.file) for part in parts])
     report.notes += notes + _option_count_notes(table, mapping, rows)
-    _collect(table, mapping, _Videos(table, root, videos_dir), rows, report)
+    _collect(table, mapping, _Videos(table, root), rows, report)
     return report
 
 
