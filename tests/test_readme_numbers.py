@@ -29,3 +29,27 @@ def test_a_changed_number_no_longer_matches(tmp_path):
     changed = tables.render_all(tmp_path)["prefill_speed_7b"]
     assert original in README and changed not in README
     assert f"| {data['rows'][1]['latency_ms']:.1f} |" in changed
+
+
+def own_data_rows() -> list[str]:
+    """The README's demo-own-data table rows, rendered from the presets that run shipped."""
+    import adatp
+
+    rows = []
+    for path in sorted((ROOT / "presets").glob("demo-own-data-*.yaml")):
+        preset = adatp.load_preset(path)
+        kind, test, default, _ = preset.held_out
+        paired = preset.results["paired"]
+        low, high = paired["test_minus_default_ci95"]
+        rows.append(f"| {preset.target['flops_budget']:.2f} | {preset.results['flops_ratio']:.3f} | "
+                    f"{test['value']:.3f} [{test['ci95'][0]:.3f}, {test['ci95'][1]:.3f}] | {default['value']:.3f} | "
+                    f"{paired['test_minus_default']:+.3f} [{low:+.3f}, {high:+.3f}] |")
+        assert kind == "fidelity" and preset.results["scoring"]["reference"] == "unpruned"
+    return rows
+
+
+def test_the_own_data_table_is_the_shipped_presets():
+    rows = own_data_rows()
+    assert len(rows) == 2
+    for row in rows:
+        assert row in README, row
