@@ -124,6 +124,40 @@ def test_mlvu_macro_fields_load_back(tmp_path):
     assert load_preset(save_preset(loaded, tmp_path / "q.yaml")) == loaded
 
 
+def _fidelity_document(test: float = 0.85) -> dict:
+    """`_document` as measured on an unlabelled, open-ended table: fidelity to the unpruned model, no accuracy."""
+    document = _document()
+    results = document["results"]
+    for key in ("tune_accuracy", "test_accuracy", "vanilla_accuracy", "default_accuracy"):
+        del results[key]
+    results["tune_fidelity"] = {"value": 0.9, "n": 60}
+    results["test_fidelity"] = {"value": test, "n": 120, "ci95": [0.8, 0.9]}
+    results["default_fidelity"] = {"value": 0.8, "n": 120}
+    results["scoring"] = {"objective": "fidelity", "answers": "open-ended", "metric": "token_f1",
+                          "reference": "unpruned"}
+    return document
+
+
+def test_fidelity_results_and_scoring_round_trip(tmp_path):
+    preset = Preset.from_dict(_fidelity_document())
+    path = save_preset(preset, tmp_path / "open-b0.30.yaml")
+    loaded = load_preset(path)
+    assert loaded == preset
+    assert loaded.results["scoring"] == {"objective": "fidelity", "answers": "open-ended", "metric": "token_f1",
+                                         "reference": "unpruned"}
+    assert loaded.test_accuracy is None and loaded.test_score == 0.85
+    assert loaded.held_out == ("fidelity", {"value": 0.85, "n": 120, "ci95": [0.8, 0.9]}, {"value": 0.8, "n": 120},
+                               None)
+    text = path.read_text()
+    assert text.index("tune_fidelity:") < text.index("test_fidelity:") < text.index("default_fidelity:")
+    assert text.index("paired:") < text.index("scoring:") < text.index("provenance:")
+    # A labelled preset is viewed by its accuracy, even if it also carries fidelity numbers.
+    labelled = Preset.from_dict(_set(_document(), "results.test_fidelity", {"value": 0.99, "n": 1200}))
+    assert labelled.held_out[:2] == ("accuracy", {"value": 0.5975, "n": 1200, "ci95": [0.5692, 0.6258]})
+    assert labelled.held_out[3] == {"value": 0.6083, "n": 1200} and labelled.test_score == 0.5975
+    assert Preset.from_dict(_set(_document(), "results.scoring", None)).results.get("scoring") is None
+
+
 def test_minimal_preset_loads_with_empty_results_and_provenance(tmp_path):
     document = {"format": FORMAT, "config": {}, "target": _document()["target"], "results": None}
     loaded = load_preset(_write(tmp_path, "p.yaml", document))
@@ -185,6 +219,20 @@ def test_save_refuses_an_invalid_preset_and_writes_nothing(tmp_path):
             "small",
             "preset.results.paired.test_minus_vanilla: must be a number, got str 'small'",
         ),
+        ("results.test_fidelity", {"value": 1.2, "n": 9},
+         "preset.results.test_fidelity.value: must be in [0, 1], got 1.2"),
+        ("results.scoring", {"reference_model": "x"},
+         "preset.results.scoring.reference_model: unknown key (allowed: objective, answers, metric, reference)"),
+        ("results.default_fidelity", 0.8, "preset.results.default_fidelity: must be a mapping, got float 0.8"),
+        ("results.scoring", "token_f1", "preset.results.scoring: must be a mapping, got str 'token_f1'"),
+        ("results.scoring", {"metric": "bleu"},
+         "preset.results.scoring.metric: must be one of letter, exact_match, token_f1, relative_accuracy, got 'bleu'"),
+        ("results.scoring", {"objective": "auto"},
+         "preset.results.scoring.objective: must be one of accuracy, fidelity, got 'auto'"),
+        ("results.scoring", {"answers": "free"},
+         "preset.results.scoring.answers: must be one of multiple-choice, open-ended, got 'free'"),
+        ("results.scoring", {"reference": "model"},
+         "preset.results.scoring.reference: must be one of gold, unpruned, got 'model'"),
         ("provenance.trial", -1, "preset.provenance.trial: must be >= 0, got -1"),
         ("provenance.study", 42, "preset.provenance.study: must be a non-empty string, got int 42"),
         ("provenance.created", "yesterday", "preset.provenance.created: must be an ISO 8601 time"),
@@ -207,7 +255,9 @@ def test_bad_field_gives_one_line_naming_it(tmp_path, field, value, message):
         (
             "results.",
             "accuracy",
-            "flops_ratio, tune_accuracy, test_accuracy, vanilla_accuracy, default_accuracy, paired",
+            "flops_ratio, tune_accuracy, test_accuracy, vanilla_accuracy, default_accuracy, tune_fidelity, "
+            "test_fidelity, default_fidelity, paired, scoring)",
+
         ),
         ("results.test_accuracy.", "std", "value, n, ci95"),
         ("provenance.", "user", "study, trial, mlflow_run_id, versions, created"),
@@ -347,6 +397,14 @@ def test_select_preset_falls_back_to_the_target_budget_and_ranks_unmeasured_last
     assert select_preset(tmp_path, dataset="videomme", budget=0.4).flops_ratio == 0.4
     _preset_file(tmp_path, "measured.yaml", "videomme", 0.4, 0.39, 0.1)
     assert select_preset(tmp_path, dataset="videomme", budget=0.4).test_accuracy == 0.1
+
+
+def test_select_preset_ranks_unlabelled_presets_by_test_fidelity(tmp_path):
+    for name, fidelity in (("low.yaml", 0.7), ("high.yaml", 0.9)):
+        save_preset(Preset.from_dict(_fidelity_document(fidelity)), tmp_path / name)
+    _preset_file(tmp_path, "unmeasured.yaml", "videomme", 0.3, 0.29, None)
+    chosen = select_preset(tmp_path, dataset="videomme", budget=0.3)
+    assert (os.path.basename(chosen.path), chosen.test_score, chosen.test_accuracy) == ("high.yaml", 0.9, None)
 
 
 def test_select_preset_checks_its_arguments(tmp_path):

@@ -104,6 +104,7 @@ def test_the_same_mistake_reads_the_same_in_a_preset_and_a_spec(tmp_path, preset
 
 def test_an_unknown_key_names_what_is_allowed_everywhere(tmp_path):
     assert preset_error(tmp_path, "target.fps", 2).startswith("preset.target.fps: unknown key (allowed: model, ")
-    assert spec_error("dataset.fps", 2).startswith("dataset.fps: unknown key (allowed: name, root, ")
+    assert spec_error("dataset.fps", 2).startswith(
+        "dataset.fps: unknown key (allowed: name, preset, source, path, root, ")
     with pytest.raises(ConfigError, match=r"^config.fps: unknown key \(allowed: alpha_boost, "):
         AdaTPConfig.from_dict({"fps": 2})

@@ -31,6 +31,7 @@ the column. Benchmarks are presets of this adapter (`autotune.data.benchmarks`):
 
 from __future__ import annotations
 
+import codecs
 import collections
 import dataclasses
 import glob as globbing
@@ -57,6 +58,7 @@ VIDEO_SUFFIXES = (".mp4", ".MP4", ".mkv", ".webm", ".avi", ".mov")
 VIRTUAL = ("_file", "_file_dir", "_index", "_group_index", "_row", "_lists")
 _LETTER_PREFIX = re.compile(r"\s*\(?([A-Za-z])[.):]\s*(.*)", re.DOTALL)
 _TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_UTF8_CHUNK = 64 << 20  # bytes of a text file checked at a time
 _LETTERS = letters(MAX_OPTIONS)  # sliced per row: letters(n) == _LETTERS[:n]
 
 
@@ -280,17 +282,22 @@ def _pick_split(table: TableSpec, loaded, where: str) -> Any:
 
 
 def _utf8_problem(path: Path) -> str | None:
-    """Where a text file stops being UTF-8 ("byte 0xe9 at offset 1234"), reading at most 64 MiB at a time."""
-    decoder = __import__("codecs").getincrementaldecoder("utf-8")()
-    offset = 0
+    """Where a text file stops being UTF-8 ("byte 0xe9 at offset 1,234"), reading `_UTF8_CHUNK` bytes at a time (a
+    character cut by a chunk boundary is carried over; one cut by the end of the file is a problem too)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # of the chunk read next
     with path.open("rb") as handle:
-        while chunk := handle.read(64 << 20):
+        while True:
+            chunk = handle.read(_UTF8_CHUNK)
+            pending = decoder.getstate()[0]  # the start of a character the previous chunk cut
             try:
-                decoder.decode(chunk)
+                decoder.decode(chunk, final=not chunk)
             except UnicodeDecodeError as error:
-                return f"byte 0x{chunk[error.start]:02x} at offset {offset + error.start:,}"
+                data = pending + chunk
+                return f"byte 0x{data[error.start]:02x} at offset {offset - len(pending) + error.start:,}"
+            if not chunk:
+                return None
             offset += len(chunk)
-    return None
 
 
 def _load_file(table: TableSpec, path: Path, cache_dir: str | None, skipped: collections.Counter,
