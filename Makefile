@@ -41,7 +41,7 @@ $(NEWEST_STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP) $(NEWEST_STAMP)
-	$(VPY) -m pytest -q $(PYTEST_ARGS)
+	$(VPY) -m pytest -q --durations=25 $(PYTEST_ARGS)
 	@echo "== adatp on the newest transformers, without the service's extras"
 	$(NEWEST_VPY) -c "import transformers, torch; print('transformers', transformers.__version__, 'torch', torch.__version__)"
 	$(NEWEST_VPY) -m pytest -q -p no:cacheprovider $(LIBRARY_TESTS)

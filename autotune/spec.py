@@ -411,6 +411,8 @@ def _apply_override(raw: dict, text: str) -> None:
             raise SpecError(f"override {text!r}: {path} is not a mapping (it holds {child!r})")
         node = child
     node[keys[-1]] = value
+    if keys[:-1] == ["dataset"] and keys[-1] in ("path", "root"):  # the two names of one field: the override wins
+        node.pop("root" if keys[-1] == "path" else "path", None)
 
 
 def _expand_env(value: Any, where: str) -> Any:
@@ -626,7 +628,8 @@ def _dataset(raw: dict, check_paths: bool) -> DatasetSpec:
     if preset is None and source is None:
         source = _source_from_path(root)
     if check_paths and synthetic is None and source != "hub" and not _glob_matches(root):
-        raise SpecError(f"dataset.path: {root} does not exist"
+        key = "root" if section.get("root") is not None else "path"
+        raise SpecError(f"dataset.{key}: {root} does not exist"
                         + (" (or give dataset.synthetic parameters to generate it)" if preset == "synthetic" else ""))
     return DatasetSpec(
         name=name, root=root, preset=preset, source=source,
@@ -672,7 +675,9 @@ def _dataset_path(section: dict, source: str | None) -> str:
 def _dataset_name(section: dict, preset: str | None, root: str) -> str:
     name = section.get("name")
     if name is None:
-        stem = preset or os.path.splitext(os.path.basename(root.rstrip("/*")))[0] or "dataset"
+        plain = root.split("*")[0].split("?")[0].split("[")[0]  # a glob names its folder: /x/clips/*.parquet -> clips
+        plain = plain if plain == root else os.path.dirname(plain)
+        stem = preset or os.path.splitext(os.path.basename(plain.rstrip("/")))[0] or "dataset"
         name = re.sub(r"[^a-z0-9_.-]+", "-", stem.lower()).strip("-.") or "dataset"
     name = _string("dataset.name", name)
     if not _SLUG.fullmatch(name):

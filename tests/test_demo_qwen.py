@@ -44,7 +44,7 @@ def test_accuracy_is_high_unpruned_and_falls_when_the_answer_tokens_go(held_out)
 def test_demo_qwen_spec_tunes_and_exports(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the spec's model path is relative to the repository root
     overrides = ["n_trials=3", "budgets=[0.5]", "dataset.synthetic={n_videos: 12, seed: 30000}",
-                 f"dataset.root={tmp_path / 'data'}", f"workdir={tmp_path / 'work'}",
+                 f"dataset.path={tmp_path / 'data'}", f"workdir={tmp_path / 'work'}",
                  f"presets_dir={tmp_path / 'presets'}", "pruner={name: none}"]
     runner = CliRunner()
     studied = runner.invoke(app, ["study", "studies/demo-qwen.yaml", *overrides, "--no-progress"])

@@ -30,7 +30,7 @@ BUDGETS = (0.25, 0.35, 0.5)
 def demo(tmp_path_factory):
     """The real `make demo`, into a temporary workdir; returns (overrides, spec, output)."""
     work = tmp_path_factory.mktemp("demo")
-    overrides = [f"workdir={work}", f"presets_dir={work / 'presets'}", f"dataset.root={work / 'data'}"]
+    overrides = [f"workdir={work}", f"presets_dir={work / 'presets'}", f"dataset.path={work / 'data'}"]
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
     environment.pop("MAKEFLAGS", None)
     before = _git_status()

@@ -10,8 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autotune.data.table import TableReport
-
 from autotune.data.protocol import (
     OPEN_POST_PROMPT,
     PROTOCOL_VERSION,
@@ -25,6 +23,7 @@ from autotune.data.protocol import (
     protocol_version,
     split_by_video,
 )
+from autotune.data.table import TableReport
 
 
 def make_question(qid="q0", video_id="v0", dataset="videomme", options=("a", "b", "c", "d"), answer="A", **meta):
@@ -76,7 +75,7 @@ def test_open_ended_and_unlabelled_questions():
     unlabelled = make_question(answer=None)
     assert not unlabelled.labelled and not unlabelled.open_ended
     with pytest.raises(ValueError, match="no correct option"):
-        unlabelled.answer_index
+        _ = unlabelled.answer_index
 
 
 def test_load_report_summary():

@@ -267,7 +267,7 @@ def test_status_and_pareto_report_the_studies(done):
     ("space.tau_t=[0.5, 2.0]", "space.tau_t"),
     ("budgets=[0.0, 0.5]", "budgets[0]"),
     ("budgets=[1.5]", "budgets[0]"),
-    ("dataset.synthetic=null", "dataset.root"),
+    ("dataset.synthetic=null", "dataset.root"),  # the spec says root: the error names the key it used
     ("sampler.name=grid", "sampler.name"),
 ])
 def test_bad_specs_exit_2_with_one_line_naming_the_field(tmp_path, override, field):
@@ -536,7 +536,8 @@ def test_mlvu_export_reports_lmms_evals_macro_next_to_accuracy(tmp_path):
     parent run and the export message carry lmms-eval's MLVU score (mean over the 7 task types) next to accuracy."""
     import shutil
 
-    from autotune.data import mlvu, synthetic
+    from autotune.data import mlvu_dev_score, synthetic
+    from autotune.data.benchmarks import MLVU_TASK_TYPES
 
     source = synthetic.generate(tmp_path / "syn", 14, seed=30000, frames=16)
     rows = synthetic.load(source).questions
@@ -567,11 +568,11 @@ def test_mlvu_export_reports_lmms_evals_macro_next_to_accuracy(tmp_path):
     test = preset.results["test_accuracy"]
     workspace = Workspace.open(spec)
     direct = workspace.engine.evaluate(workspace.test, preset.config)
-    score = mlvu.lmms_eval_dev_score(workspace.test, [direct.correct[q.qid] for q in workspace.test])
+    score = mlvu_dev_score(workspace.test, [direct.correct[q.qid] for q in workspace.test])
     assert test["value"] == pytest.approx(score["micro"], abs=1e-4)
     assert test["macro"] == pytest.approx(score["macro"], abs=1e-4)
     assert test["macro_missing"] == score["missing"] == [
-        name for name in mlvu.TASK_TYPES if name not in {q.meta["task_type"] for q in workspace.test}]
+        name for name in MLVU_TASK_TYPES if name not in {q.meta["task_type"] for q in workspace.test}]
     assert preset.results["vanilla_accuracy"]["macro"] is not None
     _, (parent,) = mlflow_runs(spec, "study")
     assert parent.data.metrics["test_macro_accuracy"] == test["macro"]

@@ -253,7 +253,7 @@ def test_missing_required_nested_field(valid, section, key, message):
 
 def test_missing_dataset_root(valid, tmp_path):
     valid["dataset"]["root"] = str(tmp_path / "nowhere")
-    with pytest.raises(SpecError, match=rf"^dataset\.path: {tmp_path}/nowhere does not exist$"):
+    with pytest.raises(SpecError, match=rf"^dataset\.root: {tmp_path}/nowhere does not exist$"):  # the key it used
         spec_from_dict(valid)
 
 
@@ -262,7 +262,7 @@ def test_synthetic_root_may_be_missing_only_with_generator_params(valid, tmp_pat
     spec = spec_from_dict(valid)
     assert spec.dataset.synthetic == {"n_videos": 4, "seed": 0, "questions_per_video": 2}
     del valid["dataset"]["synthetic"]
-    with pytest.raises(SpecError, match=r"^dataset\.path: .*/gen does not exist \(or give dataset\.synthetic"):
+    with pytest.raises(SpecError, match=r"^dataset\.root: .*/gen does not exist \(or give dataset\.synthetic"):
         spec_from_dict(valid)
 
 

@@ -1,4 +1,4 @@
-"""Bootstrap confidence intervals and paired differences of 0/1 outcomes."""
+"""Bootstrap confidence intervals and paired differences of per-question scores in [0, 1] (0/1 for a letter)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,33 @@ def test_bootstrap_ci_level_and_validation():
         bootstrap_ci(correct, n_boot=0)
     with pytest.raises(ValueError):
         bootstrap_ci([0, 2, 1])
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.1, 2, math.nan])
+def test_scores_outside_0_1_are_refused(bad):
+    message = r"^outcomes must be scores in \[0, 1\] \(or booleans\)$"
+    for call in (bootstrap_ci, accuracy_summary):
+        with pytest.raises(ValueError, match=message):
+            call([1.0, bad, 0.0])
+    with pytest.raises(ValueError, match=message):
+        paired_difference([0.5, 0.5], [0.5, bad])
+    with pytest.raises(ValueError, match=r"^outcomes must be a 1-D sequence"):
+        bootstrap_ci([[0.5, 1.0]])
+
+
+def test_fractional_scores():
+    """Partial scores (token F1 of an open-ended answer) are averaged like 0/1 ones."""
+    assert accuracy_summary([0.5, 1.0, 0.0]) == {"value": 0.5, "n": 3, "ci95": [0.0, 1.0]}  # 1/27 resamples all 0
+    summary = accuracy_summary([0.5, 1.0, 0.0] * 33)
+    assert summary == {"value": 0.5, "n": 99, "ci95": [0.4192, 0.5859]}
+    # ~ mean +- 1.96 * sd / sqrt(n) with sd = sqrt(1/6): +- 0.080
+    assert summary["ci95"][1] - summary["ci95"][0] == pytest.approx(2 * 1.96 * math.sqrt(1 / 6 / 99), abs=0.01)
+    assert bootstrap_ci([0.25] * 40) == (0.25, 0.25)
+    assert bootstrap_ci([0.0, 1.0, 0.5]) == bootstrap_ci([False, True, 0.5])
+    # wins and losses count which system scores higher on a question, by any margin
+    result = paired_difference([0.5, 1.0, 0.25, 0.0], [0.5, 0.5, 0.75, 0.0])
+    assert result == {"value": 0.0, "ci95": [-0.375, 0.375], "n": 4, "wins": 1, "losses": 1}
+    assert paired_difference([0.6, 0.7], [0.5, 0.5])["value"] == pytest.approx(0.15)
 
 
 def test_bootstrap_ci_chunked(monkeypatch):

@@ -3,11 +3,12 @@ against the unpruned model's own answer.
 
     exact_match("The Red car.", "red car")       # 1.0: both normalise to "red car"
     token_f1("a red car", "the red truck")       # 0.5: 1 shared token of 2 and 2
-    relative_accuracy("about 42 cars", "40")     # 0.8: mean over thresholds 0.50, 0.55, ..., 0.95 of |rel err| < 1 - t
+    relative_accuracy("about 43 cars", "40")     # 0.9: |43 - 40| / 40 = 0.075 <= 1 - t for 9 of t = 0.50, ..., 0.95
 
 Normalisation is SQuAD's (lower case, punctuation and the articles a/an/the dropped, whitespace collapsed), which
 lmms-eval's open-ended video tasks also apply. `relative_accuracy` is the mean relative accuracy (MRA) that
-VSI-Bench reports for number answers; a prediction without a number scores 0.
+VSI-Bench reports for number answers, computed as lmms-eval's vsibench task computes it (`abs_dist_norm(pred,
+target) <= 1 - np.linspace(.5, .95, 10)`, float for float); a prediction without a number scores 0.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ _NUMBER = re.compile(r"[-+]?(?:\d+(?:,\d{3})*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _WORD_NUMBERS = {word: float(index) for index, word in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
     "seventeen eighteen nineteen twenty".split())}
-MRA_THRESHOLDS = tuple(0.5 + 0.05 * step for step in range(10))  # 0.50, 0.55, ..., 0.95
+_WORD_NUMBER = re.compile(r"\b(" + "|".join(_WORD_NUMBERS) + r")\b", re.IGNORECASE)
+# 0.50, 0.55, ..., 0.95 as np.linspace(0.5, 0.95, 10) has them (0.8999999999999999, not 0.9): VSI-Bench's floats
+MRA_THRESHOLDS = tuple(0.5 + step * ((0.95 - 0.5) / 9) for step in range(9)) + (0.95,)
 
 
 def normalise_answer(text: str | None) -> str:
@@ -50,18 +53,20 @@ def token_f1(prediction: str | None, reference: str | None) -> float:
 
 
 def first_number(text: str | None) -> float | None:
-    """The first number written in `text` ("1,200", "3.5", "-2", or a word up to "twenty"), else None."""
+    """The first number written in `text` ("1,200", "3.5", "-2", or a word up to "twenty"), else None:
+    first_number("two dogs and 3 cats") == 2.0."""
     text = text or ""
-    match = _NUMBER.search(text)
-    words = [w for w in normalise_answer(text).split() if w in _WORD_NUMBERS]
-    if match is None:
-        return _WORD_NUMBERS[words[0]] if words else None
-    value = float(match.group(0).replace(",", ""))
+    digits, word = _NUMBER.search(text), _WORD_NUMBER.search(text)
+    if word is not None and (digits is None or word.start() < digits.start()):
+        return _WORD_NUMBERS[word.group(1).lower()]
+    if digits is None:
+        return None
+    value = float(digits.group(0).replace(",", ""))
     return value if math.isfinite(value) else None
 
 
 def relative_accuracy(prediction: str | None, reference: str | None) -> float:
-    """Mean relative accuracy: the share of thresholds t in 0.50..0.95 with |pred - gold| / |gold| < 1 - t. A gold of
+    """Mean relative accuracy: the share of thresholds t in 0.50..0.95 with |pred - gold| / |gold| <= 1 - t. A gold of
     0 scores 1.0 for an exact 0; a side without a number scores 0.0."""
     said, gold = first_number(prediction), first_number(reference)
     if said is None or gold is None:
@@ -69,7 +74,7 @@ def relative_accuracy(prediction: str | None, reference: str | None) -> float:
     if gold == 0:
         return float(said == 0)
     error = abs(said - gold) / abs(gold)
-    return sum(error < 1 - threshold for threshold in MRA_THRESHOLDS) / len(MRA_THRESHOLDS)
+    return sum(error <= 1 - threshold for threshold in MRA_THRESHOLDS) / len(MRA_THRESHOLDS)
 
 
 OPEN_METRICS: dict[str, Callable[[str | None, str | None], float]] = {

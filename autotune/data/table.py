@@ -11,7 +11,8 @@ from the local Hugging Face cache, never downloaded), videofolder (videos beside
 a file, a glob, a directory, or the hub id. A table is read with `datasets.load_dataset` (one data file at a time,
 so one unreadable file is counted and passed over) or `datasets.load_from_disk`; video columns are read as paths
 (`datasets.Video(decode=False)`), never decoded here: decoding is `adatp.video`'s. A video stored as bytes in the
-table (a `save_to_disk` of a `Video` column) is written once to `videos_dir`, named by its content hash.
+table (a `save_to_disk` of a `Video` column) is written once to `videos_dir`, named by its content hash. A CSV is
+read as text, cell for cell ("NA" and "None" are options, not nulls; only a blank cell is empty).
 
 Columns (`columns`: canonical name -> the table's column; a canonical name left out maps to the column of the same
 name when there is one):
@@ -345,17 +346,18 @@ def _csv_options(path: Path) -> dict[str, Any]:
 
 def _json_rows(path: Path, skipped: collections.Counter) -> list[dict[str, Any]] | None:
     """A JSON (list) or JSONL file datasets could not type: its object rows, each column's majority kind kept and
-    the rows of another kind skipped as "malformed row: COLUMN has wrong type"; None if it is not JSON at all."""
+    the rows of another kind skipped as "malformed row: COLUMN has wrong type", a JSONL line that is not JSON (one
+    cut short by a killed writer) as "malformed row: not JSON"; None if it is not JSON at all."""
     import json
 
     try:
         text = path.read_text(encoding="utf-8")
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     except (OSError, ValueError):
         return None
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError:
+        rows = _json_lines(text, skipped)
     if not isinstance(rows, list):
         return None
     objects = [row for row in rows if isinstance(row, dict)]
@@ -376,6 +378,25 @@ def _json_rows(path: Path, skipped: collections.Counter) -> list[dict[str, Any]]
         else:
             skipped[f"malformed row: {wrong} has wrong type"] += 1
     return kept
+
+
+def _json_lines(text: str, skipped: collections.Counter) -> list[Any] | None:
+    """The values of a JSONL text's lines, each line that is not JSON counted; None when no line is a JSON object
+    (then it is no JSONL at all: a broken JSON document, say)."""
+    import json
+
+    rows, broken = [], 0
+    for line in text.splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                broken += 1
+    if broken and not any(isinstance(row, dict) for row in rows):
+        return None
+    if broken:
+        skipped["malformed row: not JSON"] += broken
+    return rows
 
 
 def _kind(value: Any) -> str:
@@ -451,15 +472,19 @@ def resolve_mapping(table: TableSpec, columns: set[str], notes: list[str] | None
             notes.append(f"dataset.columns.{canonical}: {', '.join(unknown)} not in the table (read as absent)")
             unknown = []
         if unknown:
-            known = ", ".join(sorted(columns)[:20]) + (" ..." if len(columns) > 20 else "")
-            raise TableError(f"dataset.columns.{canonical}: no column {unknown[0]!r} in the table (columns: {known})")
+            raise TableError(f"dataset.columns.{canonical}: no column {unknown[0]!r} in the table "
+                             f"(columns: {_names(columns)})")
         mapping[canonical] = list(given) if isinstance(given, (list, tuple)) else given
-    if "video" not in mapping:
-        raise TableError("dataset.columns.video: the table has no video column; map one (columns: {video: ...})")
-    if "question" not in mapping:
-        raise TableError("dataset.columns.question: the table has no question column; map one "
-                         "(columns: {question: ...})")
+    for canonical in ("video", "question"):
+        if canonical not in mapping:
+            raise TableError(f"dataset.columns.{canonical}: the table has no {canonical} column; map one "
+                             f"(columns: {{{canonical}: ...}}; the table's: {_names(columns)})")
     return mapping
+
+
+def _names(columns: set[str]) -> str:
+    """The table's columns for a message: the first 20, sorted."""
+    return (", ".join(sorted(columns)[:20]) + (" ..." if len(columns) > 20 else "")) or "none"
 
 
 _TYPE_RULES = {  # canonical -> (accepted type names, what it must be)
@@ -469,16 +494,21 @@ _TYPE_RULES = {  # canonical -> (accepted type names, what it must be)
 }
 
 
+# Column types whose values are checked row by row instead: all null, or `Json` (datasets' type for a JSON column
+# whose values differ in type; a row whose value cannot be what the column is mapped to is skipped and counted).
+_ANY_TYPE = ("null", "Json")
+
+
 def check_types(mapping: Mapping[str, Any], types: Mapping[str, str]) -> None:
     """TableError when a mapped column's type (as `datasets` typed it) cannot be what it is mapped to."""
     for canonical, (accepted, what) in _TYPE_RULES.items():
         column = mapping.get(canonical)
-        if isinstance(column, str) and column in types and types[column] not in accepted and types[column] != "null":
+        if isinstance(column, str) and types.get(column, "null") not in (*accepted, *_ANY_TYPE):
             raise TableError(f"dataset.columns.{canonical}: column {column!r} is {types[column]}, must be {what}")
     options = mapping.get("options")
     if isinstance(options, str) and options in types:
         kind = types[options]
-        if not (kind.startswith("list<") or kind == "struct" or kind == "null"):
+        if not (kind.startswith("list<") or kind == "struct" or kind in _ANY_TYPE):
             raise TableError(f"dataset.columns.options: column {options!r} is {kind}, must be a list or a dict of "
                              "option texts (or give a list of columns: [option0, option1, ...])")
     answer = mapping.get("answer")
@@ -735,8 +765,7 @@ def check_where(where: Mapping[str, Any], columns: set[str]) -> None:
     """TableError for a `where` column the table does not have (it would keep no row, silently)."""
     for column in where:
         if column not in columns and column not in VIRTUAL:
-            known = ", ".join(sorted(columns)[:20]) + (" ..." if len(columns) > 20 else "")
-            raise TableError(f"dataset.where: no column {column!r} in the table (columns: {known})")
+            raise TableError(f"dataset.where: no column {column!r} in the table (columns: {_names(columns)})")
 
 
 def _interleaved(rows: list[dict[str, Any]], column: str) -> list[dict[str, Any]]:
@@ -790,6 +819,9 @@ def read_table(table: TableSpec, cache_dir: str | None = None, videos_dir: str |
     """
     skipped: collections.Counter = collections.Counter()
     base, parts = read_parts(table, cache_dir, skipped, videos_dir)
+    if not any(part.rows for part in parts):
+        problems = ", ".join(f"{count} {reason}" for reason, count in sorted(skipped.items())) or "no data rows"
+        raise TableError(f"dataset.path: nothing to read in {table.path} ({problems})")
     types: dict[str, str] = {}
     for part in parts:
         for column, kind in part.features.items():
