@@ -600,3 +600,37 @@ def test_hub_id_not_in_the_local_cache_is_one_clear_line():
     assert str(error.value) == (
         f"dataset.path: {repo_id} is not in the local Hugging Face cache (LocalEntryNotFoundError); download it once "
         f"with `huggingface-cli download --repo-type dataset {repo_id}`")
+
+
+OWN_HUB_READ = """
+import json, sys
+from autotune.data.table import TableSpec, TableError, read_table
+for split in (None, "test"):
+    try:
+        report = read_table(TableSpec(name="clips", source="hub", path="me/my-clips", split=split,
+                                      columns={"id": "qid"}))
+        print(json.dumps([[q.qid, q.answer, q.video_path] for q in report.questions]))
+    except TableError as error:
+        print(json.dumps(str(error)))
+"""
+
+
+def test_your_own_table_on_the_hub_is_read_offline_by_split(monkeypatch, tmp_path):
+    """A table of your own pushed to the hub (no preset): datasets' own split detection over the cached snapshot
+    (data/train-*.parquet, data/test-*.parquet), `split` choosing one, video paths joined to the snapshot."""
+    copy = tmp_path / "copy"
+    for split, qids in (("train", ["a", "b"]), ("test", ["c"])):
+        write_parquet(copy / "data" / f"{split}-00000-of-00001.parquet",
+                      [{"qid": qid, "video": f"videos/{qid}.mp4", "question": f"{qid}?", "options": ["x", "y"],
+                        "answer": "B"} for qid in qids])
+    for qid in "abc":
+        touch(copy / "videos" / f"{qid}.mp4")
+    snapshot = hub_cache(tmp_path / "hub", "me/my-clips", copy).resolve()
+    for variable, value in {"HF_HUB_CACHE": tmp_path / "hub", "HF_HOME": tmp_path / "hf_home", "HF_HUB_OFFLINE": 1,
+                            "HF_DATASETS_CACHE": tmp_path / "hf_home" / "datasets", "HF_DATASETS_OFFLINE": 1}.items():
+        monkeypatch.setenv(variable, str(value))
+    done = subprocess.run([sys.executable, "-c", OWN_HUB_READ], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    without_split, test = (json.loads(line) for line in done.stdout.splitlines())
+    assert without_split == "dataset.split: me/my-clips has splits train, test; say which one"
+    assert test == [["c", "B", str(snapshot / "videos" / "c.mp4")]]
