@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import codecs
 import collections
+import contextlib
 import dataclasses
 import glob as globbing
 import hashlib
@@ -424,10 +425,34 @@ def table_base(table: TableSpec) -> Path:
     return _hub_snapshot(table.path) if table.source == "hub" else Path(table.path)
 
 
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No progress bars or log lines from `datasets` while a table is read: what it skipped and why is counted in the
+    report (a JSON file datasets cannot type logs an ERROR that we answer by reading it row by row)."""
+    import datasets
+
+    bars = datasets.utils.are_progress_bars_disabled()
+    level = datasets.logging.get_verbosity()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 10)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(level)
+        if not bars:
+            datasets.enable_progress_bars()
+
+
 def read_parts(table: TableSpec, cache_dir: str | None = None, skipped: collections.Counter | None = None,
                videos_dir: str | None = None) -> tuple[Path, list[_Part]]:
-    """(base directory, the table's rows by part), read through `datasets`; videos stored as bytes are written to
-    `videos_dir` (see `_rows`)."""
+    """(base directory, the table's rows by part), read through `datasets` (quietly: `_quiet_datasets`); videos
+    stored as bytes are written to `videos_dir` (see `_rows`)."""
+    with _quiet_datasets():
+        return _read_parts(table, cache_dir, skipped, videos_dir)
+
+
+def _read_parts(table: TableSpec, cache_dir: str | None, skipped: collections.Counter | None,
+                videos_dir: str | None) -> tuple[Path, list[_Part]]:
     import datasets
 
     skipped = skipped if skipped is not None else collections.Counter()
