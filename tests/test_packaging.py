@@ -10,14 +10,14 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICE = ("optuna", "mlflow", "typer", "rich", "psycopg2", "psycopg", "decord", "av", "sqlalchemy")
+SERVICE = ("optuna", "mlflow", "typer", "rich", "psycopg2", "psycopg", "decord", "av", "sqlalchemy", "datasets")
 
 
 def test_core_dependencies_are_what_adatp_imports():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = {dep.split(">")[0].split("<")[0].split("=")[0].split("[")[0].strip() for dep in project["dependencies"]}
     assert names == {"torch", "transformers", "pyyaml", "numpy"}
-    assert {"optuna", "mlflow"} <= {dep.split(">")[0].split("=")[0].split("<")[0]
+    assert {"optuna", "mlflow", "datasets"} <= {dep.split(">")[0].split("=")[0].split("<")[0]
                                     for dep in project["optional-dependencies"]["tune"]}
 
 
