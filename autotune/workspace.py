@@ -4,6 +4,7 @@ tracker, opened once per process (`Workspace`), and the retention each budget ge
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import random
@@ -163,7 +164,7 @@ class Workspace:
             self._tracker = open_tracker(self.spec)
         return self._tracker
 
-    @property
+    @functools.cached_property
     def dataset_key(self) -> str:
         """Names the cached unpruned answers: the table and what its questions say (a changed column mapping, prompt
         or video under the same ids gets answers of its own)."""

@@ -16,6 +16,7 @@ Hugging Face cache:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 from pathlib import Path
@@ -114,7 +115,7 @@ def load_dataset(name: str, root: str | os.PathLike[str], limit: int | None = No
         raise FileNotFoundError(f"dataset root for {name} not found: {Path(root).expanduser()}")
     table = preset_table(name, str(Path(root).expanduser().resolve()), missing_video="skip")
     if limit == 0:
-        return TableReport([], __import__("collections").Counter(), name)
+        return TableReport([], collections.Counter(), name)
     return read_table(dataclasses.replace(table, limit=limit))
 
 
