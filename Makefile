@@ -19,7 +19,7 @@ NEWEST_STAMP := $(NEWEST_VENV)/.installed-stamp
 NEWEST_TRANSFORMERS ?= transformers>=5.19,<6
 LIBRARY_TESTS := tests/test_config.py tests/test_contract.py tests/test_flops.py tests/test_llava_onevision.py tests/test_qwen_vl.py \
 	tests/test_prefix.py \
-	tests/test_packaging.py tests/test_select.py
+	tests/test_packaging.py tests/test_select.py tests/test_layering.py
 
 .PHONY: install test lint bench demo
 

@@ -24,17 +24,13 @@ from collections.abc import Iterator
 import torch
 from transformers.cache_utils import DynamicCache
 
-from adatp.pruned_lm import (
-    _deepstack,
-    _gather_rows,
-    _mask_mapping,
-    _Positions,
-    _run_layers,
-    _timer,
-    mean_query_attention,
-    state_of,
-)
+from adatp.kinds import kind, layer_kinds
+from adatp.layers import deepstack_additions, gather_rows, masks_for, run_layers
+from adatp.models import multimodal_of
+from adatp.models.base import Positions
+from adatp.scoring import mean_query_attention
 from adatp.select import select_visual_tokens
+from adatp.state import state_of, timed
 
 
 @dataclasses.dataclass
@@ -82,20 +78,26 @@ class Prefix:
         return dataclasses.replace(self, **moved)
 
 
-def supports(config) -> bool:
-    """Whether a config's trials can run from a prefix (else they need the full pruned prefill)."""
+def supports(config, model=None) -> bool:
+    """Whether a config's trials can run from a prefix (else they need the full pruned prefill). With `model`, also
+    whether its layers < K are all of a kind whose state a prefix stores (`adatp.kinds`: not Gated DeltaNet's)."""
     scores_ok = not config.uses_scores or config.score == "attention"
-    return (config.prune_layer >= 1 and scores_ok and config.positions == "original"
-            and config.relevance == "llm")
+    if not (config.prune_layer >= 1 and scores_ok and config.positions == "original" and config.relevance == "llm"):
+        return False
+    if model is None:
+        return True
+    kinds = layer_kinds(multimodal_of(model).config.text_config)
+    return all(kind(name).prefix for name in kinds[: config.prune_layer])
 
 
 def encode_prefix(model, **inputs) -> Prefix:
     """Run the prefix of one video (batch 1, `input_ids` ending at the last video token, with the video's inputs as
     the model takes them) through layers < K of a model pruned with `adatp.enable` (K = its config's prune_layer)."""
     state = state_of(model)
-    if state is None or not supports(state.config):
+    if state is None or not supports(state.config, model):
         raise ValueError("adatp: encode_prefix needs a model enabled with a config that prefixes serve "
-                         "(prune_layer >= 1, score 'attention', positions 'original', relevance 'llm')")
+                         "(prune_layer >= 1, score 'attention', positions 'original', relevance 'llm', and no "
+                         "linear-attention layer below prune_layer)")
     # One text token more than the prefix: the position the model gives it is where a question starts (each model
     # and release has its own rule after a video, e.g. Qwen2.5-VL resumes at the grid's side, not at max + 1).
     ids = inputs["input_ids"]
@@ -140,11 +142,11 @@ def use_prefix(model, prefix: Prefix) -> Iterator[None]:
         state.prefix = None
 
 
-def capture(lm, state, call, embeds, positions: _Positions, kwargs) -> torch.Tensor:
+def capture(lm, state, call, embeds, positions: Positions, kwargs) -> torch.Tensor:
     """The prefix pass (`encode_prefix`): layers < K over the whole prefix, kept in `state.captured`."""
     prune_layer = state.config.prune_layer
     next_rope = positions.rope[..., 0, -1:].flatten()
-    embeds, positions = embeds[:, :-1], _Positions(positions.rope[..., :-1], None if positions.text is None
+    embeds, positions = embeds[:, :-1], Positions(positions.rope[..., :-1], None if positions.text is None
                                                     else positions.text[:, :-1])  # without the probe token
     length = embeds.shape[1]
     if embeds.shape[0] != 1 or call.videos != 1:
@@ -153,13 +155,13 @@ def capture(lm, state, call, embeds, positions: _Positions, kwargs) -> torch.Ten
     columns = torch.nonzero(call.video_mask[0]).flatten()[: frames * per_frame]
     if int(columns.max()) + 1 + call.trailing != length:
         raise ValueError("adatp: the prefix must end with its video (the question comes after it)")
-    deepstack = [level[:, :-1] for level in _deepstack(
+    deepstack = [level[:, :-1] for level in deepstack_additions(
         torch.cat([embeds, embeds[:, :1]], dim=1), kwargs.pop("visual_pos_masks", None),
         kwargs.pop("deepstack_visual_embeds", None))]
     cache = DynamicCache(config=lm.config)
     mask = torch.ones(1, length, dtype=torch.bool, device=embeds.device)
-    masks = _mask_mapping(lm, embeds, mask, cache, positions.text, 0)
-    hidden = _run_layers(lm, embeds, range(prune_layer), masks, lm.rotary_emb(embeds, positions.rope), positions,
+    masks = masks_for(lm, range(prune_layer), embeds, mask, cache, positions.text)
+    hidden = run_layers(lm, embeds, range(prune_layer), masks, lm.rotary_emb(embeds, positions.rope), positions,
                          cache, True, kwargs, deepstack)
     width = embeds.shape[-1]
     state.captured = Prefix(
@@ -179,7 +181,7 @@ def capture(lm, state, call, embeds, positions: _Positions, kwargs) -> torch.Ten
     return hidden
 
 
-def prefixed_forward(lm, state, embeds, mask_2d, positions: _Positions, kwargs) -> torch.Tensor:
+def prefixed_forward(lm, state, embeds, mask_2d, positions: Positions, kwargs) -> torch.Tensor:
     """Suffix rows [B, q] continuing `state.prefix`: returns the last layer's hidden states [B, P' + q, D]."""
     prefix: Prefix = state.prefix
     config = state.config
@@ -193,15 +195,15 @@ def prefixed_forward(lm, state, embeds, mask_2d, positions: _Positions, kwargs) 
         cache.update(prefix.keys[index].expand(batch, -1, -1, -1), prefix.values[index].expand(batch, -1, -1, -1),
                      index)
     full_mask = torch.cat([torch.ones(batch, cached, dtype=torch.bool, device=device), mask_2d], dim=1)
-    masks = _mask_mapping(lm, embeds, full_mask, cache, positions.text, 0)
+    masks = masks_for(lm, range(prune_layer), embeds, full_mask, cache, positions.text)
     embeddings = lm.rotary_emb(embeds, positions.rope)
-    hidden = _run_layers(lm, embeds, range(prune_layer - 1), masks, embeddings, positions, cache, True, kwargs)
+    hidden = run_layers(lm, embeds, range(prune_layer - 1), masks, embeddings, positions, cache, True, kwargs)
     scoring_input = hidden
-    hidden = _run_layers(lm, hidden, [prune_layer - 1], masks, embeddings, positions, cache, True, kwargs)
+    hidden = run_layers(lm, hidden, [prune_layer - 1], masks, embeddings, positions, cache, True, kwargs)
 
     visual = prefix.frames * prefix.per_frame
     scores = None
-    with _timer(state, device):  # scoring and selection, as `selection_seconds` counts them in a full prefill
+    with timed(state, device):  # scoring and selection, as `selection_seconds` counts them in a full prefill
         if config.uses_scores:  # score 'attention' (`supports`): the question rows to every key, from the cache
             keys = cache.layers[prune_layer - 1].keys  # [B, Hkv, P + q, d]: the prefix's and now the suffix's
             rows = torch.arange(cached, cached + length, device=device)
@@ -223,22 +225,22 @@ def prefixed_forward(lm, state, embeds, mask_2d, positions: _Positions, kwargs) 
     keep.scatter_(1, prefix.video_columns[kept], True)
     kept_length = cached - visual + kept.shape[1]
     keep_columns = keep.to(torch.uint8).argsort(dim=-1, stable=True)[:, cached - kept_length :]
-    hidden = torch.cat([_gather_rows(prefix.hidden.expand(batch, -1, -1), keep_columns), hidden], dim=1)
+    hidden = torch.cat([gather_rows(prefix.hidden.expand(batch, -1, -1), keep_columns), hidden], dim=1)
     axes = prefix.rope.shape[:-1]  # () for 1D RoPE, (3,) for M-RoPE
     prefix_rope = prefix.rope.unsqueeze(-2).expand(*axes, batch, -1).gather(-1, keep_columns.expand(*axes, -1, -1))
     rope = torch.cat([prefix_rope, positions.rope], dim=-1)
     text = None
     if prefix.text is not None and positions.text is not None:
         text = torch.cat([prefix.text.expand(batch, -1).gather(1, keep_columns), positions.text], dim=1)
-    layer_positions = _Positions(rope, text)
+    layer_positions = Positions(rope, text)
     layer_mask = torch.cat([torch.ones(batch, kept_length, dtype=torch.bool, device=device), mask_2d], dim=1)
     deepstack = [None] * prune_layer
     if prefix.deepstack is not None:
         for level in prefix.deepstack:
             dense = torch.zeros(batch, cached, width, dtype=hidden.dtype, device=device)
             dense[:, prefix.video_columns] = level.to(hidden.dtype)
-            deepstack.append(torch.cat([_gather_rows(dense, keep_columns),
+            deepstack.append(torch.cat([gather_rows(dense, keep_columns),
                                         torch.zeros(batch, length, width, dtype=hidden.dtype, device=device)], 1))
-    masks = _mask_mapping(lm, hidden, layer_mask, None, layer_positions.text, prune_layer)
-    return _run_layers(lm, hidden, range(prune_layer, len(lm.layers)), masks, lm.rotary_emb(hidden, rope),
+    masks = masks_for(lm, range(prune_layer, len(lm.layers)), hidden, layer_mask, None, layer_positions.text)
+    return run_layers(lm, hidden, range(prune_layer, len(lm.layers)), masks, lm.rotary_emb(hidden, rope),
                        layer_positions, None, False, kwargs, deepstack)

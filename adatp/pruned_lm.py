@@ -23,56 +23,25 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import inspect
-import time
 import warnings
 from collections.abc import Iterator
 
 import torch
 from transformers.cache_utils import DynamicCache
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
-from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, MoeModelOutputWithPast
 from transformers.utils.output_capturing import capture_outputs
 
+from adatp import prefix as prefixes
 from adatp.config import AdaTPConfig, ConfigError
 from adatp.graphs import GRAPHED_METHODS, SelectionGraphs
+from adatp.kinds import layer_kinds, valid_prune_layers
+from adatp.layers import CACHE_ARG, deepstack_additions, gather_rows, masks_for, run_layers
+from adatp.models import adapter_for, multimodal_of
+from adatp.models.base import Positions, VideoCall
 from adatp.pruned_cache import Plan, attach, plan_of
+from adatp.scoring import attention_scores
 from adatp.select import select_visual_tokens, true_columns
-
-# transformers 5.24 renamed `past_key_values` to `cache` in model, layer and mask signatures (the old name is
-# deprecated); we take either and pass on the name of the installed release.
-CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
-
-
-@dataclasses.dataclass
-class VideoCall:
-    """The video features one multimodal call scatters into its input embeddings.
-
-    Video v is the v-th run of `frames * tokens_per_frame + trailing` video tokens in row-major order of
-    `video_mask` (the order `masked_scatter` fills them in); its last `trailing` tokens are never pruned.
-    """
-
-    video_mask: torch.Tensor  # [B, L] positions holding video tokens
-    grids: tuple[tuple[int, int], ...]  # (frames F, tokens per frame N) per video
-    trailing: int = 0  # LLaVA-OV: 1 (the image_newline after each video)
-    external: tuple[torch.Tensor, torch.Tensor] | None = None  # siglip: (frame [V,F,Dg], question [B,Dg])
-
-    @property
-    def videos(self) -> int:
-        return len(self.grids)
-
-    def tokens(self, video: int) -> int:
-        frames, per_frame = self.grids[video]
-        return frames * per_frame + self.trailing
-
-
-def video_token_mask(inner, video_token_id: int, input_ids, kwargs: dict) -> torch.Tensor:
-    """[B, L] positions of the video placeholder token, found as the stock models find them: in `input_ids`, else
-    as rows of `inputs_embeds` equal to the placeholder's embedding."""
-    if input_ids is not None:
-        return input_ids == video_token_id
-    marker = inner.get_input_embeddings().weight[video_token_id]
-    return (kwargs["inputs_embeds"] == marker).all(-1)
+from adatp.state import PruningState, timed
 
 
 @dataclasses.dataclass
@@ -94,48 +63,6 @@ class _Group:
     per_frame: int
 
 
-@dataclasses.dataclass
-class PruningState:
-    """Per-model state. After a pruned prefill: `kept_indices` (flat over F*N; [V, M] when the call's videos share
-    one shape, else a tuple of one [M_v] tensor per video; in row-major order of the video tokens), `frames` F and
-    `plan` (what layers >= K hold), for inspection."""
-
-    config: AdaTPConfig
-    adapter: object
-    hook: object = None
-    pending: VideoCall | None = None  # set by the multimodal pre-hook, consumed by the next LM call
-    siglip: object = None
-    tokenizer: object = None
-    kept_indices: torch.Tensor | tuple[torch.Tensor, ...] | None = None
-    frames: int | None = None
-    plan: Plan | None = None  # the last call's plan; None when the last call was not a pruned prefill
-    pending_pixels: torch.Tensor | None = None  # pixels seen by get_video_features (relevance: siglip)
-    profile: bool = False  # when True, selection_seconds accumulates scoring + selection time (synchronised)
-    selection_seconds: float = 0.0
-    graphs: SelectionGraphs | None = None  # CUDA-graph replay of the selection (None: always eager)
-    prefix: object = None  # adatp.prefix.Prefix the calls continue (`use_prefix`), else None
-    capture_prefix: bool = False  # `encode_prefix`: the next call's layers < K go into `captured`
-    captured: object = None
-
-    @property
-    def video_token_id(self) -> int:
-        return self.adapter.video_token_id
-
-
-@contextlib.contextmanager
-def _timer(state: PruningState, device: torch.device):
-    if not state.profile:
-        yield
-        return
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    yield
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    state.selection_seconds += time.perf_counter() - start
-
-
 def enable(model, config: AdaTPConfig, tokenizer=None, profile: bool = False,
            cuda_graphs: bool = True) -> PruningState:
     """Turn AdaTP on for `model` (forward and generate). Re-enabling replaces the config.
@@ -148,17 +75,12 @@ def enable(model, config: AdaTPConfig, tokenizer=None, profile: bool = False,
         on an H100 by tests/test_graphs.py and bench/prefill_speed.py). On by default: at batch 1 it saved up to 8.6 ms
         per pruned prefill (README, Performance). Never used on CPU, inside `torch.compile` or inside a capture.
     """
-    from adatp.models import adapter_for
-
     if not isinstance(config, AdaTPConfig):
         raise TypeError(f"config must be an AdaTPConfig, got {type(config).__name__}")
     disable(model)
     adapter = adapter_for(model)
     inner = adapter.inner
-    layers = inner.config.text_config.num_hidden_layers
-    if config.prune_layer >= layers:
-        raise ConfigError(f"config.prune_layer: must be below the language model's {layers} layers, "
-                          f"got {config.prune_layer}")
+    _check_prune_layer(config, inner.config.text_config, adapter.class_names[0])
     adapter.check(config)
     state = PruningState(
         config=config,
@@ -195,10 +117,21 @@ def enable(model, config: AdaTPConfig, tokenizer=None, profile: bool = False,
     return state
 
 
+def _check_prune_layer(config: AdaTPConfig, text_config, name: str) -> None:
+    """K = 0 prunes before the LM; K >= 1 needs attention at layer K-1 (a softmax-attention layer, `adatp.kinds`)."""
+    kinds = layer_kinds(text_config)
+    layer = config.prune_layer
+    if layer >= len(kinds):
+        raise ConfigError(f"config.prune_layer: must be below the language model's {len(kinds)} layers, got {layer}")
+    valid = valid_prune_layers(kinds)
+    if layer > 0 and layer not in valid:
+        shown = ", ".join(map(str, [0, *valid[:8]])) + (", ..." if len(valid) > 8 else "")
+        raise ConfigError(f"config.prune_layer: {layer} does not follow a full-attention layer of {name} (layer "
+                          f"{layer - 1} is {kinds[layer - 1]}, which has no attention to score from); valid: {shown}")
+
+
 def disable(model) -> None:
     """Turn AdaTP off; the model computes exactly as before `enable`."""
-    from adatp.models import multimodal_of
-
     inner = multimodal_of(model)
     state = getattr(inner, "_adatp_state", None)
     if state is None:
@@ -221,12 +154,6 @@ def pruning(model, config: AdaTPConfig, tokenizer=None, cuda_graphs: bool = True
         yield state
     finally:
         disable(model)
-
-
-def state_of(model) -> PruningState | None:
-    from adatp.models import multimodal_of
-
-    return getattr(multimodal_of(model), "_adatp_state", None)
 
 
 def _record_video(module, args, kwargs):
@@ -292,115 +219,6 @@ def _kept_labels(labels: torch.Tensor, plan: Plan) -> torch.Tensor:
                          f"{kept_length}] over the kept tokens), got {list(labels.shape)}")
     kept = labels.gather(1, plan.keep_columns.to(labels.device))
     return kept.masked_fill(~plan.slot_valid.to(labels.device), -100)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def attention_scores(
-    layer, hidden: torch.Tensor, position_embeddings, query_rows: torch.Tensor, key_mask: torch.Tensor,
-    rows: int | None = None,
-) -> torch.Tensor:
-    """Attention of the query rows to every key in `layer`, averaged over heads and query rows -> [B, L].
-
-    Only the T last rows are projected to queries (T = most query rows in a batch row), so the cost is
-    T x L per head, never L x L. hidden: the layer's input (residual stream) [B, L, D]; position_embeddings: the
-    LM's (cos, sin) [B, L, d] (M-RoPE already folded in by the rotary module); query_rows [B, L] bool (the text
-    after the video); key_mask [B, L] bool (padding). rows: T when the caller knows it (saves a host-device
-    synchronisation in the middle of the forward). Qwen3's q/k RMSNorms are applied when the layer has them.
-    """
-    attn = layer.self_attn
-    batch, length, _ = hidden.shape
-    rows = int(query_rows.sum(-1).max()) if rows is None else rows
-    key = attn.k_proj(layer.input_layernorm(hidden)).view(batch, length, -1, attn.head_dim)
-    if hasattr(attn, "k_norm"):
-        key = attn.k_norm(key)
-    cos, sin = position_embeddings
-    key = key.transpose(1, 2)
-    key = key * cos.unsqueeze(1) + _rotate_half(key) * sin.unsqueeze(1)
-    row_position = torch.arange(length - rows, length, device=hidden.device)
-    allowed = (torch.arange(length, device=hidden.device)[None, :] <= row_position[:, None])[None] & key_mask[:, None]
-    return mean_query_attention(layer, hidden[:, length - rows :], (cos[:, length - rows :], sin[:, length - rows :]),
-                                key, allowed, query_rows[:, length - rows :])
-
-
-def mean_query_attention(layer, rows_hidden: torch.Tensor, rows_embeddings, key: torch.Tensor,
-                         allowed: torch.Tensor, valid_rows: torch.Tensor) -> torch.Tensor:
-    """Attention of T query rows to L keys, averaged over heads and valid rows -> [B, L].
-
-    rows_hidden: the layer's input at the rows [B, T, D]; rows_embeddings: their (cos, sin) [B, T, d]; key: the
-    layer's keys [B, Hkv, L, d] after its norm and RoPE (as its cache holds them); allowed [B, T, L] bool;
-    valid_rows [B, T] bool. Grouped-query attention without repeating the keys.
-    """
-    attn = layer.self_attn
-    batch, rows, _ = rows_hidden.shape
-    query = attn.q_proj(layer.input_layernorm(rows_hidden)).view(batch, rows, -1, attn.head_dim)
-    if hasattr(attn, "q_norm"):
-        query = attn.q_norm(query)
-    cos, sin = rows_embeddings
-    query = query.transpose(1, 2)
-    query = query * cos.unsqueeze(1) + _rotate_half(query) * sin.unsqueeze(1)
-    query = query.reshape(batch, key.shape[1], -1, rows, attn.head_dim)  # [B, Hkv, G, T, d]
-    logits = torch.einsum("bkgtd,bkld->bkgtl", query.float(), key.float()) * attn.scaling
-    logits = logits.masked_fill(~allowed[:, None, None], float("-inf"))
-    probs = logits.softmax(-1).nan_to_num(0.0)
-    valid = valid_rows.float()  # [B, T]
-    per_row = probs.mean(dim=(1, 2))  # [B, T, L]
-    return (per_row * valid[..., None]).sum(1) / valid.sum(-1, keepdim=True).clamp(min=1)
-
-
-def _mask_mapping(lm, hidden, mask_2d, cache, text_positions, layer_idx):
-    arguments = dict(
-        config=lm.config,
-        inputs_embeds=hidden,
-        attention_mask=mask_2d,
-        position_ids=text_positions,
-        **{CACHE_ARG: cache},
-        layer_idx=layer_idx,
-    )
-    mapping = {"full_attention": create_causal_mask(**arguments)}
-    if getattr(lm, "has_sliding_layers", False):
-        mapping["sliding_attention"] = create_sliding_window_causal_mask(**arguments)
-    return mapping
-
-
-@dataclasses.dataclass
-class _Positions:
-    """Positions of the current tokens: `rope` for the rotary module ([B, L], or [3, B, L] for M-RoPE) and `text`
-    ([B, L] or None) for masks and the layers' `position_ids`, as the stock forward passes them."""
-
-    rope: torch.Tensor
-    text: torch.Tensor | None
-
-    def gather(self, columns: torch.Tensor) -> _Positions:
-        rope = self.rope.gather(-1, columns.expand(*self.rope.shape[:-2], *columns.shape))
-        return _Positions(rope, None if self.text is None else self.text.gather(-1, columns))
-
-
-def _run_layers(lm, hidden, layers, masks, position_embeddings, positions, cache, use_cache, kwargs,
-                deepstack=()):
-    """Run `layers` (indices); after layer i < len(deepstack), add deepstack[i] ([B, L, D], zero off video)."""
-    layer_types = getattr(lm.config, "layer_types", None)
-    for index in layers:
-        hidden = lm.layers[index](
-            hidden,
-            attention_mask=masks[layer_types[index] if layer_types else "full_attention"],
-            position_embeddings=position_embeddings,
-            position_ids=positions.text,
-            use_cache=use_cache,
-            **{CACHE_ARG: cache},
-            **kwargs,
-        )
-        if index < len(deepstack) and deepstack[index] is not None:
-            hidden = hidden + deepstack[index]
-    return hidden
-
-
-def _gather_rows(tensor: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    index = columns.view(*columns.shape, *([1] * (tensor.dim() - 2))).expand(-1, -1, *tensor.shape[2:])
-    return tensor.gather(1, index)
 
 
 def _is_fresh(cache) -> bool:
@@ -480,8 +298,6 @@ def _language_model_forward(self, input_ids=None, attention_mask=None, position_
 
 def _prefix_call(lm, state, call, attention_mask, position_ids, inputs_embeds, kwargs):
     """`adatp.prefix`: encode a prefix (layers < K), or run a suffix that continues one (logits only)."""
-    from adatp import prefix as prefixes
-
     batch, length, _ = inputs_embeds.shape
     device = inputs_embeds.device
     positions = state.adapter.positions(position_ids, batch, length, 0, device)
@@ -492,7 +308,13 @@ def _prefix_call(lm, state, call, attention_mask, position_ids, inputs_embeds, k
                                            positions, kwargs)
     else:
         hidden = prefixes.capture(lm, state, call, inputs_embeds, positions, kwargs)
-    return BaseModelOutputWithPast(last_hidden_state=lm.norm(hidden))
+    return _output_class(lm)(last_hidden_state=lm.norm(hidden))
+
+
+def _output_class(lm) -> type:
+    """The stock forward's output class: MoE LMs return router logits too (captured like hidden states)."""
+    records = getattr(lm, "_can_record_outputs", None) or {}
+    return MoeModelOutputWithPast if "router_logits" in records else BaseModelOutputWithPast
 
 
 def _mask_2d(attention_mask, batch: int, length: int, device) -> torch.Tensor:
@@ -501,22 +323,13 @@ def _mask_2d(attention_mask, batch: int, length: int, device) -> torch.Tensor:
     return attention_mask.to(device=device, dtype=torch.bool)
 
 
-def _deepstack(embeds: torch.Tensor, visual_pos_masks, deepstack_visual_embeds) -> list[torch.Tensor]:
-    """Qwen3-VL's deepstack features as dense [B, L, D] additions (zero off the visual positions)."""
-    if not deepstack_visual_embeds:
-        return []
-    where = visual_pos_masks.to(embeds.device)[..., None]
-    return [torch.zeros_like(embeds).masked_scatter(where, level.to(embeds.device, embeds.dtype))
-            for level in deepstack_visual_embeds]
-
-
 @capture_outputs
 def _pruned_forward(self, *, state, call, layout, plan, attention_mask, position_ids, past_key_values, inputs_embeds,
                     use_cache, **kwargs):
     """Layers run by hand on a pruned prefill or after one; hidden states and attentions are captured by the same
     hooks as the stock forward (`capture_outputs`), so `output_hidden_states` / `output_attentions` hold."""
     batch, length, _ = inputs_embeds.shape
-    deepstack = _deepstack(inputs_embeds, kwargs.pop("visual_pos_masks", None),
+    deepstack = deepstack_additions(inputs_embeds, kwargs.pop("visual_pos_masks", None),
                            kwargs.pop("deepstack_visual_embeds", None))
     cache = past_key_values
     if use_cache and cache is None:
@@ -529,7 +342,7 @@ def _pruned_forward(self, *, state, call, layout, plan, attention_mask, position
                                  kwargs, deepstack)
     else:
         hidden = _pruned_decode(self, plan, inputs_embeds, mask_2d, positions, cache, use_cache, kwargs, deepstack)
-    return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), **{CACHE_ARG: cache if use_cache else None})
+    return _output_class(self)(last_hidden_state=self.norm(hidden), **{CACHE_ARG: cache if use_cache else None})
 
 
 def _groups(call: VideoCall, layout: _Layout, length: int, device) -> list[_Group]:
@@ -581,23 +394,23 @@ def _pruned_prefill(lm, state, call, layout, embeds, mask_2d, positions, cache, 
     prune_layer = config.prune_layer
     full_embeddings = lm.rotary_emb(hidden, positions.rope)
     if prune_layer > 0:
-        masks = _mask_mapping(lm, hidden, mask_2d, cache, positions.text, 0)
-        hidden = _run_layers(lm, hidden, range(prune_layer - 1), masks, full_embeddings, positions, cache,
+        masks = masks_for(lm, range(prune_layer), hidden, mask_2d, cache, positions.text)
+        hidden = run_layers(lm, hidden, range(prune_layer - 1), masks, full_embeddings, positions, cache,
                              use_cache, kwargs, deepstack)
         if config.uses_scores and config.score == "attention":
-            with _timer(state, device):
+            with timed(state, device):
                 per_key = attention_scores(lm.layers[prune_layer - 1], hidden, full_embeddings, query_rows,
                                            mask_2d[:, -length:], rows=layout.query_count)
                 for group, group_inputs in zip(groups, inputs, strict=True):
                     group_inputs[2] = per_key[group.rows[:, None], group.columns].view(
                         len(group.videos), group.frames, group.per_frame)
-        hidden = _run_layers(lm, hidden, [prune_layer - 1], masks, full_embeddings, positions, cache,
+        hidden = run_layers(lm, hidden, [prune_layer - 1], masks, full_embeddings, positions, cache,
                              use_cache, kwargs, deepstack)
 
     keep = torch.ones(batch, length, dtype=torch.bool, device=device)
     pruned_per_row = [0] * batch
     kept_per_video = [None] * call.videos
-    with _timer(state, device):
+    with timed(state, device):
         for group, (frame_features, question, scores) in zip(groups, inputs, strict=True):
             kept = _select(state, group.frames, group.per_frame, len(group.videos), scores, frame_features,
                            question, device)
@@ -612,8 +425,8 @@ def _pruned_prefill(lm, state, call, layout, embeds, mask_2d, positions, cache, 
     keep_columns = keep.to(torch.uint8).argsort(dim=-1, stable=True)[:, length - kept_length :]
     slot_valid = keep.gather(1, keep_columns)
 
-    hidden = _gather_rows(hidden, keep_columns)
-    deepstack = [_gather_rows(level, keep_columns) for level in deepstack]
+    hidden = gather_rows(hidden, keep_columns)
+    deepstack = [gather_rows(level, keep_columns) for level in deepstack]
     kept_mask = mask_2d[:, -length:].gather(1, keep_columns) & slot_valid
     kept_positions = positions.gather(keep_columns)
     shift = torch.zeros(batch, 1, dtype=torch.long, device=device)
@@ -622,15 +435,15 @@ def _pruned_prefill(lm, state, call, layout, embeds, mask_2d, positions, cache, 
         first = torch.where(kept_mask, kept_rope, kept_rope.max()).amin(-1, keepdim=True)
         renumbered = (kept_mask.long().cumsum(-1) - 1).clamp(min=0) + first
         shift = kept_rope[:, -1:] - renumbered[:, -1:]
-        kept_positions = _Positions(renumbered, renumbered)
+        kept_positions = Positions(renumbered, renumbered)
     plan = Plan(keep_columns=keep_columns, slot_valid=slot_valid, prefill_length=length, prune_layer=prune_layer,
                 position_shift=shift)
     same_shape = len(groups) == 1
     state.kept_indices = torch.stack(kept_per_video) if same_shape else tuple(kept_per_video)
     state.frames, state.plan = groups[0].frames if same_shape else None, plan
-    masks = _mask_mapping(lm, hidden, kept_mask, cache, kept_positions.text, prune_layer)
+    masks = masks_for(lm, range(prune_layer, len(lm.layers)), hidden, kept_mask, cache, kept_positions.text)
     embeddings = lm.rotary_emb(hidden, kept_positions.rope)
-    hidden = _run_layers(lm, hidden, range(prune_layer, len(lm.layers)), masks, embeddings, kept_positions, cache,
+    hidden = run_layers(lm, hidden, range(prune_layer, len(lm.layers)), masks, embeddings, kept_positions, cache,
                          use_cache, kwargs, [None] * prune_layer + deepstack[prune_layer:])
     if use_cache and cache is not None:
         attach(cache, plan)
@@ -657,12 +470,13 @@ def _pruned_decode(lm, plan, embeds, mask_2d, positions, cache, use_cache, kwarg
     prune_layer = plan.prune_layer
     hidden = embeds
     if prune_layer > 0:
-        masks = _mask_mapping(lm, hidden, mask_2d, cache, positions.text, 0)
-        hidden = _run_layers(lm, hidden, range(prune_layer), masks, lm.rotary_emb(hidden, positions.rope),
+        masks = masks_for(lm, range(prune_layer), hidden, mask_2d, cache, positions.text)
+        hidden = run_layers(lm, hidden, range(prune_layer), masks, lm.rotary_emb(hidden, positions.rope),
                              positions, cache, use_cache, kwargs, deepstack)
     if positions.rope.dim() == 2:  # 1D RoPE: renumbered positions continue from the kept prefix
         shifted = positions.rope - plan.position_shift
-        positions = _Positions(shifted, shifted)
-    masks = _mask_mapping(lm, hidden, plan.kept_mask(mask_2d), cache, positions.text, prune_layer)
-    return _run_layers(lm, hidden, range(prune_layer, len(lm.layers)), masks, lm.rotary_emb(hidden, positions.rope),
+        positions = Positions(shifted, shifted)
+    masks = masks_for(lm, range(prune_layer, len(lm.layers)), hidden, plan.kept_mask(mask_2d), cache,
+                      positions.text)
+    return run_layers(lm, hidden, range(prune_layer, len(lm.layers)), masks, lm.rotary_emb(hidden, positions.rope),
                        positions, cache, use_cache, kwargs, [None] * prune_layer + deepstack[prune_layer:])

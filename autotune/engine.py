@@ -208,7 +208,7 @@ class Engine:
             self.video = _LlavaVideo(self.model, frames, preprocess)
         else:
             self.video = _QwenVideo(self.model, tokenizer, frames, preprocess, frame_size or QWEN_FRAME_SIZE,
-                                    timestamps=family == "qwen3_vl")
+                                    timestamps=family in ("qwen3_vl", "qwen3_5", "qwen3_5_moe"))
         self.family = family
         self.preprocess = preprocess
         self.n_visual = self.video.n_visual
@@ -287,7 +287,7 @@ class Engine:
         state = (adatp.enable(self.model, config, profile=True, cuda_graphs=self.cuda_graphs)
                  if config is not None else None)
         prefixed = (config is not None and mode == "logits" and self.prefix_cache
-                    and adatp.prefix.supports(config))
+                    and adatp.prefix.supports(config, self.model))
         try:
             batches = self._batches(questions, batch_size, by_prefix=prefixed)
             if progress:

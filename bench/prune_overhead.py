@@ -23,7 +23,8 @@ from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGener
 
 import adatp
 from adatp.flops import flops_ratio, kept_count
-from adatp.pruned_lm import VideoCall, attention_scores
+from adatp.models.base import VideoCall
+from adatp.scoring import attention_scores
 from adatp.select import select_visual_tokens
 
 FRAMES, PER_FRAME, PREFIX, QUESTION = 32, 196, 14, 50

@@ -183,7 +183,7 @@ def estimate_7b_cpu(args) -> None:
     from prune_overhead import FRAMES, PER_FRAME, PREFIX, QUESTION, QWEN2_7B, random_llava_ov, timed
 
     from adatp.flops import LMShape, prefixed_flops
-    from adatp.pruned_lm import VideoCall
+    from adatp.models.base import VideoCall
 
     torch.manual_seed(0)
     model = random_llava_ov(dict(QWEN2_7B, num_hidden_layers=3, vocab_size=1024), "cpu", torch.float32)

@@ -14,6 +14,10 @@ import torch
 from transformers import (
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    Qwen3_5Config,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeConfig,
+    Qwen3_5MoeForConditionalGeneration,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
 )
@@ -87,11 +91,12 @@ class Llava(Family):
 
 
 class Qwen(Family):
-    """Qwen2.5-VL or Qwen3-VL. Qwen3-VL's videos carry timestamp text before each temporal group."""
+    """Qwen2.5-VL, Qwen3-VL, Qwen3.5 or Qwen3.5-MoE. Qwen3-VL's and Qwen3.5's videos carry timestamp text before
+    each temporal group."""
 
     def __init__(self, name):
         super().__init__(name, (QWEN_SIDE // 2) ** 2, QWEN_VIDEO)
-        self.timestamps = name == "qwen3_vl"
+        self.timestamps = name != "qwen2_5_vl"
 
     def config(self, layers=4, attn="sdpa", hidden=64, intermediate=128):
         rope = {"rope_type": "default", "rope_theta": 1e6}
@@ -102,6 +107,8 @@ class Qwen(Family):
                       spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=hidden)
         ids = dict(image_token_id=QWEN_IMAGE, video_token_id=QWEN_VIDEO, vision_start_token_id=QWEN_START,
                    vision_end_token_id=QWEN_END, tie_word_embeddings=False)
+        if self.name.startswith("qwen3_5"):
+            return self._hybrid_config(text, vision, ids, rope, layers, attn)
         if self.timestamps:  # Qwen3: explicit head_dim with heads * head_dim != hidden, interleaved M-RoPE
             text.update(head_dim=32, rope_parameters={**rope, "mrope_section": [8, 4, 4], "mrope_interleaved": True})
             vision.update(num_position_embeddings=16, deepstack_visual_indexes=[0, 1])
@@ -115,9 +122,33 @@ class Qwen(Family):
             part._attn_implementation = attn
         return config
 
+    def _hybrid_config(self, text, vision, ids, rope, layers, attn):
+        """Qwen3.5 (-MoE): Gated DeltaNet layers with full attention every 2nd layer (so that K = 2 follows one; the
+        real models have it every 4th), a gated q_proj, partial rotary (half of head_dim 32), no deepstack."""
+        text.update(head_dim=32, layer_types=["linear_attention", "full_attention"] * (layers // 2),
+                    rope_parameters={**rope, "mrope_section": [4, 2, 2], "mrope_interleaved": True,
+                                     "partial_rotary_factor": 0.5},
+                    linear_conv_kernel_dim=4, linear_key_head_dim=16, linear_value_head_dim=16,
+                    linear_num_key_heads=2, linear_num_value_heads=4)
+        vision.update(num_position_embeddings=16)
+        if self.name == "qwen3_5_moe":
+            intermediate = text.pop("intermediate_size")
+            text.update(moe_intermediate_size=intermediate // 4, shared_expert_intermediate_size=intermediate * 3 // 8,
+                        num_experts=4, num_experts_per_tok=2)
+            config = Qwen3_5MoeConfig(text_config=text, vision_config=vision, **ids)
+            if attn == "eager":  # the default grouped_mm experts are invisible to FlopCounterMode, like CPU SDPA
+                config.text_config._experts_implementation = "eager"
+        else:
+            config = Qwen3_5Config(text_config=text, vision_config=vision, **ids)
+        for part in (config, config.text_config, config.vision_config):
+            part._attn_implementation = attn
+        return config
+
     def model(self, layers=4, attn="sdpa", seed=0, hidden=64, intermediate=128):
         torch.manual_seed(seed)
-        model_class = Qwen3VLForConditionalGeneration if self.timestamps else Qwen2_5_VLForConditionalGeneration
+        model_class = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen3_vl": Qwen3VLForConditionalGeneration,
+                       "qwen3_5": Qwen3_5ForConditionalGeneration,
+                       "qwen3_5_moe": Qwen3_5MoeForConditionalGeneration}[self.name]
         return _scale_language_model(model_class(self.config(layers, attn, hidden, intermediate)).eval())
 
     def video_tokens(self, generator, frames):
@@ -185,4 +216,5 @@ class Qwen(Family):
         return batch, rows, [frames, frames + 1, frames]
 
 
-FAMILIES = {"llava_onevision": Llava(), "qwen2_5_vl": Qwen("qwen2_5_vl"), "qwen3_vl": Qwen("qwen3_vl")}
+FAMILIES = {"llava_onevision": Llava(), "qwen2_5_vl": Qwen("qwen2_5_vl"), "qwen3_vl": Qwen("qwen3_vl"),
+            "qwen3_5": Qwen("qwen3_5"), "qwen3_5_moe": Qwen("qwen3_5_moe")}

@@ -6,6 +6,7 @@ retention 0.3 it must run and agree with an independent way of computing the sam
 of one, plain greedy decoding, a hand-computed loss).
 """
 
+import contextlib
 import copy
 
 import pytest
@@ -14,9 +15,10 @@ from families import FAMILIES
 from transformers import CompileConfig
 
 import adatp
+import adatp.kinds
 from adatp.flops import kept_count
+from adatp.layers import CACHE_ARG
 from adatp.pruned_cache import plan_of
-from adatp.pruned_lm import CACHE_ARG
 
 FRAMES = 3
 LAYERS = 4
@@ -43,6 +45,10 @@ def video_batch(family):
     return family.video_batch
 
 
+def kinds(model):
+    return adatp.kinds.layer_kinds(model.config.text_config)
+
+
 def config(retention, prune_layer=2, **changes):
     changes.setdefault("score", "attention" if prune_layer > 0 else "norm")
     return adatp.AdaTPConfig(retention=retention, prune_layer=prune_layer, **changes)
@@ -61,11 +67,12 @@ def assert_identical(left, right, where="output"):
         assert len(left) == len(right), where
         for index, (a, b) in enumerate(zip(left, right, strict=True)):
             assert_identical(a, b, f"{where}[{index}]")
-    elif hasattr(left, "layers"):  # a Cache
+    elif hasattr(left, "layers"):  # a Cache: keys and values, or a linear-attention layer's states
         assert len(left.layers) == len(right.layers), where
         for index, (a, b) in enumerate(zip(left.layers, right.layers, strict=True)):
-            assert_identical(a.keys, b.keys, f"{where}.layers[{index}].keys")
-            assert_identical(a.values, b.values, f"{where}.layers[{index}].values")
+            for name in ("keys", "values", "conv_states", "recurrent_states"):
+                if hasattr(a, name):
+                    assert_identical(getattr(a, name), getattr(b, name), f"{where}.layers[{index}].{name}")
     else:
         assert left == right, where
 
@@ -160,6 +167,14 @@ def test_assisted_decoding_equals_greedy(family, video_batch, eager_model, assis
         return model.generate(**inputs, do_sample=False, max_new_tokens=6, return_dict_in_generate=True,
                               output_attentions=True, **extra)
 
+    if model._is_stateful:  # Qwen3.5's linear-attention states cannot roll back: the stock model refuses, as we do
+        for retention in (None, 1.0, 0.3):
+            with torch.no_grad(), contextlib.ExitStack() as stack:
+                if retention is not None:
+                    stack.enter_context(adatp.pruning(model, config(retention, prune_layer)))
+                with pytest.raises(ValueError, match="not supported with stateful models"):
+                    run(**assistant)
+        return
     stock, full, pruned = stock_full_pruned(model, lambda: run(**assistant), prune_layer)
     assert_identical(stock.sequences, full.sequences)
     with torch.no_grad(), adatp.pruning(model, config(0.3, prune_layer)):
@@ -179,14 +194,18 @@ def test_outputs_attentions_and_hidden_states(family, video_batch, eager_model):
     kept = length - FRAMES * family.tokens_per_frame + kept_count(FRAMES * family.tokens_per_frame, 0.3)
     # Layers < K (=2) run over the whole sequence, layers >= K over the kept one.
     assert [h.shape[1] for h in pruned.hidden_states] == [length] * 3 + [kept] * (LAYERS - 2)
-    assert [a.shape[-1] for a in pruned.attentions] == [length] * 2 + [kept] * (LAYERS - 2)
-    assert [a.shape[-2] for a in pruned.attentions] == [length] * 2 + [kept] * (LAYERS - 2)
+    # Attention weights come from the softmax-attention layers only (Qwen3.5: layers 1 and 3 of 4).
+    softmax = [layer for layer, kind in enumerate(kinds(eager_model)) if kind != "linear_attention"]
+    sizes = [length if layer < 2 else kept for layer in softmax]
+    assert [a.shape[-1] for a in pruned.attentions] == sizes
+    assert [a.shape[-2] for a in pruned.attentions] == sizes
     assert torch.allclose(eager_model.lm_head(pruned.hidden_states[-1]), pruned.logits, atol=1e-5)
     # The first K layers never see the pruning: their outputs match the stock model's.
     for layer in range(3):
         assert torch.equal(pruned.hidden_states[layer], stock.hidden_states[layer])
-    for layer in range(2):
-        assert torch.equal(pruned.attentions[layer], stock.attentions[layer])
+    for index, layer in enumerate(softmax):
+        if layer < 2:
+            assert torch.equal(pruned.attentions[index], stock.attentions[index])
     probabilities = pruned.attentions[-1].sum(-1)
     real_rows = adatp_state_rows(eager_model, inputs, 0.3)
     assert torch.allclose(probabilities[real_rows[:, None, :].expand_as(probabilities)],
@@ -210,7 +229,8 @@ def test_dict_output_generate_with_attentions_and_hidden_states(family, video_ba
     stock, full, pruned = stock_full_pruned(eager_model, run)
     assert_identical(stock, full)
     assert len(pruned.attentions) == len(pruned.hidden_states) == GREEDY["max_new_tokens"]
-    assert all(len(step) == LAYERS for step in pruned.attentions)
+    softmax = sum(kind != "linear_attention" for kind in kinds(eager_model))
+    assert all(len(step) == softmax for step in pruned.attentions)
     assert all(len(step) == LAYERS + 1 for step in pruned.hidden_states)
 
 
@@ -288,8 +308,12 @@ def test_continue_generate_from_returned_cache(family, video_batch, model, prune
     cache = first.past_key_values
     length = first.sequences.shape[1] - 1
     kept = length - FRAMES * family.tokens_per_frame + kept_count(FRAMES * family.tokens_per_frame, 0.3)
-    assert [cache.get_seq_length(layer) for layer in range(LAYERS)] == [length] * LAYERS
-    assert [layer.keys.shape[2] for layer in cache.layers] == [length] * prune_layer + [kept] * (LAYERS - prune_layer)
+    attention = [0] + [layer for layer, kind in enumerate(kinds(model)) if kind != "linear_attention"]
+    assert [cache.get_seq_length(layer) for layer in attention] == [length] * len(attention)
+    held = [layer.keys.shape[2] if hasattr(layer, "keys") else None for layer in cache.layers]
+    expected = [length] * prune_layer + [kept] * (LAYERS - prune_layer)
+    assert held == [None if kind == "linear_attention" else size
+                    for size, kind in zip(expected, kinds(model), strict=True)]
 
 
 def test_stray_video_token_without_pixels_is_left_alone(family, video_batch, model):

@@ -367,17 +367,17 @@ def test_scoring_flops_is_half_of_flop_counter_on_qwen_vl_attention_scoring(kind
     assert counter.get_total_flops() == 2 * scoring_flops(model.config, n_tokens, n_query)
 
 
-def test_mixture_of_experts_text_configs_are_rejected():
-    with pytest.raises(ValueError, match=r"^Qwen3VLMoeTextConfig is a Mixture-of-Experts .*supports only dense LMs$"):
-        lm_shape(Qwen3VLMoeTextConfig())
-    with pytest.raises(
-        ValueError,
-        match=r"^Qwen3VLMoeTextConfig \(the text config of Qwen3VLMoeConfig\) .*"
-        r"num_experts=60.*moe_intermediate_size=1408",
-    ):
-        prefill_flops(Qwen3VLMoeConfig(), n_visual=100)
-    with pytest.raises(ValueError, match=r"^MixtralConfig is a Mixture-of-Experts .*num_local_experts=8"):
+def test_mixture_of_experts_layouts_it_cannot_read_are_rejected():
+    """Qwen3.5-MoE's layout (and Qwen3-VL-MoE's, the same fields) is read; others are refused in one line."""
+    shape = lm_shape(Qwen3VLMoeConfig())
+    assert shape.moe is not None and (shape.moe.experts, shape.moe.expert_intermediate) == (60, 1408)
+    assert shape.intermediate == 0 and shape.moe.shared_intermediate == 0
+    with pytest.raises(ValueError, match=r"^MixtralConfig is a Mixture-of-Experts .*num_local_experts=8.* of a layout "
+                                         r"adatp.flops does not count"):
         retention_for_budget(MixtralConfig(), 100, 0, 0.5, 2)
+    sparse_every_other = Qwen3VLMoeTextConfig(decoder_sparse_step=2)
+    with pytest.raises(ValueError, match=r"^Qwen3VLMoeTextConfig is a Mixture-of-Experts"):
+        lm_shape(sparse_every_other)
     # A dense config carrying a zero expert count is still dense.
     zero_experts = Qwen2Config(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4)
     zero_experts.num_experts = 0

@@ -8,7 +8,7 @@ import math
 import torch
 
 from adatp.config import AdaTPConfig
-from adatp.pruned_lm import VideoCall, _Positions, video_token_mask
+from adatp.models.base import Positions, VideoCall, video_token_mask
 
 
 def _inner_class():
@@ -60,8 +60,8 @@ class LlavaOnevisionAdapter:
         return pixels.shape[0], pixels.shape[1]
 
     @staticmethod
-    def positions(position_ids, batch: int, length: int, past: int, device) -> _Positions:
+    def positions(position_ids, batch: int, length: int, past: int, device) -> Positions:
         if position_ids is None:
             position_ids = (torch.arange(length, device=device) + past)[None]
         position_ids = position_ids.expand(batch, -1)
-        return _Positions(position_ids, position_ids)
+        return Positions(position_ids, position_ids)

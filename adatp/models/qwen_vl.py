@@ -15,10 +15,12 @@ import warnings
 import torch
 
 from adatp.config import AdaTPConfig, ConfigError
-from adatp.pruned_lm import VideoCall, _Positions, video_token_mask
+from adatp.models.base import Positions, VideoCall, video_token_mask
 
 
-class _QwenAdapter:
+class QwenAdapter:
+    """The Qwen-VL families' shared answers (M-RoPE, grids, timestamps); a family sets its names."""
+
     family = ""
     class_names: tuple[str, ...] = ()
     inner_class_name = ""
@@ -80,25 +82,25 @@ class _QwenAdapter:
         return VideoCall(video_mask=video, grids=grids, trailing=0)
 
     @staticmethod
-    def positions(position_ids, batch: int, length: int, past: int, device) -> _Positions:
+    def positions(position_ids, batch: int, length: int, past: int, device) -> Positions:
         """3D rope ids [3, B, L]; text ids [B, L] where the stock forward has them (a [4, B, L] input, or 1D ids)."""
         if position_ids is None:
             position_ids = (torch.arange(length, device=device) + past)[None]
         if position_ids.dim() == 2:
             text = position_ids.expand(batch, -1)
-            return _Positions(text[None].expand(3, -1, -1), text)
+            return Positions(text[None].expand(3, -1, -1), text)
         if position_ids.shape[0] == 4:
-            return _Positions(position_ids[1:].expand(-1, batch, -1), position_ids[0].expand(batch, -1))
-        return _Positions(position_ids.expand(3, batch, -1), None)
+            return Positions(position_ids[1:].expand(-1, batch, -1), position_ids[0].expand(batch, -1))
+        return Positions(position_ids.expand(3, batch, -1), None)
 
 
-class Qwen2_5_VLAdapter(_QwenAdapter):
+class Qwen2_5_VLAdapter(QwenAdapter):
     family = "qwen2_5_vl"
     class_names = ("Qwen2_5_VLForConditionalGeneration",)
     inner_class_name = "Qwen2_5_VLModel"
 
 
-class Qwen3VLAdapter(_QwenAdapter):
+class Qwen3VLAdapter(QwenAdapter):
     family = "qwen3_vl"
     class_names = ("Qwen3VLForConditionalGeneration",)
     inner_class_name = "Qwen3VLModel"
