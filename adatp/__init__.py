@@ -7,8 +7,9 @@ from adatp.config import AdaTPConfig, ConfigError
 from adatp.flops import flops_ratio, prefill_flops, retention_for_budget
 from adatp.prefix import Prefix, encode_prefix, suffix_position_ids, use_prefix
 from adatp.presets import Preset, load_preset, save_preset, select_preset
-from adatp.pruned_lm import disable, enable, pruning, state_of
+from adatp.pruned_lm import disable, enable, pruning
 from adatp.select import select_visual_tokens
+from adatp.state import state_of
 
 __version__ = "0.1.0"
 
