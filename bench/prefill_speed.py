@@ -9,6 +9,10 @@ Shapes (`--shape`), each with random weights built from config in bf16 with SDPA
   and `video_grid_thw` [[16, 32, 32]]: 32 input frames of 448 x 448 px -> T = 16 temporal patch groups (2 frames
   each) of 32 x 32 patches of 14 px, merged 2 x 2 -> N = 256 tokens per group, 4,096 visual tokens (an AdaTP frame
   is one group). M-RoPE positions come from the stock `get_rope_index`.
+- `qwen3.5-9b`, `qwen3.5-35b-a3b`: the default Qwen3.5 / Qwen3.5-MoE LMs of transformers' configs (32 / 40 layers of
+  Gated DeltaNet with full attention every 4th, a gated q_proj, partial rotary; the MoE: 256 experts, top 8, and a
+  shared expert), with the video as Qwen3-VL lays it out (per group `<t>` text, vision start, 256 tokens, vision
+  end). In-LLM pruning goes at K = 4 (right after the first full-attention layer; K = 2 is refused there).
 Video features are handed in precomputed (`mm_encoder_outputs={"video": ...}`; the vision tower's output is cached
 across trials, so it is not part of a trial's prefill). For each setting: median latency of the prefill (one forward
 with logits for the last position, as the evaluation engine does), its ratio to vanilla next to the analytic FLOPs
@@ -17,7 +21,7 @@ memory above the weights. The attention scores at the prune layer are computed f
 attention matrix would add heads x L x L x 2 bytes at that layer, which the peak-memory column shows is absent
 (compare `adatp@2` with `uniform@2`, which computes no scores).
 
-Run: `python bench/prefill_speed.py --shape 7b` (and `--shape 0.5b`, `--shape qwen2.5-vl-7b`); writes
+Run: `python bench/prefill_speed.py --shape 7b` (and `--shape 0.5b`, `qwen2.5-vl-7b`, `qwen3.5-9b`, `qwen3.5-35b-a3b`); writes
 bench/results/prefill_speed_<shape>.json. `--smoke` checks the script on CPU in seconds: the same input layout with
 4 frames (groups), a 28-layer LM of width 64, float32, 2 repetitions; it writes to the temp directory unless `--out`.
 """
@@ -37,7 +41,14 @@ from pathlib import Path
 import torch
 import transformers
 from prune_overhead import VIDEO_TOKEN, random_llava_ov
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import (
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen3_5Config,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeConfig,
+    Qwen3_5MoeForConditionalGeneration,
+)
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import adatp
@@ -49,6 +60,10 @@ FRAMES, PER_FRAME, PREFIX, QUESTION = 32, 196, 14, 64
 SHAPES = {"7b": (3584, 18944, 28, 28, 4), "0.5b": (896, 4864, 24, 14, 2)}
 # Qwen2.5-VL LM shapes, same fields; and the video layout: T temporal patch groups of a G x G patch grid.
 QWEN_SHAPES = {"qwen2.5-vl-7b": (3584, 18944, 28, 28, 4)}
+# Qwen3.5 shapes: the transformers defaults of Qwen3_5TextConfig (the 9B) and Qwen3_5MoeTextConfig (the 35B-A3B):
+# 32 / 40 layers, Gated DeltaNet with full attention every 4th layer, so in-LLM pruning goes at K = 4.
+HYBRID_SHAPES = {"qwen3.5-9b": "dense", "qwen3.5-35b-a3b": "moe"}
+HYBRID_LAYER = 4
 QWEN_GROUPS, QWEN_GRID, QWEN_PATCH = 16, 32, 14  # 32 frames of 448 x 448 px -> 16 x (32 x 32 patches) -> 16 x 256
 QWEN_IMAGE, QWEN_VIDEO, QWEN_START, QWEN_END = 151655, 151656, 151652, 151653  # Qwen2.5-VL's token ids
 VOCAB = 152064
@@ -79,6 +94,10 @@ class Layout:
 
 def layout(shape: str, smoke: bool = False) -> Layout:
     frames = SMOKE_FRAMES if smoke else None
+    if shape in HYBRID_SHAPES:  # per group: 2 timestamp tokens, <|vision_start|>, N video tokens, <|vision_end|>
+        groups = frames or QWEN_GROUPS
+        return Layout("qwen3_5", groups, (QWEN_GRID // 2) ** 2, PREFIX + 4 * groups + QUESTION,
+                      (groups, QWEN_GRID, QWEN_GRID))
     if shape in QWEN_SHAPES:
         groups = frames or QWEN_GROUPS
         return Layout("qwen2_5_vl", groups, (QWEN_GRID // 2) ** 2, PREFIX + 2 + QUESTION,
@@ -89,6 +108,48 @@ def layout(shape: str, smoke: bool = False) -> Layout:
 def lm_dims(shape: str, smoke: bool = False) -> tuple[int, int, int, int, int]:
     """(hidden, intermediate, layers, heads, kv heads) of the LM that runs."""
     return SMOKE_LM if smoke else {**SHAPES, **QWEN_SHAPES}[shape]
+
+
+def random_qwen3_5(shape: str, device: str, dtype: torch.dtype, smoke: bool = False):
+    """A Qwen3.5 (or -MoE) with its default (9B / 35B-A3B) LM and random weights; --smoke: 32 layers of width 64."""
+    moe = HYBRID_SHAPES[shape] == "moe"
+    text = {}
+    if smoke:
+        text = dict(hidden_size=64, num_hidden_layers=32, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                    linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16)
+        text.update(dict(moe_intermediate_size=32, shared_expert_intermediate_size=32, num_experts=8) if moe
+                    else dict(intermediate_size=128))
+    vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=1, patch_size=QWEN_PATCH,
+                  spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=text.get("hidden_size", 2048 if moe
+                                                                                         else 4096))
+    config_class, model_class = ((Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration) if moe
+                                 else (Qwen3_5Config, Qwen3_5ForConditionalGeneration))
+    config = config_class(text_config=dict(rope_parameters={"rope_type": "default", "rope_theta": 1e7,
+                                                            "partial_rotary_factor": 0.25, "mrope_interleaved": True,
+                                                            "mrope_section": [11, 11, 10] if not smoke else [2, 1, 1]},
+                                           **text),
+                          vision_config=vision, image_token_id=QWEN_IMAGE, video_token_id=QWEN_VIDEO,
+                          vision_start_token_id=QWEN_START, vision_end_token_id=QWEN_END, tie_word_embeddings=False)
+    for part in (config, config.text_config, config.vision_config):
+        part._attn_implementation = "sdpa"
+    return _random_weights(model_class, config, device, dtype)
+
+
+def _random_weights(model_class, config, device: str, dtype: torch.dtype):
+    with torch.device("meta"):
+        model = model_class(config)
+    model = model.to_empty(device=device).to(dtype).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("A_log"):  # Gated DeltaNet's decay: log of a positive rate, as the models store it
+                param.uniform_(0.0, 2.7)
+            else:
+                param.normal_(0.0, 0.02)
+        for module in model.modules():  # to_empty left the rotary inverse frequencies uninitialised
+            if "RotaryEmbedding" in type(module).__name__:
+                model._init_weights(module)
+    return model
 
 
 def random_qwen2_5_vl(text: dict, device: str, dtype: torch.dtype) -> Qwen2_5_VLForConditionalGeneration:
@@ -112,20 +173,12 @@ def random_qwen2_5_vl(text: dict, device: str, dtype: torch.dtype) -> Qwen2_5_VL
     )
     for part in (config, config.text_config, config.vision_config):
         part._attn_implementation = "sdpa"
-    with torch.device("meta"):
-        model = Qwen2_5_VLForConditionalGeneration(config)
-    model = model.to_empty(device=device).to(dtype).eval()
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0.0, 0.02)
-        for module in model.modules():  # to_empty left the rotary inverse frequencies uninitialised
-            if "RotaryEmbedding" in type(module).__name__:
-                model._init_weights(module)
-    return model
+    return _random_weights(Qwen2_5_VLForConditionalGeneration, config, device, dtype)
 
 
 def build(shape: str, device: str, smoke: bool = False, dtype: torch.dtype = torch.bfloat16):
+    if shape in HYBRID_SHAPES:
+        return random_qwen3_5(shape, device, dtype, smoke)
     hidden, intermediate, layers, heads, kv_heads = lm_dims(shape, smoke)
     text = dict(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
                 num_attention_heads=heads, num_key_value_heads=kv_heads)
@@ -146,6 +199,8 @@ def inputs(model, device: str, video: Layout | None = None) -> dict:
         features = torch.randn(1, n_video, hidden, device=device, dtype=dtype) * 0.5
         return dict(input_ids=ids, attention_mask=torch.ones_like(ids),
                     mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=features)})
+    if video.family == "qwen3_5":
+        return _hybrid_inputs(device, video, hidden, dtype)
     # Qwen: <|vision_start|>, T*N video tokens, <|vision_end|>, as the processor expands one video.
     n_video = video.n_visual
     ids = torch.randint(2000, 100000, (1, PREFIX + 1 + n_video + 1 + QUESTION), device=device)
@@ -219,9 +274,29 @@ def measure(model, batch: dict, config: adatp.AdaTPConfig | None, reps: int, war
             "selection_ms": selection, "kept_indices": None if config is None else kept}
 
 
+def _hybrid_inputs(device: str, video: Layout, hidden: int, dtype: torch.dtype) -> dict:
+    """Qwen3.5 (Qwen3-VL's layout): per temporal group `<t seconds>` text, <|vision_start|>, N tokens, <|vision_end|>."""
+    group = [torch.randint(2000, 100000, (2,)), torch.tensor([QWEN_START]), torch.full((video.per_frame,), QWEN_VIDEO),
+             torch.tensor([QWEN_END])]
+    body = [torch.randint(2000, 100000, (PREFIX,))] + [part for _ in range(video.frames) for part in group]
+    ids = torch.cat([*body, torch.randint(2000, 100000, (QUESTION,))])[None].to(device)
+    features = torch.randn(video.n_visual, hidden, device=device, dtype=dtype) * 0.5
+    return dict(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=(ids == QWEN_VIDEO).long() * 2,
+                video_grid_thw=torch.tensor([video.grid], device=device),
+                mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=(features,))})
+
+
+def methods(shape: str) -> tuple:
+    """METHODS, with in-LLM pruning at K = 4 on the hybrid shapes (layer 3 is their first full-attention layer)."""
+    if shape not in HYBRID_SHAPES:
+        return METHODS
+    return tuple((label.replace("@2", f"@{HYBRID_LAYER}"), method, HYBRID_LAYER if layer else 0, score, graphs)
+                 for label, method, layer, score, graphs in METHODS)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", choices=sorted({**SHAPES, **QWEN_SHAPES}), default="7b")
+    parser.add_argument("--shape", choices=sorted({**SHAPES, **QWEN_SHAPES, **HYBRID_SHAPES}), default="7b")
     parser.add_argument("--smoke", action="store_true",
                         help="CPU check in seconds: 4 frames, a 28-layer LM of width 64, float32, 2 repetitions")
     parser.add_argument("--reps", type=int, default=None, help="timed prefills per setting (default 10; smoke 2)")
@@ -240,7 +315,7 @@ def main() -> None:
     rows = [{"setting": "vanilla", "budget": 1.0, "retention": 1.0, "kept": n_visual, "flops_ratio": 1.0,
              **vanilla, "latency_ratio": 1.0}]
     for budget in BUDGETS:
-        for label, method, prune_layer, score, graphs in METHODS:
+        for label, method, prune_layer, score, graphs in methods(args.shape):
             retention = adatp.retention_for_budget(text_config, n_visual, n_text, budget, prune_layer)
             config = adatp.AdaTPConfig(method=method, prune_layer=prune_layer, score=score, retention=retention)
             result = measure(model, batch, config, reps, warmup, cuda_graphs=graphs)
@@ -254,18 +329,20 @@ def main() -> None:
     # The graph replays the eager selection: same kept tokens (same input, so this checks the capture).
     by_key = {(row["setting"], row["budget"]): row.pop("kept_indices") for row in rows}
     for row in rows:
-        if row["setting"] == "adatp@2":
-            row["graph_matches_eager"] = bool(torch.equal(by_key[("adatp@2", row["budget"])],
-                                                          by_key[("adatp@2 eager selection", row["budget"])]))
+        if row["setting"] in ("adatp@2", f"adatp@{HYBRID_LAYER}") and (
+                f"{row['setting']} eager selection", row["budget"]) in by_key:
+            row["graph_matches_eager"] = bool(torch.equal(by_key[(row["setting"], row["budget"])],
+                                                          by_key[(f"{row['setting']} eager selection", row["budget"])]))
         uniform = next((r for r in rows if r["setting"] == f"uniform@{row['setting'].split('@')[-1][:1]}"
                         and r["budget"] == row["budget"]), None)
         row["over_uniform_ms"] = (row["latency_ms"] - uniform["latency_ms"]) if uniform and row is not uniform \
             else None
-    hidden, _, layers, heads, _ = lm_dims(args.shape, args.smoke)
+    text = model.config.text_config
+    hidden, layers, heads = text.hidden_size, text.num_hidden_layers, text.num_attention_heads
     length = n_visual + n_text
     full_matrix_mib = heads * length * length * 2 / 2**20
     vanilla_tflop = 2 * prefill_flops(text_config, n_visual, n_text) / 1e12
-    unit = "temporal groups" if video.family == "qwen2_5_vl" else "frames"
+    unit = "frames" if video.family == "llava_onevision" else "temporal groups"
     grid = f", video_grid_thw {list(video.grid)}" if video.grid else ""
     print(f"\nprefill at the {args.shape} shape{' (smoke)' if args.smoke else ''} ({layers} layers, hidden {hidden}), "
           f"{video.frames} {unit} x {video.per_frame} visual + {n_text} text tokens{grid}, "
