@@ -53,3 +53,36 @@ def test_the_own_data_table_is_the_shipped_presets():
     assert len(rows) == 2
     for row in rows:
         assert row in README, row
+
+
+def hybrid_budget_rows() -> list[str]:
+    """The README's budget-to-retention table at the Qwen3.5-9B shape, from adatp.flops."""
+    import dataclasses
+
+    from transformers import Qwen3_5TextConfig
+
+    import adatp
+    from adatp.flops import kept_count, lm_shape
+
+    n_visual, n_text = 16 * 256, 14 + 4 * 16 + 64  # 16 groups of 256; prefix, 16 x (<t>, start, end), question
+    hybrid = lm_shape(Qwen3_5TextConfig())
+    assert hybrid.layers == 32 and hybrid.kinds.count("full_attention") == 8
+    dense = dataclasses.replace(hybrid, layer_types=(), linear=None)
+    rows = []
+    for budget in (0.2, 0.3, 0.5):
+        cells = []
+        for shape in (hybrid, dense):
+            for layer in (0, 4):
+                retention = adatp.retention_for_budget(shape, n_visual, n_text, budget, layer)
+                cells.append(f"{retention:.3f} ({kept_count(n_visual, retention)})")
+        rows.append(f"| {budget:.1f} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def test_the_hybrid_budget_table_is_what_adatp_flops_computes():
+    for row in hybrid_budget_rows():
+        assert row in README, row
+    # On the hybrid LM every budget needs fewer kept tokens than on its dense twin.
+    for row in hybrid_budget_rows():
+        kept = [int(cell.split("(")[1].rstrip(") ")) for cell in row.split("|")[2:-1]]
+        assert kept[0] < kept[2] and kept[1] < kept[3]
