@@ -349,8 +349,9 @@ QWEN25_MAX_PIXELS = 28 * 28 * 16384  # 12845056
 _IMAGENET_STANDARD = (0.5, 0.5, 0.5)  # IMAGENET_STANDARD_MEAN = _STD
 
 _QWEN2 = "qwen2_vl"  # Qwen2VLVideoProcessor: Qwen2-VL, Qwen2.5-VL
-_QWEN3 = "qwen3_vl"  # Qwen3VLVideoProcessor: Qwen3-VL (dense and MoE)
-_QWEN_ALIASES = {"qwen2_vl": _QWEN2, "qwen2_5_vl": _QWEN2, "qwen3_vl": _QWEN3, "qwen3_vl_moe": _QWEN3}
+_QWEN3 = "qwen3_vl"  # Qwen3VLVideoProcessor: Qwen3-VL (dense and MoE), Qwen3.5 (dense and MoE)
+_QWEN_ALIASES = {"qwen2_vl": _QWEN2, "qwen2_5_vl": _QWEN2, "qwen3_vl": _QWEN3, "qwen3_vl_moe": _QWEN3,
+                 "qwen3_5": _QWEN3, "qwen3_5_moe": _QWEN3}  # Qwen3.5 uses Qwen3VLVideoProcessor
 _QWEN_PROCESSOR_CLASSES = {"Qwen2VLVideoProcessor": _QWEN2, "Qwen3VLVideoProcessor": _QWEN3}
 
 # The video processors' class attributes (transformers 5.23): what a key that a config file leaves out becomes.

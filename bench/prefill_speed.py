@@ -21,9 +21,10 @@ memory above the weights. The attention scores at the prune layer are computed f
 attention matrix would add heads x L x L x 2 bytes at that layer, which the peak-memory column shows is absent
 (compare `adatp@2` with `uniform@2`, which computes no scores).
 
-Run: `python bench/prefill_speed.py --shape 7b` (and `--shape 0.5b`, `qwen2.5-vl-7b`, `qwen3.5-9b`, `qwen3.5-35b-a3b`); writes
-bench/results/prefill_speed_<shape>.json. `--smoke` checks the script on CPU in seconds: the same input layout with
-4 frames (groups), a 28-layer LM of width 64, float32, 2 repetitions; it writes to the temp directory unless `--out`.
+Run: `python bench/prefill_speed.py --shape 7b` (and `0.5b`, `qwen2.5-vl-7b`, `qwen3.5-9b`, `qwen3.5-35b-a3b`);
+writes bench/results/prefill_speed_<shape>.json. `--smoke` checks the script on CPU in seconds: the same input layout
+with 4 frames (groups), a 28-layer LM of width 64 (Qwen3.5: 32 layers), float32, 2 repetitions; it writes to the
+temp directory unless `--out`.
 """
 
 from __future__ import annotations
@@ -275,7 +276,7 @@ def measure(model, batch: dict, config: adatp.AdaTPConfig | None, reps: int, war
 
 
 def _hybrid_inputs(device: str, video: Layout, hidden: int, dtype: torch.dtype) -> dict:
-    """Qwen3.5 (Qwen3-VL's layout): per temporal group `<t seconds>` text, <|vision_start|>, N tokens, <|vision_end|>."""
+    """Qwen3.5 (Qwen3-VL's layout): per temporal group `<t seconds>` text, vision start, N tokens, vision end."""
     group = [torch.randint(2000, 100000, (2,)), torch.tensor([QWEN_START]), torch.full((video.per_frame,), QWEN_VIDEO),
              torch.tensor([QWEN_END])]
     body = [torch.randint(2000, 100000, (PREFIX,))] + [part for _ in range(video.frames) for part in group]
