@@ -5,20 +5,21 @@
 #   budgets 0.2 / 0.3 / 0.5; 0.5b without).
 # Measured on an H100 (wall time of each call, wheel install included): test_graphs + selection_cost 61 s;
 #   prefill_speed_7b + prefill_speed_0.5b 90 s; prefill_speed_qwen2.5-vl-7b + the three trial_cost steps 476 s.
-# Qwen3.5 (added 2026-12-03, not yet measured on a GPU): prefill_speed_qwen3.5-9b (the 9B's hybrid LM, 32 layers,
-#   in-LLM pruning at K = 4) and prefill_speed_qwen3.5-35b-a3b (the MoE, 40 layers, ~70 GB of bf16 random weights: fits
-#   an H200, not an 80 GB H100 with activations; the step fails alone there). Their linear layers run transformers'
-#   torch reference kernels unless flash-linear-attention and causal-conv1d are installed (the log says which).
+# Qwen3.5, measured on an H200 on 2026-12-04: prefill_speed_qwen3.5-9b (the 9B's hybrid LM, 32 layers, in-LLM pruning
+#   at K = 4) and prefill_speed_qwen3.5-35b-a3b (the MoE, 40 layers, ~70 GB of bf16 random weights: fits an H200, not an
+#   80 GB H100 with activations; the step fails alone there). With test_graphs first, the three took 209 s of one call
+#   (wheels installed). Their linear layers run flash-linear-attention's kernels when its wheels (fla-core and
+#   flash-linear-attention 0.6.0, pure Python, ~1.5 MB) are in $WHEELS, and transformers' torch causal_conv1d unless
+#   causal-conv1d is installed (the log says which).
 # Two calls of under 10 minutes: STEPS="test_graphs selection_cost prefill_speed_7b prefill_speed_0.5b
-#   prefill_speed_qwen2.5-vl-7b prefill_profile_7b trial_cost_0.5b prefill_speed_qwen3.5-9b" (about 4 minutes before
-#   the Qwen3.5 step), then STEPS="trial_cost_7b trial_cost_qwen2.5-vl-7b prefill_speed_qwen3.5-35b-a3b" (about 6
-#   minutes before the MoE step; drop it to stay under 10 if the 9B step ran long).
+#   prefill_speed_qwen2.5-vl-7b prefill_profile_7b trial_cost_0.5b prefill_speed_qwen3.5-9b" (about 6 minutes), then
+#   STEPS="trial_cost_7b trial_cost_qwen2.5-vl-7b prefill_speed_qwen3.5-35b-a3b" (about 8 minutes).
 # Results land in bench/results/ (or in $OUT when set, e.g. on a lent machine), each step's log under logs/ there
 # (packed into logs.tgz under $OUT).
 # Wheels in $WHEELS (default .whl/: e.g. transformers 5.23, decord, av, pytest) are installed first into a
 # private target directory, for machines whose Python lacks them; nothing else is installed. For a Python 3.12 x86-64
 # machine without them, from a machine with pip access:
-#   pip download --no-deps -d .whl transformers==5.23.0
+#   pip download --no-deps -d .whl transformers==5.23.0 fla-core==0.6.0 flash-linear-attention==0.6.0
 #   pip download --no-deps -d .whl --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux2010_x86_64 --platform manylinux_2_17_x86_64 decord==0.6.0
 # (transformers + decord are ~27 MB; PyAV's wheel is 36 MB more.) Without PyAV there,
@@ -59,7 +60,7 @@ step prefill_speed_qwen2.5-vl-7b 240 "$python" bench/prefill_speed.py --shape qw
     --out "$results/prefill_speed_qwen2.5-vl-7b.json"
 step prefill_speed_qwen3.5-9b 240 "$python" bench/prefill_speed.py --shape qwen3.5-9b \
     --out "$results/prefill_speed_qwen3.5-9b.json"
-step prefill_speed_qwen3.5-35b-a3b 240 "$python" bench/prefill_speed.py --shape qwen3.5-35b-a3b --reps 5 \
+step prefill_speed_qwen3.5-35b-a3b 300 "$python" bench/prefill_speed.py --shape qwen3.5-35b-a3b --reps 10 \
     --out "$results/prefill_speed_qwen3.5-35b-a3b.json"
 if [[ $steps == all || $steps == *trial_cost* ]] && { ! "$python" -c "import decord" 2>/dev/null \
         || { ! "$python" -c "import av" 2>/dev/null && [ ! -f "$data/meta.json" ]; }; }; then

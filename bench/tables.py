@@ -157,6 +157,8 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "prefill_speed_7b": prefill_speed,
     "prefill_speed_0.5b": prefill_speed,
     "prefill_speed_qwen2.5-vl-7b": prefill_speed,
+    "prefill_speed_qwen3.5-9b": prefill_speed,
+    "prefill_speed_qwen3.5-35b-a3b": prefill_speed,
     "selection_cost": selection_cost,
     "selection_cost_cuda": selection_cost,
     "trial_cost": trial_cost,

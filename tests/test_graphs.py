@@ -86,12 +86,16 @@ def test_graphs_are_the_default_and_idle_on_cpu():
 
 @cuda
 def test_no_capture_inside_torch_compile():
+    """The pruned forward traced by dynamo must not capture a CUDA graph. With graph breaks allowed: LLaVA-OV's own
+    forward does not trace as one graph on torch 2.11 / 2.13 even without AdaTP (transformers 5.23; on CUDA the
+    `masked_scatter` of the video features fails on an unbacked size, on the CPU a mapping proxy mutation)."""
     model = tiny_model(4).cuda()
     inputs = {k: v.cuda() for k, v in video_batch(2, seed=7).items()}
     eager, _ = _run(model, inputs, CONFIGS[0], cuda_graphs=False)
     state = adatp.enable(model, CONFIGS[0])  # graphs on by default
     try:
-        compiled = torch.compile(model.forward, fullgraph=True)
+        torch._dynamo.reset()
+        compiled = torch.compile(model.forward)
         with torch.no_grad():
             logits = compiled(**inputs).logits
     finally:
