@@ -114,7 +114,25 @@ def enable(model, config: AdaTPConfig, tokenizer=None, profile: bool = False,
     if model is not inner:
         model.forward = _bound_like(_causal_lm_forward, model)
         model.create_masks_for_generate = _masks_for_generate
+        model.generate = _generate_recording_prompt(model.generate, state)
     return state
+
+
+def _generate_recording_prompt(generate, state: PruningState):
+    """`generate`, with the prompt's length on `state` for the call (see `PruningState.prompt_length`)."""
+
+    @functools.wraps(generate)
+    def wrapper(*args, **kwargs):
+        prompt = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        for name in ("inputs", "input_ids", "inputs_embeds"):
+            prompt = kwargs.get(name) if prompt is None else prompt
+        state.prompt_length = None if prompt is None else prompt.shape[1]
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            state.prompt_length = None
+
+    return wrapper
 
 
 def _check_prune_layer(config: AdaTPConfig, text_config, name: str) -> None:
@@ -144,6 +162,7 @@ def disable(model) -> None:
     if model is not inner:
         vars(model).pop("forward", None)
         vars(model).pop("create_masks_for_generate", None)
+        vars(model).pop("generate", None)
 
 
 @contextlib.contextmanager
@@ -231,7 +250,17 @@ def _is_fresh(cache) -> bool:
     return length == 0
 
 
-def _layout(call: VideoCall, mask_2d: torch.Tensor) -> _Layout | None:
+def _question_rows(call: VideoCall, mask_2d: torch.Tensor, length: int, prompt_length: int | None) -> torch.Tensor:
+    """[B, L] True on the question: the text after each row's last video token, up to the prompt's end."""
+    positions = torch.arange(length, device=mask_2d.device)
+    last_video = torch.where(call.video_mask, positions, -1).max(-1).values
+    rows = (positions[None] > last_video[:, None]) & mask_2d[:, -length:]
+    if prompt_length is not None and prompt_length < length:  # assisted decoding's draft rides in the prefill
+        rows &= positions[None] < prompt_length
+    return rows
+
+
+def _layout(call: VideoCall, mask_2d: torch.Tensor, prompt_length: int | None = None) -> _Layout | None:
     """The row of each video and the query count; None when the video tokens do not split into whole videos per row.
 
     Eager: one host-device synchronisation, before any layer runs, after which every shape is known. Under
@@ -243,10 +272,9 @@ def _layout(call: VideoCall, mask_2d: torch.Tensor) -> _Layout | None:
             raise ValueError(f"adatp: under torch.compile every batch row must hold the same number of videos of "
                              f"one shape, got {call.videos} videos in {batch} rows")
         per_row = call.videos // batch
-        return _Layout([video // per_row for video in range(call.videos)], length - per_row * call.tokens(0))
-    positions = torch.arange(length, device=mask_2d.device)
-    last_video = torch.where(call.video_mask, positions, -1).max(-1).values
-    query_rows = (positions[None] > last_video[:, None]) & mask_2d[:, -length:]
+        text = min(length, prompt_length or length) - per_row * call.tokens(0)
+        return _Layout([video // per_row for video in range(call.videos)], text)
+    query_rows = _question_rows(call, mask_2d, length, prompt_length)
     counts, query_counts = torch.stack([call.video_mask.sum(-1), query_rows.sum(-1)]).tolist()
     video_rows, video = [], 0
     for row, count in enumerate(counts):  # a loop over rows and videos, never tokens
@@ -282,7 +310,7 @@ def _language_model_forward(self, input_ids=None, attention_mask=None, position_
     if plan is None and call is not None and not dict_mask and _is_fresh(past_key_values):
         batch, length = inputs_embeds.shape[:2]
         mask_2d = _mask_2d(attention_mask, batch, length, inputs_embeds.device)
-        layout = _layout(call, mask_2d)
+        layout = _layout(call, mask_2d, state.prompt_length)
     if plan is None and layout is None:
         return type(self).forward(self, attention_mask=attention_mask, position_ids=position_ids,
                                   inputs_embeds=inputs_embeds, use_cache=use_cache, **{CACHE_ARG: past_key_values},
@@ -366,9 +394,7 @@ def _pruned_prefill(lm, state, call, layout, embeds, mask_2d, positions, cache, 
     batch, length, width = embeds.shape
     device = embeds.device
     groups = _groups(call, layout, length, device)
-    token_positions = torch.arange(length, device=device)
-    last_video = torch.where(call.video_mask, token_positions, -1).max(-1).values
-    query_rows = (token_positions[None] > last_video[:, None]) & mask_2d[:, -length:]
+    query_rows = _question_rows(call, mask_2d, length, state.prompt_length)
     weights = query_rows.float()[..., None]
     question_text = (embeds.float() * weights).sum(1)  # [B, D] summed text after the last video
     question_llm = question_text / weights.sum(1).clamp(min=1)
@@ -400,7 +426,7 @@ def _pruned_prefill(lm, state, call, layout, embeds, mask_2d, positions, cache, 
         if config.uses_scores and config.score == "attention":
             with timed(state, device):
                 per_key = attention_scores(lm.layers[prune_layer - 1], hidden, full_embeddings, query_rows,
-                                           mask_2d[:, -length:], rows=layout.query_count)
+                                           mask_2d[:, -length:], rows=layout.query_count, end=state.prompt_length)
                 for group, group_inputs in zip(groups, inputs, strict=True):
                     group_inputs[2] = per_key[group.rows[:, None], group.columns].view(
                         len(group.videos), group.frames, group.per_frame)

@@ -44,7 +44,7 @@ def _queries(attn, normed: torch.Tensor) -> torch.Tensor:
 
 def attention_scores(
     layer, hidden: torch.Tensor, position_embeddings, query_rows: torch.Tensor, key_mask: torch.Tensor,
-    rows: int | None = None,
+    rows: int | None = None, end: int | None = None,
 ) -> torch.Tensor:
     """Attention of the query rows to every key in `layer`, averaged over heads and query rows -> [B, L].
 
@@ -52,7 +52,8 @@ def attention_scores(
     T x L per head, never L x L. hidden: the layer's input (residual stream) [B, L, D]; position_embeddings: the
     LM's (cos, sin) [B, L, r] (M-RoPE already folded in by the rotary module); query_rows [B, L] bool (the text
     after the video); key_mask [B, L] bool (padding). rows: T when the caller knows it (saves a host-device
-    synchronisation in the middle of the forward).
+    synchronisation in the middle of the forward). end: the rows are the T before `end` (default L; assisted
+    decoding's draft tokens ride after the prompt's end).
     """
     attn = layer.self_attn
     batch, length, _ = hidden.shape
@@ -62,10 +63,12 @@ def attention_scores(
         key = attn.k_norm(key)
     cos, sin = position_embeddings
     key = _rope(key.transpose(1, 2), cos, sin)
-    row_position = torch.arange(length - rows, length, device=hidden.device)
+    end = length if end is None else min(end, length)
+    window = slice(end - rows, end)
+    row_position = torch.arange(end - rows, end, device=hidden.device)
     allowed = (torch.arange(length, device=hidden.device)[None, :] <= row_position[:, None])[None] & key_mask[:, None]
-    return mean_query_attention(layer, hidden[:, length - rows :], (cos[:, length - rows :], sin[:, length - rows :]),
-                                key, allowed, query_rows[:, length - rows :])
+    return mean_query_attention(layer, hidden[:, window], (cos[:, window], sin[:, window]), key, allowed,
+                                query_rows[:, window])
 
 
 def mean_query_attention(layer, rows_hidden: torch.Tensor, rows_embeddings, key: torch.Tensor,

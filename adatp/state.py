@@ -39,6 +39,9 @@ class PruningState:
     prefix: object = None  # adatp.prefix.Prefix the calls continue (`use_prefix`), else None
     capture_prefix: bool = False  # `encode_prefix`: the next call's layers < K go into `captured`
     captured: object = None
+    # During `generate`: the prompt's length. Assisted decoding's first forward is the prompt plus the draft's tokens;
+    # those are never read as the question (the selection must be greedy's), only kept as text.
+    prompt_length: int | None = None
 
     @property
     def video_token_id(self) -> int:

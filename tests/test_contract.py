@@ -156,7 +156,8 @@ def test_compiled_generate(family, video_batch, model):
 @pytest.mark.parametrize("prune_layer", [0, 2])
 def test_assisted_decoding_equals_greedy(family, video_batch, eager_model, assist, prune_layer):
     """Assisted decoding is exact for greedy search: it must give plain greedy's tokens, pruned or not (eager
-    attention: with SDPA the stock model returns no attention weights, and assisted decoding needs them)."""
+    attention: with SDPA the stock model returns no attention weights, and assisted decoding needs them). Its first
+    forward is the prompt plus the draft's tokens: AdaTP must keep greedy's tokens, the draft read as no question."""
     model = eager_model
     inputs = video_batch(1, frames=FRAMES, seed=4)
     inputs["input_ids"][0, -4:] = inputs["input_ids"][0, 1]  # repeats for prompt lookup to draw from
@@ -165,10 +166,10 @@ def test_assisted_decoding_equals_greedy(family, video_batch, eager_model, assis
 
     def run(**extra):
         return model.generate(**inputs, do_sample=False, max_new_tokens=6, return_dict_in_generate=True,
-                              output_attentions=True, **extra)
+                              output_attentions=True, output_logits=True, **extra)
 
-    if model._is_stateful:  # Qwen3.5's linear-attention states cannot roll back: the stock model refuses, as we do
-        for retention in (None, 1.0, 0.3):
+    if getattr(model, "_is_stateful", False):  # transformers < 5.25: linear-attention states cannot roll back
+        for retention in (None, 1.0, 0.3):  # the stock model refuses, and so do we
             with torch.no_grad(), contextlib.ExitStack() as stack:
                 if retention is not None:
                     stack.enter_context(adatp.pruning(model, config(retention, prune_layer)))
@@ -177,9 +178,28 @@ def test_assisted_decoding_equals_greedy(family, video_batch, eager_model, assis
         return
     stock, full, pruned = stock_full_pruned(model, lambda: run(**assistant), prune_layer)
     assert_identical(stock.sequences, full.sequences)
-    with torch.no_grad(), adatp.pruning(model, config(0.3, prune_layer)):
+    with torch.no_grad(), adatp.pruning(model, config(0.3, prune_layer)) as state:
+        assisted = run(**assistant)
+        kept_assisted = state.kept_indices.clone()
         greedy = run()
-    assert torch.equal(pruned.sequences, greedy.sequences)
+        kept_greedy = state.kept_indices.clone()
+    assert torch.equal(kept_assisted, kept_greedy)
+    if "linear_attention" not in kinds(model):
+        assert torch.equal(pruned.sequences, greedy.sequences) and torch.equal(assisted.sequences, greedy.sequences)
+        return
+    # transformers >= 5.25 rolls linear-attention states back, but not bit-exactly: its own assisted logits move
+    # from greedy's by up to ~2e-2 on these tiny models. Pruned, they may move as much as the stock model's do and no
+    # more, and a token may differ only where greedy's top two logits are that close.
+    with torch.no_grad():
+        stock_greedy = run()
+    stock_drift = max(float((a - g).abs().max()) for a, g in zip(stock.logits, stock_greedy.logits, strict=True))
+    tolerance = 2 * stock_drift + 1e-4
+    for step, (a, g) in enumerate(zip(assisted.logits, greedy.logits, strict=True)):
+        assert float((a - g).abs().max()) <= tolerance, (step, tolerance)
+        if not torch.equal(a.argmax(-1), g.argmax(-1)):
+            top = g[0].topk(2).values
+            assert float(top[0] - top[1]) <= 2 * tolerance, (step, tolerance)
+            break
 
 
 def test_outputs_attentions_and_hidden_states(family, video_batch, eager_model):

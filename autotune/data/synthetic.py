@@ -127,7 +127,7 @@ def generate(
     meta = {"generator": GENERATOR_VERSION, **params, "codec": codec, "fps": _FPS, "grid": GRID}
     meta["kinds"] = list(KINDS)
     meta["colours"] = {name: list(rgb) for name, rgb in COLOURS.items()}
-    meta_path.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    _write_text(meta_path, json.dumps(meta, indent=1) + "\n")
     return root
 
 
@@ -243,10 +243,22 @@ def _pick_codec() -> str:
     return "libx264" if "libx264" in av.codecs_available else "mpeg4"
 
 
+def _atomic(path: Path) -> Path:
+    """A private name beside `path` to write first: `os.replace` then swaps the whole file in, so two processes
+    generating one set at once (workers started together on one root) never read each other's half-written files."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def _write_mp4(path: Path, video: np.ndarray, codec: str) -> None:
+    partial = _atomic(path)
+    _encode_mp4(partial, video, codec)
+    os.replace(partial, path)
+
+
+def _encode_mp4(path: Path, video: np.ndarray, codec: str) -> None:
     import av
 
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", format="mp4") as container:
         if codec == "libx264":
             # Lossless (qp 0): x264's lossy output differed between runs for ~3 of 120 videos (same pixels in), which
             # flipped near-tie answers of the demo; a lossless stream decodes to the same frames whatever it holds.
@@ -265,8 +277,14 @@ def _write_mp4(path: Path, video: np.ndarray, codec: str) -> None:
             container.mux(packet)
 
 
+def _write_text(path: Path, text: str) -> None:
+    partial = _atomic(path)
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows), encoding="utf-8")
+    _write_text(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
 
 
 def _open_row(row: dict[str, Any]) -> dict[str, Any]:
