@@ -28,6 +28,7 @@ from collections.abc import Iterator
 
 import torch
 from transformers.cache_utils import DynamicCache
+from transformers.masking_utils import create_masks_for_generate
 from transformers.modeling_outputs import BaseModelOutputWithPast, MoeModelOutputWithPast
 from transformers.utils.output_capturing import capture_outputs
 
@@ -113,7 +114,7 @@ def enable(model, config: AdaTPConfig, tokenizer=None, profile: bool = False,
     language_model.forward = _bound_like(_language_model_forward, language_model)
     if model is not inner:
         model.forward = _bound_like(_causal_lm_forward, model)
-        model.create_masks_for_generate = _masks_for_generate
+        model.create_masks_for_generate = _masks_for_generate(model)
         model.generate = _generate_recording_prompt(model.generate, state)
     return state
 
@@ -205,9 +206,20 @@ def _bound_like(function, module):
     return forward.__get__(module)
 
 
-def _masks_for_generate(config=None, inputs_embeds=None, attention_mask=None, **kwargs):
-    """`generate` asks the model for its masks on compilable caches; a pruned model builds its own per layer."""
-    return attention_mask
+def _masks_for_generate(model):
+    """`generate` asks the model for its masks on compilable caches. A prefill that may prune, and every step after
+    a pruned one, get the 2D mask (the pruned model builds its own per layer); steps over a cache that holds the
+    whole sequence (nothing was pruned) get the stock model's masks, so that a compiled decode sees the same static
+    shapes as without AdaTP."""
+    stock = getattr(model, "create_masks_for_generate", create_masks_for_generate)  # before enable sets ours
+
+    def masks(config=None, inputs_embeds=None, attention_mask=None, **kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers >= 5.25 names it `cache`
+        if attention_mask is None or plan_of(cache) is not None or kwargs.get("is_first_iteration", True):
+            return attention_mask
+        return stock(config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+
+    return masks
 
 
 def _causal_lm_forward(self, *args, labels=None, **kwargs):
@@ -471,7 +483,9 @@ def _pruned_prefill(lm, state, call, layout, embeds, mask_2d, positions, cache, 
     embeddings = lm.rotary_emb(hidden, kept_positions.rope)
     hidden = run_layers(lm, hidden, range(prune_layer, len(lm.layers)), masks, embeddings, kept_positions, cache,
                          use_cache, kwargs, [None] * prune_layer + deepstack[prune_layer:])
-    if use_cache and cache is not None:
+    # Nothing pruned in any row (retention 1.0): the cache is the stock model's, and carries no plan.
+    nothing_pruned = not plan.pruned and not torch.compiler.is_compiling() and bool(slot_valid.all())
+    if use_cache and cache is not None and not nothing_pruned:
         attach(cache, plan)
     return hidden
 

@@ -188,3 +188,32 @@ def test_prune_layer_beyond_the_model_is_a_config_error(model):
     with pytest.raises(adatp.ConfigError, match=r"config.prune_layer: must be below the language model's 4 layers"):
         adatp.enable(model, config_for(4))
     assert adatp.state_of(model) is None
+
+
+def test_transformers_compile_checks_hold_at_full_retention():
+    """transformers' own LLaVA-OV checks `test_generate_compile_model_forward_fullgraph` and
+    `test_static_cache_no_recompile_with_smaller_length`, as they run them (static cache, `CompileConfig(fullgraph=True,
+    dynamic=False)`, the default inductor backend, two input sets of one shape, then a shorter prompt), with AdaTP at
+    retention 1.0: the same tokens as the eager stock model and no recompilation. A retention-1.0 prefill prunes
+    nothing, so its cache carries no plan and the decode steps get the stock model's static 4D masks."""
+    from transformers import CompileConfig
+
+    model = tiny_model(LAYERS)
+    batch = video_batch(4, frames=3, seed=3)
+    sets = [{key: value[:2] for key, value in batch.items()}, {key: value[2:] for key, value in batch.items()}]
+    shorter = video_batch(2, frames=3, seed=4, question_len=4)
+    compile_config = CompileConfig(fullgraph=True, dynamic=False)
+    compile_config._compile_all_devices = True  # as transformers' test does on CPU
+    greedy = dict(do_sample=False, max_new_tokens=5)
+    with torch.no_grad():
+        eager = [model.generate(**inputs, **greedy) for inputs in (*sets, shorter)]
+        with adatp.pruning(model, config_for(2, retention=1.0)):
+            torch.compiler.reset()
+            compiled = [model.generate(**sets[0], **greedy, cache_implementation="static",
+                                       compile_config=compile_config)]
+            with torch.compiler.set_stance("fail_on_recompile"):  # raises on any recompilation
+                compiled += [model.generate(**inputs, **greedy, cache_implementation="static",
+                                            compile_config=compile_config) for inputs in (sets[1], shorter)]
+    assert shorter["input_ids"].shape[1] < sets[0]["input_ids"].shape[1]
+    for reference, tokens in zip(eager, compiled, strict=True):
+        assert torch.equal(reference, tokens)
