@@ -107,11 +107,31 @@ def load_model(model: str, dtype: str = "float32", attn_implementation: str = "s
         trust_remote_code=trust_remote_code,
     )
     family_of(loaded)  # a one-line TypeError naming the supported classes
-    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
     local = local_model_dir(model)
+    tokenizer = _load_tokenizer(model, local, trust_remote_code)
     if tokenizer.chat_template is None and local is not None:
         tokenizer.chat_template = _saved_chat_template(local)
     return loaded, tokenizer
+
+
+GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def _load_tokenizer(model: str, local: Path | None, trust_remote_code: bool):
+    """AutoTokenizer, except where the model's own tokenizer_config.json names the generic `tokenizers` backend:
+    for some model types (Qwen3.5) AutoTokenizer prefers the type's tokenizer class, which re-reads a plain
+    tokenizer.json (a word-level one, say) with its own pre-tokenizer and gives other ids."""
+    declared = None
+    if local is not None and (local / "tokenizer_config.json").is_file():
+        try:
+            declared = json.loads((local / "tokenizer_config.json").read_text(encoding="utf-8")).get("tokenizer_class")
+        except (OSError, ValueError, AttributeError):
+            declared = None
+    if declared in GENERIC_TOKENIZERS:
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(local)
+    return AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
 
 
 def local_model_dir(model: str) -> Path | None:

@@ -1,10 +1,11 @@
 """The demos' tiny Video LLMs: a word-level tokenizer trained with `tokenizers`, a model built from config (a
-LLaVA-OneVision, or a Qwen2.5-VL), trained on the synthetic video-QA task on CPU, saved with `save_pretrained` and
-loaded by the engine with `from_pretrained` like any hub model.
+LLaVA-OneVision, a Qwen2.5-VL, or a hybrid Qwen3.5), trained on the synthetic video-QA task on CPU, saved with
+`save_pretrained` and loaded by the engine with `from_pretrained` like any hub model.
 
 Reproduce the shipped checkpoints with:
     python -m autotune.tinymodel --out assets/tiny-llava-ov-synthetic
     python -m autotune.tinymodel --family qwen2_5_vl --out assets/tiny-qwen2.5-vl-synthetic
+    python -m autotune.tinymodel --family qwen3_5 --steps 8000 --out assets/tiny-qwen3.5-synthetic
 """
 
 from __future__ import annotations
@@ -25,15 +26,30 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    Qwen3_5Config,
+    Qwen3_5ForConditionalGeneration,
 )
 
-from adatp.video import decode_frames, preprocess_frames
+from adatp.video import (
+    decode_frames,
+    frame_indices,
+    preprocess_frames,
+    qwen3_timestamp_text,
+    qwen3_timestamps,
+    video_fps_and_length,
+)
 from autotune.data import synthetic
 from autotune.data.protocol import Question
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_DIR = ASSETS / "tiny-llava-ov-synthetic"
 QWEN_DIR = ASSETS / "tiny-qwen2.5-vl-synthetic"
+QWEN3_5_DIR = ASSETS / "tiny-qwen3.5-synthetic"
+FAMILIES = {"llava_onevision": DEFAULT_DIR, "qwen2_5_vl": QWEN_DIR, "qwen3_5": QWEN3_5_DIR}
+# The tiny Qwen3.5's LM: Gated DeltaNet layers with full attention every 4th, as in the released models, and 9 layers
+# so that in-LLM pruning can follow either full-attention layer (K = 4 or K = 8).
+QWEN3_5_LAYERS = ["linear_attention"] * 3 + ["full_attention"] + ["linear_attention"] * 3 + ["full_attention"] + [
+    "linear_attention"]
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "<video>", "<image>"]
 QWEN_SPECIAL_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>"]
 IMAGE_SIZE, PATCH_SIZE, FRAMES = 32, 4, 16
@@ -52,15 +68,19 @@ QWEN_PREPROCESS = dict(size={"shortest_edge": 256, "longest_edge": 4096}, patch_
                        merge_size=2, image_mean=[0.48145466, 0.4578275, 0.40821073],
                        image_std=[0.26862954, 0.26130258, 0.27577711], resample=3, rescale_factor=1 / 255,
                        num_frames=FRAMES)
+# Qwen3.5 reads them with Qwen3-VL's processor, which bounds the whole clip's pixels: 16 frames of 32 x 32 need 16384.
+QWEN3_5_PREPROCESS = {**QWEN_PREPROCESS, "size": {"shortest_edge": 256, "longest_edge": FRAMES * IMAGE_SIZE**2}}
 
 
 def train_tokenizer(corpus: list[str], family: str = "llava_onevision") -> PreTrainedTokenizerFast:
     """A word-level tokenizer over the prompts' words (every option letter is its own token)."""
-    qwen = family == "qwen2_5_vl"
+    qwen = family in ("qwen2_5_vl", "qwen3_5")
     tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    # Option letters and role names are ordinary words (special tokens would vanish from decoded answers).
-    words = " ".join([chr(ord("A") + i) for i in range(26)] + ["user", "assistant", "system"])
+    # Option letters and role names are ordinary words (special tokens would vanish from decoded answers), and so
+    # are the pieces of Qwen3.5's timestamp text ("<1.5 seconds>": "<", "1", ".", "5", "seconds", ">").
+    words = " ".join([chr(ord("A") + i) for i in range(26)] + ["user", "assistant", "system"]
+                     + (list("0123456789.<>") + ["seconds"] if family == "qwen3_5" else []))
     trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS + (QWEN_SPECIAL_TOKENS if qwen else []))
     tokenizer.train_from_iterator([*corpus, words], trainer)
     fast = PreTrainedTokenizerFast(
@@ -110,6 +130,32 @@ def build_qwen_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen2
     )
     torch.manual_seed(seed)
     return Qwen2_5_VLForConditionalGeneration(config)
+
+
+def build_qwen3_5_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen3_5ForConditionalGeneration:
+    """A tiny Qwen3.5: 9 LM layers (`QWEN3_5_LAYERS`), a gated q_proj and partial rotary (half of head_dim 32) with
+    interleaved M-RoPE, as in the released models; the vision tower's learned position grid covers the 8 x 8
+    patches."""
+    vocab = (max(tokenizer.get_vocab().values()) + 1 + 7) // 8 * 8
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
+        ("video_token_id", "<|video_pad|>"), ("image_token_id", "<|image_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    config = Qwen3_5Config(
+        vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, patch_size=PATCH_SIZE,
+                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=128,
+                           num_position_embeddings=(IMAGE_SIZE // PATCH_SIZE) ** 2),
+        text_config=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=len(QWEN3_5_LAYERS),
+                         layer_types=QWEN3_5_LAYERS, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                         linear_conv_kernel_dim=4, linear_key_head_dim=32, linear_value_head_dim=32,
+                         linear_num_key_heads=2, linear_num_value_heads=4, vocab_size=vocab,
+                         max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [4, 2, 2],
+                                          "mrope_interleaved": True, "partial_rotary_factor": 0.5}),
+        tie_word_embeddings=True, **ids,
+    )
+    torch.manual_seed(seed)
+    return Qwen3_5ForConditionalGeneration(config)
 
 
 def _tower_outputs(model, questions: list[Question], frames: int) -> dict[str, torch.Tensor]:
@@ -179,17 +225,20 @@ def _llava_recipe(tokenizer, questions: list[Question], seed: int) -> _Recipe:
         n_visual=n_video_tokens - 1, tokens_per_frame=tokens_per_frame, frames_per_token=1)
 
 
-def _qwen_recipe(tokenizer, questions: list[Question], seed: int) -> _Recipe:
-    """The vision tower (patch embedding and blocks) is frozen and run once per video; the merger and the LM train."""
+def _qwen_recipe(tokenizer, questions: list[Question], seed: int, hybrid: bool = False) -> _Recipe:
+    """The vision tower (patch embedding and blocks) is frozen and run once per video; the merger and the LM train.
+    hybrid: the Qwen3.5, whose prompt carries each temporal group's timestamp, as the engine renders it."""
     from autotune.engine import qwen_pixels
 
-    model = build_qwen_model(tokenizer, seed)
+    model = (build_qwen3_5_model if hybrid else build_qwen_model)(tokenizer, seed)
     inner = model.model
     inner.visual.requires_grad_(False)
     inner.visual.merger.requires_grad_(True)
     preprocess = {key: QWEN_PREPROCESS[key] for key in ("patch_size", "temporal_patch_size", "merge_size")}
-    preprocess.update(min_pixels=256, max_pixels=4096, mean=tuple(QWEN_PREPROCESS["image_mean"]),
-                      std=tuple(QWEN_PREPROCESS["image_std"]))
+    sizes = (QWEN3_5_PREPROCESS if hybrid else QWEN_PREPROCESS)["size"]
+    preprocess.update(min_pixels=sizes["shortest_edge"], max_pixels=sizes["longest_edge"],
+                      mean=tuple(QWEN_PREPROCESS["image_mean"]), std=tuple(QWEN_PREPROCESS["image_std"]),
+                      video_processor="qwen3_vl" if hybrid else "qwen2_vl")
     tower, grid = {}, None
     with torch.no_grad():
         for question in questions:
@@ -212,12 +261,26 @@ def _qwen_recipe(tokenizer, questions: list[Question], seed: int) -> _Recipe:
     start, end, pad = config.vision_start_token_id, config.vision_end_token_id, config.video_token_id
     n_visual = int(grid[0, 0]) * tokens_per_frame
 
+    groups, seconds = int(grid[0, 0]), {}
+
+    def video_body(question: Question) -> list[int]:
+        if not hybrid:
+            return [start] + [pad] * n_visual + [end]
+        if question.video_path not in seconds:  # per group `<t seconds><|vision_start|>` N pads `<|vision_end|>`
+            fps, total = video_fps_and_length(question.video_path)
+            seconds[question.video_path] = qwen3_timestamps(frame_indices(total, FRAMES), fps, 2)
+        body = []
+        for time_s in seconds[question.video_path][:groups]:
+            text = tokenizer(qwen3_timestamp_text(time_s), add_special_tokens=False)["input_ids"]
+            body += text + [start] + [pad] * tokens_per_frame + [end]
+        return body
+
     def prompt(question: Question) -> list[int]:
         from autotune.engine import render_prompt
 
         ids = tokenizer(render_prompt(tokenizer, question), add_special_tokens=False)["input_ids"]
         at = ids.index(pad)
-        return ids[: at - 1] + [start] + [pad] * n_visual + [end] + ids[at + 2 :]
+        return ids[: at - 1] + video_body(question) + ids[at + 2 :]
 
     positions: dict[tuple[int, ...], torch.Tensor] = {}
 
@@ -254,7 +317,7 @@ def train(out: Path, data_root: Path, videos: int = 600, steps: int = 16000, bat
           family: str = "llava_onevision") -> dict:
     """Train on synthetic videos (seeded apart from the demo's), save model + tokenizer + preprocessing to `out`.
 
-    family: "llava_onevision" or "qwen2_5_vl".
+    family: "llava_onevision", "qwen2_5_vl" or "qwen3_5".
     prune_augment: share of steps run under random visual-token pruning at a random retention (so, like real
     Video LLMs, the model still answers from a subset of tokens when the right ones survive).
     Three prompt formats share the steps: 30% "What colour was the {kind} object? ..." -> the colour word (ties the
@@ -264,19 +327,23 @@ def train(out: Path, data_root: Path, videos: int = 600, steps: int = 16000, bat
     """
     from autotune.engine import render_prompt
 
-    if family not in ("llava_onevision", "qwen2_5_vl"):
-        raise ValueError(f"family must be 'llava_onevision' or 'qwen2_5_vl', got {family!r}")
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
     started = time.time()
     synthetic.generate(data_root, videos, seed=10_000 + seed, frames=FRAMES)
     questions = synthetic.load(data_root).questions
     open_questions = [_open_question(q) for q in questions]
     colour_questions = [dataclasses.replace(q, question=f"What colour was the {q.meta['kind']} object? Answer with "
                                             "one word.", options=("x", "y"), answer="A") for q in questions]
-    template = QWEN_CHAT_TEMPLATE if family == "qwen2_5_vl" else CHAT_TEMPLATE
+    qwen = family != "llava_onevision"
+    template = QWEN_CHAT_TEMPLATE if qwen else CHAT_TEMPLATE
     corpus = [render_prompt(None, q, template=template) + " " + q.answer
               for q in questions + open_questions + colour_questions]
     tokenizer = train_tokenizer(corpus, family)
-    recipe = (_qwen_recipe if family == "qwen2_5_vl" else _llava_recipe)(tokenizer, questions, seed)
+    if qwen:
+        recipe = _qwen_recipe(tokenizer, questions, seed, hybrid=family == "qwen3_5")
+    else:
+        recipe = _llava_recipe(tokenizer, questions, seed)
     model = recipe.model
     formats = {
         "colour": ([recipe.prompt(q) for q in colour_questions],
@@ -335,8 +402,8 @@ def train(out: Path, data_root: Path, videos: int = 600, steps: int = 16000, bat
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    if family == "qwen2_5_vl":
-        preprocessing = QWEN_PREPROCESS
+    if qwen:
+        preprocessing = QWEN3_5_PREPROCESS if family == "qwen3_5" else QWEN_PREPROCESS
     else:
         preprocessing = dict(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5, 0.5, 0.5],
                              image_std=[0.5, 0.5, 0.5], resample=3, rescale_factor=1 / 255, num_frames=FRAMES)
@@ -400,7 +467,7 @@ def _mean(history: list[tuple], kind: str, field: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Train a demo's tiny Video LLM on synthetic video QA.")
-    parser.add_argument("--family", choices=["llava_onevision", "qwen2_5_vl"], default="llava_onevision")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="llava_onevision")
     parser.add_argument("--out", type=Path, default=None, help="default: the family's directory under assets/")
     parser.add_argument("--data", type=Path, default=Path("runs/synthetic-train"))
     parser.add_argument("--videos", type=int, default=600)
@@ -409,7 +476,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    out = args.out or (QWEN_DIR if args.family == "qwen2_5_vl" else DEFAULT_DIR)
+    out = args.out or FAMILIES[args.family]
     print(json.dumps(train(out, args.data, args.videos, args.steps, args.batch, args.seed, family=args.family),
                      indent=2))
 
