@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import types
 import warnings
 from collections.abc import Iterator
 
@@ -42,7 +43,7 @@ from adatp.models.base import Positions, VideoCall
 from adatp.pruned_cache import Plan, attach, plan_of
 from adatp.scoring import attention_scores
 from adatp.select import select_visual_tokens, true_columns
-from adatp.state import PruningState, timed
+from adatp.state import PruningState, state_of, timed
 
 
 @dataclasses.dataclass
@@ -97,16 +98,9 @@ def enable(model, config: AdaTPConfig, tokenizer=None, profile: bool = False,
             raise ValueError("relevance 'siglip' needs enable(model, config, tokenizer=...) to read the question")
         state.siglip = SiglipRelevance(config.siglip_path, device=next(inner.parameters()).device)
     # generate() encodes the video before the prefill and drops the pixels and the grid: catch them on the way.
-    original = inner.get_video_features
-
-    @functools.wraps(original)  # generate picks the encoder's arguments by its signature
-    def get_video_features(pixel_values_videos, *args, **kwargs):
-        if state.siglip is not None:
-            state.pending_pixels = pixel_values_videos
-        adapter.saw_encoder_call(args, kwargs)
-        return original(pixel_values_videos, *args, **kwargs)
-
-    inner.get_video_features = get_video_features
+    # (generate picks the encoder's arguments by its signature, which `wraps` keeps.)
+    inner.get_video_features = types.MethodType(functools.wraps(type(inner).get_video_features)(_get_video_features),
+                                                inner)
     state.hook = inner.register_forward_pre_hook(_record_video, with_kwargs=True)
     inner._adatp_state = state
     language_model = inner.language_model
@@ -115,25 +109,34 @@ def enable(model, config: AdaTPConfig, tokenizer=None, profile: bool = False,
     if model is not inner:
         model.forward = _bound_like(_causal_lm_forward, model)
         model.create_masks_for_generate = _masks_for_generate(model)
-        model.generate = _generate_recording_prompt(model.generate, state)
+        model.generate = types.MethodType(functools.wraps(type(model).generate)(_generate), model)
     return state
 
 
-def _generate_recording_prompt(generate, state: PruningState):
-    """`generate`, with the prompt's length on `state` for the call (see `PruningState.prompt_length`)."""
+def _get_video_features(self, pixel_values_videos, *args, **kwargs):
+    """The multimodal model's video encoder, noting the call for the prefill (and the pixels, for SigLIP
+    relevance). Bound to the model, like `_generate`, so that a deep copy encodes with and records on the copy."""
+    state = self._adatp_state
+    if state.siglip is not None:
+        state.pending_pixels = pixel_values_videos
+    state.adapter.saw_encoder_call(args, kwargs)
+    return type(self).get_video_features(self, pixel_values_videos, *args, **kwargs)
 
-    @functools.wraps(generate)
-    def wrapper(*args, **kwargs):
-        prompt = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        for name in ("inputs", "input_ids", "inputs_embeds"):
-            prompt = kwargs.get(name) if prompt is None else prompt
+
+def _generate(self, *args, **kwargs):
+    """The model's `generate`, with the prompt's length on its state for the call (`PruningState.prompt_length`).
+    A method bound to the model, so that a deep copy of an enabled model generates with the copy."""
+    state = state_of(self)
+    prompt = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    for name in ("inputs", "input_ids", "inputs_embeds"):
+        prompt = kwargs.get(name) if prompt is None else prompt
+    if state is not None:
         state.prompt_length = None if prompt is None else prompt.shape[1]
-        try:
-            return generate(*args, **kwargs)
-        finally:
+    try:
+        return type(self).generate(self, *args, **kwargs)
+    finally:
+        if state is not None:
             state.prompt_length = None
-
-    return wrapper
 
 
 def _check_prune_layer(config: AdaTPConfig, text_config, name: str) -> None:

@@ -51,6 +51,23 @@ def test_disable_restores_model(model):
     assert not torch.allclose(reference[:, -1], pruned[:, -1])
     assert torch.equal(reference, after)
     assert "forward" not in vars(model.model.language_model)
+    assert not {"forward", "generate", "create_masks_for_generate"} & set(vars(model))
+
+
+def test_a_deep_copy_of_an_enabled_model_generates_with_its_own_weights():
+    import copy
+
+    model = tiny_model(LAYERS)
+    inputs = video_batch(1, seed=2)
+    adatp.enable(model, config_for(2, retention=0.3))
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.lm_head.weight[7] += 100.0  # the copy now always answers token 7
+        ours = model.generate(**inputs, max_new_tokens=3, do_sample=False)[0, -3:]
+        theirs = twin.generate(**inputs, max_new_tokens=3, do_sample=False)[0, -3:]
+    adatp.disable(model)
+    assert theirs.tolist() == [7, 7, 7] and ours.tolist() != [7, 7, 7]
+    assert adatp.state_of(twin).kept_indices is not None and adatp.state_of(twin) is not adatp.state_of(model)
 
 
 def merged_embeddings(model, inputs):
