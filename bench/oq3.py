@@ -60,7 +60,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="oq3-"))
     synthetic.generate(work / "data", args.videos, seed=HELD_OUT_SEED)
     questions = synthetic.load(work / "data").questions
-    engine = Engine(args.model, cache_dir=work / "cache", frame_size=tuple(args.frame_size) if args.frame_size else None)
+    frame_size = tuple(args.frame_size) if args.frame_size else None
+    engine = Engine(args.model, cache_dir=work / "cache", frame_size=frame_size)
     vanilla = engine.evaluate(questions, None, batch_size=16)
     n_text = len(engine.prompt_ids(questions[0])) - engine.n_visual
     floors = {layer: min_flops_ratio(engine.model.config.text_config, engine.n_visual, n_text, layer)
