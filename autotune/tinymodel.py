@@ -5,7 +5,7 @@ LLaVA-OneVision, a Qwen2.5-VL, or a hybrid Qwen3.5), trained on the synthetic vi
 Reproduce the shipped checkpoints with:
     python -m autotune.tinymodel --out assets/tiny-llava-ov-synthetic
     python -m autotune.tinymodel --family qwen2_5_vl --out assets/tiny-qwen2.5-vl-synthetic
-    python -m autotune.tinymodel --family qwen3_5 --steps 8000 --out assets/tiny-qwen3.5-synthetic
+    python -m autotune.tinymodel --family qwen3_5 --steps 4000 --out assets/tiny-qwen3.5-synthetic
 """
 
 from __future__ import annotations

@@ -133,6 +133,20 @@ def demo_model_quality(data: dict) -> str:
     return _table(["setting", "accuracy", "FLOPs ratio", "visual tokens kept"], ["l", "r", "r", "r"], rows)
 
 
+def oq3(data: dict) -> str:
+    """One row per (budget, prune layer): accuracy of AdaTP, FastV and uniform at the same retention, so at the same
+    analytic FLOPs."""
+    cells: dict[tuple[float, int], dict] = {}
+    for r in data["rows"]:
+        cell = cells.setdefault((r["budget"], r["prune_layer"]), {"kept": r["kept_tokens"], "flops": r["flops_ratio"]})
+        cell[r["method"]] = r["accuracy"]
+    rows = [[f"{budget:.2f}", f"{layer}", f"{cell['flops']:.3f}", str(cell["kept"]),
+             *(f"{cell[method]:.3f}" for method in ("adatp", "fastv", "uniform"))]
+            for (budget, layer), cell in cells.items()]
+    return _table(["budget", "prune layer K", "FLOPs ratio", "visual tokens kept", "AdaTP", "FastV", "uniform"],
+                  ["r", "r", "r", "r", "r", "r", "r"], rows)
+
+
 ABLATION_NAMES = {"adatp": "AdaTP, tuned", "adatp_random_segments": "AdaTP, random segment relevance, tuned",
                   "uniform": "uniform", "random": "random", "fastv": "FastV (norm scores)",
                   "vanilla": "vanilla (no pruning)"}
@@ -170,6 +184,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "demo_model_quality_qwen": demo_model_quality,
     "search_efficiency": search_efficiency,
     "ablation": ablation,
+    "oq3_tiny-qwen3.5-synthetic": oq3,
 }
 
 
