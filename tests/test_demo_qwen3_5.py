@@ -44,3 +44,27 @@ def test_accuracy_is_high_unpruned_and_depends_on_which_tokens_survive(engine, h
         assert pruned.flops_ratio <= budget + 1e-9
         assert pruned.kept_tokens < engine.n_visual
         assert pruned.accuracy >= PRUNED_AT_LEAST[layer], (layer, pruned.accuracy)
+
+
+def test_demo_qwen3_5_spec_tunes_in_the_lm_and_exports(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from autotune.cli import app
+    from autotune.spec import load_spec
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # the spec's model path is relative to the repository root
+    overrides = ["n_trials=3", "budgets=[0.8]", "dataset.synthetic={n_videos: 12, seed: 30000}",
+                 f"dataset.path={tmp_path / 'data'}", f"workdir={tmp_path / 'work'}",
+                 f"presets_dir={tmp_path / 'presets'}", "pruner={name: none}"]
+    runner = CliRunner()
+    for command in ("study", "export"):
+        result = runner.invoke(app, [command, "studies/demo-qwen3.5.yaml", *overrides, "--no-progress"])
+        assert result.exit_code == 0, result.output
+    spec = load_spec(repo / "studies" / "demo-qwen3.5.yaml", overrides)
+    assert spec.base.prune_layer == 4 and spec.base.score == "attention"
+    preset = adatp.load_preset(tmp_path / "presets" / "demo-qwen3.5-synthetic-b0.80.yaml")
+    assert preset.flops_ratio <= 0.8 and preset.config.prune_layer == 4
+    assert 0.0 <= preset.results["test_accuracy"]["value"] <= 1.0
