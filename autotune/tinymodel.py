@@ -110,13 +110,19 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlavaOnevi
     return LlavaOnevisionForConditionalGeneration(config)
 
 
-def build_qwen_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen2_5_VLForConditionalGeneration:
-    """A tiny Qwen2.5-VL: one attention window covering the whole 8 x 8 patch grid (so the tower's window order is
-    the identity), M-RoPE sections in the real model's 2:3:3 ratio."""
+def _qwen_vocab_and_ids(tokenizer: PreTrainedTokenizerFast) -> tuple[int, dict[str, int]]:
+    """The vocabulary size (rounded up to 8) and the Qwen-VL special token ids of a trained tokenizer."""
     vocab = (max(tokenizer.get_vocab().values()) + 1 + 7) // 8 * 8
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
         ("video_token_id", "<|video_pad|>"), ("image_token_id", "<|image_pad|>"),
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    return vocab, ids
+
+
+def build_qwen_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen2_5_VLForConditionalGeneration:
+    """A tiny Qwen2.5-VL: one attention window covering the whole 8 x 8 patch grid (so the tower's window order is
+    the identity), M-RoPE sections in the real model's 2:3:3 ratio."""
+    vocab, ids = _qwen_vocab_and_ids(tokenizer)
     config = Qwen2_5_VLConfig(
         vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, patch_size=PATCH_SIZE,
                            spatial_merge_size=2, temporal_patch_size=2, window_size=IMAGE_SIZE,
@@ -136,10 +142,7 @@ def build_qwen3_5_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qw
     """A tiny Qwen3.5: 9 LM layers (`QWEN3_5_LAYERS`), a gated q_proj and partial rotary (half of head_dim 32) with
     interleaved M-RoPE, as in the released models; the vision tower's learned position grid covers the 8 x 8
     patches."""
-    vocab = (max(tokenizer.get_vocab().values()) + 1 + 7) // 8 * 8
-    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
-        ("video_token_id", "<|video_pad|>"), ("image_token_id", "<|image_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    vocab, ids = _qwen_vocab_and_ids(tokenizer)
     config = Qwen3_5Config(
         vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, patch_size=PATCH_SIZE,
                            spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=128,
