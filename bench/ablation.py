@@ -5,13 +5,15 @@ On the synthetic demo set with the shipped tiny LLaVA-OneVision (studies/demo.ya
 - `adatp`, tuned: the demo's study (30 TPE trials with successive halving), selected on the tune split;
 - `adatp_random_segments`, tuned the same way: the same spec, sampler, seeds and trial count, with segment relevance
   replaced by a random draw (the ablation the paper never ran);
-- `uniform`, `random` and `fastv` (norm scores, as the demo's layer-0 pruning) at the same retention, untuned.
+- `default`: AdaTP with the default thresholds (the tuner's warm start), at the same retention, untuned;
+- `uniform`, `random` and `fastv` (the spec's scores and prune layer) at the same retention, untuned.
 Every arm is evaluated once on the held-out test split; accuracy with a 95% bootstrap CI, and the paired difference
 (with its 95% paired-bootstrap CI) of tuned AdaTP against each other arm on the same test questions.
 
 The two tuned arms run through the service itself (`autotune study` + `autotune export` logic, in-process) into a
 temporary workdir. Prints a table and writes bench/results/ablation.json (about 2 minutes on 2 CPU cores).
-`--spec` runs the same comparison on another study spec (a real dataset and model: GPU hours).
+`--spec` runs the same comparison on another study spec (a real dataset and model: GPU hours); `--tuned adatp` drops
+the random-relevance arm (the quality table of a demo: tuned vs default vs FastV vs uniform).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from autotune.versions import package_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 TUNED = ("adatp", "adatp_random_segments")
-UNTUNED = ("uniform", "random", "fastv")
+UNTUNED = ("default", "uniform", "random", "fastv")
 
 
 def tuned_arm(spec_path: str, method: str, work: Path, data: Path | None,
@@ -63,6 +65,7 @@ def main() -> None:
                         help="study spec (default: the demo); a real one measures the question on real data")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "ablation.json"))
     parser.add_argument("--override", action="append", default=[], help="key=value for the spec (both arms)")
+    parser.add_argument("--tuned", nargs="+", choices=TUNED, default=list(TUNED), help="the arms tuned by a study")
     args = parser.parse_args()
     quiet_optuna()
     started = time.perf_counter()
@@ -70,7 +73,7 @@ def main() -> None:
         work = Path(tmp)
         demo = Path(args.spec).resolve() == (ROOT / "studies" / "demo.yaml").resolve()
         arms = {method: tuned_arm(args.spec, method, work, work / "data" if demo else None, args.override)
-                for method in TUNED}
+                for method in args.tuned}
         workspace = arms["adatp"][0]
         engine, test = workspace.engine, workspace.test
         vanilla = workspace.vanilla(test)
@@ -79,15 +82,16 @@ def main() -> None:
         for budget in workspace.spec.budgets:
             outcomes: dict[str, list[bool]] = {}
             configs = {}
-            for method in TUNED:
+            for method in args.tuned:
                 item = arms[method][1][budget]
                 configs[method] = item.preset.config
                 result = engine.evaluate(test, item.preset.config, batch_size=workspace.spec.batch_size)
                 outcomes[method] = [result.correct[qid] for qid in qids]
                 assert abs(sum(outcomes[method]) / len(qids) - item.preset.results["test_accuracy"]["value"]) < 1e-3
             retention = configs["adatp"].retention
-            for method in UNTUNED:
-                configs[method] = workspace.spec.base.replace(method=method, retention=retention)
+            for method in UNTUNED:  # default: the spec's base config (the thresholds every study enqueues first)
+                configs[method] = workspace.spec.base.replace(method="adatp" if method == "default" else method,
+                                                              retention=retention)
                 result = engine.evaluate(test, configs[method], batch_size=workspace.spec.batch_size)
                 outcomes[method] = [result.correct[qid] for qid in qids]
             outcomes["vanilla"] = [vanilla[qid] == q.answer for qid, q in zip(qids, test, strict=True)]
@@ -96,6 +100,8 @@ def main() -> None:
                 row = {"budget": budget, "method": method, "tuned": method in TUNED,
                        "test_accuracy": summary["value"], "ci95": summary["ci95"], "n": summary["n"],
                        "retention": 1.0 if method == "vanilla" else configs[method].retention}
+                if method != "vanilla":
+                    row.update(score=configs[method].score, prune_layer=configs[method].prune_layer)
                 if method in TUNED:
                     row["trial"] = arms[method][1][budget].preset.provenance["trial"]
                     row["tune_accuracy"] = arms[method][1][budget].preset.results["tune_accuracy"]["value"]
@@ -113,7 +119,7 @@ def main() -> None:
                   spec=_shown(args.spec), overrides=args.override, test_questions=len(qids),
                   versions=package_versions(), rows=rows)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    print(f"ablation on the demo set: {len(qids)} test questions, {seconds:.0f} s")
+    print(f"ablation on {_shown(args.spec)}: {len(qids)} test questions, {seconds:.0f} s")
     print(f"{'budget':>6} {'method':<22} {'test acc':>8} {'95% CI':>16} {'adatp - this [95% CI]':>26}")
     for row in rows:
         diff = (f"{row['adatp_minus_this']:+.3f} [{row['adatp_minus_this_ci95'][0]:+.3f}, "

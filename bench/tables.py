@@ -148,7 +148,7 @@ def oq3(data: dict) -> str:
 
 
 ABLATION_NAMES = {"adatp": "AdaTP, tuned", "adatp_random_segments": "AdaTP, random segment relevance, tuned",
-                  "uniform": "uniform", "random": "random", "fastv": "FastV (norm scores)",
+                  "uniform": "uniform", "random": "random", "fastv": "FastV (norm scores)", "default": "AdaTP, default thresholds",
                   "vanilla": "vanilla (no pruning)"}
 
 
@@ -159,10 +159,31 @@ def ablation(data: dict) -> str:
                 f"{r['adatp_minus_this']:+.3f} [{r['adatp_minus_this_ci95'][0]:+.3f}, "
                 f"{r['adatp_minus_this_ci95'][1]:+.3f}] ({r['wins_losses'][0]}/{r['wins_losses'][1]})")
         tune = f"{r['tune_accuracy']:.3f}" if "tune_accuracy" in r else "-"
-        rows.append([f"{r['budget']:.2f}", ABLATION_NAMES[r["method"]], tune,
+        name = ABLATION_NAMES[r["method"]]
+        if r["method"] == "fastv" and "score" in r:
+            name = f"FastV ({r['score']} scores)"
+        rows.append([f"{r['budget']:.2f}", name, tune,
                      f"{r['test_accuracy']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]", diff])
     return _table(["budget", "method", "tune accuracy", "test accuracy [95% CI]",
                    "AdaTP - this [95% CI] (wins/losses)"], ["r", "l", "r", "r", "r"], rows)
+
+
+def quality(data: dict) -> str:
+    """bench/ablation.py --tuned adatp, one row per budget: tuned AdaTP against the default thresholds, FastV and
+    uniform at the same retention (so the same FLOPs), on the same held-out questions."""
+    by_budget: dict[float, dict[str, dict]] = {}
+    for r in data["rows"]:
+        by_budget.setdefault(r["budget"], {})[r["method"]] = r
+    rows = []
+    for budget, arms in by_budget.items():
+        tuned, default = arms["adatp"], arms["default"]
+        rows.append([f"{budget:.2f}", f"{tuned['retention']:.4f}",
+                     f"{tuned['test_accuracy']:.3f} [{tuned['ci95'][0]:.3f}, {tuned['ci95'][1]:.3f}]",
+                     *(f"{arms[m]['test_accuracy']:.3f}" for m in ("default", "fastv", "uniform", "vanilla")),
+                     f"{default['adatp_minus_this']:+.3f} [{default['adatp_minus_this_ci95'][0]:+.3f}, "
+                     f"{default['adatp_minus_this_ci95'][1]:+.3f}]"])
+    return _table(["budget", "retention", "tuned [95% CI]", "default", "FastV", "uniform", "vanilla",
+                   "tuned - default [95% CI]"], ["r"] * 8, rows)
 
 
 # results file stem -> renderer; prefill_speed_*, trial_cost_* (GPU shapes) and selection_cost_cuda by pattern.
@@ -185,6 +206,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "search_efficiency": search_efficiency,
     "ablation": ablation,
     "oq3_tiny-qwen3.5-synthetic": oq3,
+    "quality_demo-qwen3.5": quality,
 }
 
 

@@ -1,4 +1,5 @@
-"""The README quotes every benchmark table exactly as bench/tables.py renders it from bench/results/*.json."""
+"""The README and docs/ quote every benchmark table exactly as bench/tables.py renders it from bench/results/*.json,
+and every held-out table exactly as the shipped presets hold it."""
 
 import json
 import sys
@@ -10,6 +11,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import tables  # noqa: E402
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+# Where the tables live: the README's first screen, and docs/ for everything else.
+DOCS = "\n".join([README, *(path.read_text(encoding="utf-8") for path in sorted((ROOT / "docs").glob("*.md")))])
 
 
 def test_every_results_table_is_in_the_readme():
@@ -18,7 +21,7 @@ def test_every_results_table_is_in_the_readme():
             "storage_load", "search_efficiency"} <= set(rendered)
     for stem, markdown in rendered.items():
         for block in markdown.split("\n\n"):
-            assert block in README, f"README does not quote bench/results/{stem}.json as rendered:\n{block}"
+            assert block in DOCS, f"README/docs do not quote bench/results/{stem}.json as rendered:\n{block}"
 
 
 def test_a_changed_number_no_longer_matches(tmp_path):
@@ -27,7 +30,7 @@ def test_a_changed_number_no_longer_matches(tmp_path):
     data["rows"][1]["latency_ms"] += 1.0
     (tmp_path / "prefill_speed_7b.json").write_text(json.dumps(data), encoding="utf-8")
     changed = tables.render_all(tmp_path)["prefill_speed_7b"]
-    assert original in README and changed not in README
+    assert original in DOCS and changed not in DOCS
     assert f"| {data['rows'][1]['latency_ms']:.1f} |" in changed
 
 
@@ -52,7 +55,7 @@ def test_the_own_data_table_is_the_shipped_presets():
     rows = own_data_rows()
     assert len(rows) == 2
     for row in rows:
-        assert row in README, row
+        assert row in DOCS, row
 
 
 def hybrid_budget_rows() -> list[str]:
@@ -81,8 +84,41 @@ def hybrid_budget_rows() -> list[str]:
 
 def test_the_hybrid_budget_table_is_what_adatp_flops_computes():
     for row in hybrid_budget_rows():
-        assert row in README, row
+        assert row in DOCS, row
     # On the hybrid LM every budget needs fewer kept tokens than on its dense twin.
     for row in hybrid_budget_rows():
         kept = [int(cell.split("(")[1].rstrip(") ")) for cell in row.split("|")[2:-1]]
         assert kept[0] < kept[2] and kept[1] < kept[3]
+
+
+def held_out_rows(pattern: str) -> list[str]:
+    """A demo's held-out table, one row per shipped preset (budget, trial, FLOPs, tune, test, vanilla, default, paired)."""
+    import adatp
+
+    rows = []
+    for path in sorted((ROOT / "presets").glob(pattern)):
+        preset = adatp.load_preset(path)
+        results = preset.results
+        test, paired = results["test_accuracy"], results["paired"]
+        low, high = paired["test_minus_default_ci95"]
+        rows.append(f"| {preset.target['flops_budget']:.2f} | {preset.provenance['trial']} | "
+                    f"{results['flops_ratio']:.4f} | {results['tune_accuracy']['value']:.3f} | "
+                    f"{test['value']:.3f} [{test['ci95'][0]:.3f}, {test['ci95'][1]:.3f}] | "
+                    f"{results['vanilla_accuracy']['value']:.3f} | {results['default_accuracy']['value']:.3f} | "
+                    f"{paired['test_minus_default']:+.3f} [{low:+.3f}, {high:+.3f}] |")
+    return rows
+
+
+def test_the_first_screen_demo_table_is_the_shipped_presets():
+    rows = held_out_rows("demo-synthetic-b*.yaml")
+    assert len(rows) == 3
+    first_screen = "\n".join(README.splitlines()[:40])  # the answer of the demo, without scrolling
+    for row in rows:
+        assert row in first_screen, row
+
+
+def test_the_qwen_demo_table_is_the_shipped_presets():
+    rows = held_out_rows("demo-qwen-synthetic-b*.yaml")
+    assert len(rows) == 3
+    for row in rows:
+        assert row in DOCS, row
