@@ -37,14 +37,17 @@ class BadInput(Exception):
     """Raised by commands for bad input not caught by the spec itself."""
 
 
-def _bad_input_types() -> tuple[type[BaseException], ...]:
-    from adatp import ConfigError
-    from autotune.data import TableError
-    from autotune.spec import SpecError
-    from autotune.storage import StorageOutage
-    from autotune.study import StudyError
+# Bad-input exception -> the module that defines it. An error can only come from a module already imported, so the
+# lookup goes through sys.modules: refusing a bad spec never imports optuna, MLflow or torch just to classify it.
+BAD_INPUT_ERRORS = {"SpecError": "autotune.spec", "StudyError": "autotune.workspace",
+                    "ConfigError": "adatp.validation", "StorageOutage": "autotune.storage",
+                    "TableError": "autotune.data.table"}
 
-    return (SpecError, StudyError, ConfigError, BadInput, StorageOutage, TableError)
+
+def _bad_input_types() -> tuple[type[BaseException], ...]:
+    loaded = [getattr(sys.modules[module], name) for name, module in BAD_INPUT_ERRORS.items()
+              if module in sys.modules]
+    return (BadInput, *loaded)
 
 
 def guarded(command: Callable) -> Callable:
@@ -157,14 +160,14 @@ def study(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
                                             "(sets model.device=cuda:ID for each)"),
           progress: bool = typer.Option(True, help="show progress bars")) -> None:
     """Create the spec's studies (one per budget) if needed, then run trials until each has n_trials."""
-    from autotune.spec import mask_url
-    from autotune.study import create_studies, run_studies
-
     _stop_on_signals()
     spec = _spec(spec_path, overrides)
     devices = [item.strip() for item in gpus.split(",") if item.strip()]
     if devices and not all(item.isdigit() for item in devices):
         raise BadInput(f"--gpus: expected comma-separated device ids like 0,1,2, got {gpus!r}")
+    from autotune.spec import mask_url
+    from autotune.study import create_studies, run_studies  # optuna, MLflow, torch: only once the input is good
+
     _quiet_libraries()
     workspace = _workspace(spec)
     studies = create_studies(workspace)
@@ -225,10 +228,10 @@ def _run_worker_processes(spec_path: str, overrides: list[str], extra: list[list
 def worker(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
            progress: bool = typer.Option(True, help="show progress bars")) -> None:
     """Join the spec's existing studies (created by `autotune study`) and run trials until each has n_trials."""
-    from autotune.study import open_studies, run_studies
-
     _stop_on_signals()
     spec = _spec(spec_path, overrides)
+    from autotune.study import open_studies, run_studies  # optuna, MLflow, torch: only once the spec is good
+
     _quiet_libraries()
     workspace = _workspace(spec)
     run_studies(workspace, open_studies(workspace), progress=progress, echo=typer.echo)
@@ -330,9 +333,9 @@ def data(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
     """Preview and preflight the spec's table before any model loads: counts, column types, option and answer
     histograms, the first prompts as the model sees them, skipped rows by reason, every missing or unreadable video.
     Exit 2 when something would stop `autotune study` (e.g. a missing video without dataset.missing_video: skip)."""
+    spec = _spec(spec_path, overrides)
     from autotune.preview import preflight
 
-    spec = _spec(spec_path, overrides)
     _quiet_libraries()
     report = preflight(spec, probe=probe, progress=progress)
     for line in report.lines():
@@ -394,11 +397,11 @@ def pareto(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
 def export(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
            progress: bool = typer.Option(True, help="show progress bars")) -> None:
     """Evaluate each budget's best config once on the test split; write presets (and log them to MLflow)."""
+    spec = _spec(spec_path, overrides)
     from rich.table import Table
 
-    from autotune.export import export_presets
+    from autotune.export import export_presets  # MLflow, torch: only once the spec is good
 
-    spec = _spec(spec_path, overrides)
     _quiet_libraries()
     workspace = _workspace(spec)
     exported = export_presets(workspace, progress=progress, echo=typer.echo)
@@ -475,10 +478,10 @@ def dashboard(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
               host: str = typer.Option("127.0.0.1", help="interface to listen on (loopback by default)"),
               port: int = typer.Option(8080, help="port to listen on")) -> None:
     """optuna-dashboard on the spec's Optuna storage, read-only (no study or trial can be edited or deleted)."""
-    from autotune.storage import ReadOnlyStorage
-    from autotune.study import load_studies, spec_storage
-
     spec = _spec(spec_path, overrides)
+    from autotune.storage import ReadOnlyStorage
+    from autotune.study import load_studies, spec_storage  # optuna: only once the spec is good
+
     if not any(study is not None for study in load_studies(spec).values()):
         raise BadInput(f"no study of {spec.name} exists yet: run `autotune study {spec_path}` first")
     _check_port_free(host, port)

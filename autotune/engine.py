@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -20,24 +19,19 @@ from pathlib import Path
 import jinja2
 import torch
 from transformers import AutoTokenizer
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import adatp
 from adatp.flops import flops_ratio, kept_count
 from adatp.models import family_of
 from adatp.video import (
+    QWEN_FRAME_SIZE,
+    LlavaOnevisionVideo,
+    QwenVideo,
     VideoError,
-    decode_frames,
-    frame_indices,
+    VideoFrontEnd,
+    expand_video_placeholder,
     preprocess_config_from,
-    preprocess_frames,
-    qwen3_timestamp_text,
-    qwen3_timestamps,
     qwen_preprocess_config_from,
-    qwen_published_settings,
-    qwen_video_grid,
-    qwen_video_pixels,
-    video_fps_and_length,
 )
 from autotune.cache import FeatureCache, tensor_digest
 from autotune.data.protocol import (
@@ -67,8 +61,7 @@ def render_prompt(tokenizer, question: Question, template: str | None = None) ->
 def prompt_ids(tokenizer, question: Question, video_token_id: int, n_video_tokens: int) -> list[int]:
     """Token ids of the prompt with its one video placeholder expanded to `n_video_tokens` copies (LLaVA-OV)."""
     ids = tokenizer(render_prompt(tokenizer, question), add_special_tokens=False)["input_ids"]
-    at = _expand_placeholder(ids, video_token_id, question)
-    return ids[:at] + [video_token_id] * n_video_tokens + ids[at + 1 :]
+    return expand_video_placeholder(ids, video_token_id, n_video_tokens, question.qid)
 
 
 @dataclasses.dataclass
@@ -221,14 +214,7 @@ class Engine:
         self.tokenizer.padding_side = "left"
         self.frames = frames
         family = family_of(self.model)
-        if family == "llava_onevision":
-            if frame_size is not None:
-                raise ValueError("model.frame_size: LLaVA-OneVision resizes every frame to its vision tower's input; "
-                                 "frame_size applies to Qwen-VL models only")
-            self.video = _LlavaVideo(self.model, frames, preprocess)
-        else:
-            self.video = _QwenVideo(self.model, tokenizer, frames, preprocess, frame_size or QWEN_FRAME_SIZE,
-                                    timestamps=family in ("qwen3_vl", "qwen3_5", "qwen3_5_moe"))
+        self.video = video_front_end(family, self.model, tokenizer, frames, preprocess, frame_size)
         self.family = family
         self.preprocess = preprocess
         self.n_visual = self.video.n_visual
@@ -279,7 +265,7 @@ class Engine:
         tokens (`n_visual` of them; the rest are text tokens). Cached per question."""
         if question.qid not in self._prompts:
             ids = self.tokenizer(render_prompt(self.tokenizer, question), add_special_tokens=False)["input_ids"]
-            self._prompts[question.qid] = self.video.expand(ids, question)
+            self._prompts[question.qid] = self.video.expand(ids, question.video_path, question.qid)
         return self._prompts[question.qid]
 
     def synchronize(self) -> None:
@@ -309,44 +295,60 @@ class Engine:
         prefixed = (config is not None and mode == "logits" and self.prefix_cache
                     and adatp.prefix.supports(config, self.model))
         try:
-            batches = self._batches(questions, batch_size, by_prefix=prefixed)
-            if progress:
-                from tqdm import tqdm
-
-                batches = tqdm(batches, desc="questions", unit="batch", leave=False)
-            for batch in batches:
+            for batch in _with_progress(self._batches(questions, batch_size, by_prefix=prefixed), progress):
                 if before_batch is not None:
                     before_batch()
-                if prefixed:
-                    try:
-                        prefix = self.prefix(batch[0], config.prune_layer, seconds)
-                    except (VideoError, OSError) as error:
-                        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-                        skipped.update({question.qid: reason for question in batch})
-                        continue
-                    ready, answers = batch, self._answer_from_prefix(batch, prefix, seconds)
-                else:
-                    ready, features = [], []
-                    for question in batch:
-                        try:
-                            features.append(self.video_features(question.video_path, seconds))
-                            ready.append(question)
-                        except (VideoError, OSError) as error:
-                            skipped[question.qid] = (str(error).splitlines()[0] if str(error)
-                                                     else type(error).__name__)
-                    if not ready:
-                        continue
-                    answers = self._answer(ready, features, mode, seconds, drawn)
+                ready, answers = self._run_batch(batch, config, mode, prefixed, seconds, skipped, drawn)
                 predictions.update(zip([q.qid for q in ready], answers, strict=True))
-                for question in ready:
-                    n_text = len(self.prompt_ids(question)) - self.n_visual
-                    ratios.append(1.0 if config is None else flops_ratio(
-                        self.model.config.text_config, self.n_visual, n_text, config.retention, config.prune_layer))
+                ratios += self._flops_ratios(ready, config)
         finally:
             if state is not None:
                 seconds["selection"] = state.selection_seconds
                 adatp.disable(self.model)
         seconds["total"] = time.perf_counter() - started
+        return self._result(questions, config, predictions, ratios, seconds, skipped, drawn)
+
+    def _run_batch(self, batch: list[Question], config: adatp.AdaTPConfig | None, mode: str, prefixed: bool,
+                   seconds: dict[str, float], skipped: dict[str, str],
+                   drawn: list[str]) -> tuple[list[Question], list[str | None]]:
+        """(the batch's questions that ran, their answers); those whose video cannot be read go to `skipped`."""
+        if prefixed:
+            try:
+                prefix = self.prefix(batch[0], config.prune_layer, seconds)
+            except (VideoError, OSError) as error:
+                skipped.update({question.qid: _skip_reason(error) for question in batch})
+                return [], []
+            return batch, self._answer_from_prefix(batch, prefix, seconds)
+        ready, features = self._batch_features(batch, seconds, skipped)
+        if not ready:
+            return [], []
+        return ready, self._answer(ready, features, mode, seconds, drawn)
+
+    def _batch_features(self, batch: list[Question], seconds: dict[str, float],
+                        skipped: dict[str, str]) -> tuple[list[Question], list[torch.Tensor]]:
+        """(questions whose video reads, their video features); the others go to `skipped` with the reason."""
+        ready, features = [], []
+        for question in batch:
+            try:
+                features.append(self.video_features(question.video_path, seconds))
+                ready.append(question)
+            except (VideoError, OSError) as error:
+                skipped[question.qid] = _skip_reason(error)
+        return ready, features
+
+    def _flops_ratios(self, questions: list[Question], config: adatp.AdaTPConfig | None) -> list[float]:
+        """Each question's pruned / vanilla LM prefill FLOPs (1.0 unpruned)."""
+        ratios = []
+        for question in questions:
+            n_text = len(self.prompt_ids(question)) - self.n_visual
+            ratios.append(1.0 if config is None else flops_ratio(
+                self.model.config.text_config, self.n_visual, n_text, config.retention, config.prune_layer))
+        return ratios
+
+    def _result(self, questions: Sequence[Question], config: adatp.AdaTPConfig | None,
+                predictions: dict[str, str | None], ratios: list[float], seconds: dict[str, float],
+                skipped: dict[str, str], drawn: list[str]) -> EvalResult:
+        """The answers scored against the labelled questions' gold answers."""
         by_qid = {q.qid: q for q in questions}
         scores = {qid: score_answer(by_qid[qid], answer, by_qid[qid].answer, self.metric)
                   for qid, answer in predictions.items() if by_qid[qid].labelled}
@@ -518,148 +520,30 @@ def _read_answers(path: Path) -> dict[str, str | None]:
     return known
 
 
-QWEN_FRAME_SIZE = (360, 640)  # a 16:9 frame; at Qwen2.5-VL's settings 364 x 644 -> 13 x 23 = 299 tokens per group
+def video_front_end(family: str, model, tokenizer, frames: int, preprocess: dict,
+                    frame_size: tuple[int, int] | None) -> VideoFrontEnd:
+    """The adatp.video front-end of a loaded model's family; `frame_size`: Qwen-VL only (None: QWEN_FRAME_SIZE)."""
+    if family == "llava_onevision":
+        if frame_size is not None:
+            raise ValueError("model.frame_size: LLaVA-OneVision resizes every frame to its vision tower's input; "
+                             "frame_size applies to Qwen-VL models only")
+        return LlavaOnevisionVideo(model, frames, preprocess)
+    return QwenVideo(model, tokenizer, frames, preprocess, frame_size or QWEN_FRAME_SIZE,
+                     timestamps=family in ("qwen3_vl", "qwen3_5", "qwen3_5_moe"))
 
 
-def _expand_placeholder(ids: list[int], token: int, question: Question) -> int:
-    if ids.count(token) != 1:
-        raise ValueError(f"question {question.qid}: the chat template must render exactly one video placeholder")
-    return ids.index(token)
+def _with_progress(batches: list[list[Question]], progress: bool):
+    """The batches, under a tqdm bar when `progress`."""
+    if not progress:
+        return batches
+    from tqdm import tqdm
+
+    return tqdm(batches, desc="questions", unit="batch", leave=False)
 
 
-class _LlavaVideo:
-    """LLaVA-OneVision: F frames resized to the tower's square input; F*N pooled tokens + image_newline per video."""
-
-    def __init__(self, model, frames: int, preprocess: dict) -> None:
-        self.model, self.frames, self.preprocess = model, frames, preprocess
-        vision = model.config.vision_config
-        self.tokens_per_frame = math.ceil(vision.image_size // vision.patch_size / 2) ** 2
-        self.n_visual = frames * self.tokens_per_frame
-
-    def weights(self) -> list[torch.Tensor]:
-        inner = self.model.model
-        return [*inner.vision_tower.parameters(), *inner.multi_modal_projector.parameters(), inner.image_newline]
-
-    def protocol(self) -> dict:
-        return {"tokens_per_frame": self.tokens_per_frame}
-
-    def feature_shape(self) -> tuple[int, ...]:
-        return self.n_visual + 1, self.model.config.text_config.hidden_size
-
-    def pixels(self, video_path: str) -> torch.Tensor:
-        return preprocess_frames(decode_frames(video_path, self.frames), **self.preprocess)
-
-    def encode(self, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
-        config = self.model.config
-        output = self.model.model.get_video_features(
-            pixels[None].to(device, self.model.dtype), vision_feature_layer=config.vision_feature_layer,
-            vision_feature_select_strategy=config.vision_feature_select_strategy,
-        )
-        return output.pooler_output[0]
-
-    def expand(self, ids: list[int], question: Question) -> list[int]:
-        """The one video placeholder -> the video's F*N + 1 tokens."""
-        token = self.model.config.video_token_id
-        at = _expand_placeholder(ids, token, question)
-        return ids[:at] + [token] * (self.n_visual + 1) + ids[at + 1 :]
-
-    def model_inputs(self, input_ids: torch.Tensor, features: list[torch.Tensor]) -> dict:
-        return {"mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=torch.stack(features))}}
-
-
-def qwen_pixels(frames: torch.Tensor, frame_size: tuple[int, int], preprocess: dict):
-    """uint8 [F, H, W, 3] frames -> (pixel_values_videos, video_grid_thw): resized to `frame_size` first (bicubic,
-    antialiased, on uint8 as the processors resize), then the Qwen-VL processor's own steps (adatp.video)."""
-    frames = frames.permute(0, 3, 1, 2)
-    if tuple(frames.shape[-2:]) != tuple(frame_size):
-        frames = torch.nn.functional.interpolate(frames, size=tuple(frame_size), mode="bicubic", antialias=True)
-    return qwen_video_pixels(frames.permute(0, 2, 3, 1).contiguous(), **preprocess)
-
-
-class _QwenVideo:
-    """Qwen2.5-VL / Qwen3-VL: frames resized to one `frame_size`, then the processor's own resize and patching;
-    T = ceil(F / 2) temporal groups of N merged tokens. Qwen3-VL's prompt carries a timestamp before each group.
-    Cached features are packed [1 + deepstack levels, T*N, D]."""
-
-    def __init__(self, model, tokenizer, frames: int, preprocess: dict, frame_size: tuple[int, int],
-                 timestamps: bool) -> None:
-        self.model, self.tokenizer, self.frames, self.timestamps = model, tokenizer, frames, timestamps
-        self.frame_size = tuple(frame_size)
-        config, vision = model.config, model.config.vision_config
-        published = qwen_published_settings("qwen3_vl" if timestamps else "qwen2_vl")  # where no file says
-        self.preprocess = {**published, "patch_size": vision.patch_size,
-                           "temporal_patch_size": vision.temporal_patch_size, "merge_size": vision.spatial_merge_size,
-                           **preprocess}
-        # Qwen3-VL's processor bounds the whole clip's pixels: the grid depends on the frame count too.
-        self.grid = tuple(qwen_video_grid(frames, *self.frame_size, **self.preprocess))
-        height, width = self.grid[1:]
-        self.tokens_per_frame = height * width // self.preprocess["merge_size"] ** 2
-        self.n_visual = self.grid[0] * self.tokens_per_frame
-        self.start, self.end, self.pad = config.vision_start_token_id, config.vision_end_token_id, config.video_token_id
-        self._seconds: dict[str, list[float]] = {}  # video path -> Qwen3-VL timestamps
-
-    def weights(self) -> list[torch.Tensor]:
-        return list(self.model.model.visual.parameters())
-
-    def protocol(self) -> dict:
-        limits = {key: self.preprocess[key] for key in ("min_pixels", "max_pixels") if key in self.preprocess}
-        return {"frame_size": list(self.frame_size), "grid": list(self.grid), **limits}
-
-    def feature_shape(self) -> tuple[int, ...]:
-        levels = len(getattr(self.model.config.vision_config, "deepstack_visual_indexes", None) or ())
-        return 1 + levels, self.n_visual, self.model.config.text_config.hidden_size
-
-    def pixels(self, video_path: str) -> torch.Tensor:
-        pixels, grid = qwen_pixels(decode_frames(video_path, self.frames), self.frame_size, self.preprocess)
-        if tuple(grid[0].tolist()) != self.grid:
-            raise VideoError(f"{video_path}: grid {grid[0].tolist()} is not the study's {list(self.grid)}")
-        return pixels
-
-    def encode(self, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
-        grid = torch.tensor([self.grid], device=device)
-        output = self.model.model.get_video_features(pixels.to(device, self.model.dtype), grid)
-        levels = [level[0] for level in getattr(output, "deepstack_features", None) or []]
-        return torch.stack([output.pooler_output[0], *levels])
-
-    def _timestamps(self, question: Question) -> list[float]:
-        """Per-group seconds of the question's video; probed once per video (its questions share them)."""
-        if question.video_path not in self._seconds:
-            try:
-                fps, total = video_fps_and_length(question.video_path)
-            except (VideoError, OSError):  # the video is skipped at evaluation; this prompt only sizes the text
-                fps, total = 1.0, self.frames
-            indices = frame_indices(total, self.frames)
-            self._seconds[question.video_path] = qwen3_timestamps(indices, fps, self.preprocess["temporal_patch_size"])
-        return self._seconds[question.video_path]
-
-    def expand(self, ids: list[int], question: Question) -> list[int]:
-        """`<|vision_start|><|video_pad|><|vision_end|>` -> the processor's expansion: T*N pads (Qwen2.5-VL), or
-        per group `<t seconds><|vision_start|>` N pads `<|vision_end|>` (Qwen3-VL)."""
-        at = _expand_placeholder(ids, self.pad, question)
-        if ids[at - 1 : at + 2] != [self.start, self.pad, self.end]:
-            raise ValueError(f"question {question.qid}: the chat template must render the video as "
-                             "<|vision_start|><|video_pad|><|vision_end|>")
-        if not self.timestamps:
-            body = [self.start] + [self.pad] * self.n_visual + [self.end]
-        else:
-            body = []
-            for seconds in self._timestamps(question):
-                text = self.tokenizer(qwen3_timestamp_text(seconds), add_special_tokens=False)["input_ids"]
-                body += text + [self.start] + [self.pad] * self.tokens_per_frame + [self.end]
-        return ids[: at - 1] + body + ids[at + 2 :]
-
-    def model_inputs(self, input_ids: torch.Tensor, features: list[torch.Tensor]) -> dict:
-        pooler = tuple(packed[0] for packed in features)
-        if features[0].shape[0] > 1:  # Qwen3-VL: deepstack features, one tuple per level
-            from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
-
-            levels = [tuple(packed[level] for packed in features) for level in range(1, features[0].shape[0])]
-            video = BaseModelOutputWithDeepstackFeatures(pooler_output=pooler, deepstack_features=levels)
-        else:
-            video = BaseModelOutputWithPooling(pooler_output=pooler)
-        return {"mm_token_type_ids": (input_ids == self.pad).int() * 2,
-                "video_grid_thw": torch.tensor([self.grid] * len(features), device=input_ids.device),
-                "mm_encoder_outputs": {"video": video}}
+def _skip_reason(error: BaseException) -> str:
+    """Why a question was skipped: the error's first line, else its type."""
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def _new_seconds() -> dict[str, float]:

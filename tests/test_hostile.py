@@ -1,7 +1,8 @@
 """Hostile spec and preset files are refused in bounded time and memory with one line (exit 2 / ConfigError).
 
 Each case runs in a subprocess under a 3 GiB address-space limit (torch's import fits; the 922-byte alias bomb
-below needed more than 3 GB before) and a 60 s timeout, and must finish within seconds.
+below needed more than 3 GB before) and a 60 s timeout, and must finish within seconds. Every CLI command refuses a
+bad spec before importing torch, transformers, MLflow, Optuna or datasets (Python's import profile lists them).
 """
 
 import os
@@ -60,6 +61,37 @@ def test_hostile_spec_exits_2_with_one_line(tmp_path, case):
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and words in lines[0] and len(lines[0]) < 300, lines
+
+
+HEAVY = ("torch", "transformers", "mlflow", "optuna", "datasets")
+BAD_SPECS = {  # name -> (spec text, words the one-line error must contain)
+    "yaml syntax": ("name: demo\nbudgets: [0.3, 0.5\n", "not valid YAML at line 3"),
+    "unknown key": (VALID_SPEC + "bogus_key: 1\n", "bogus_key: unknown key"),
+    "budget out of range": (VALID_SPEC.replace("budgets: [0.25, 0.35, 0.5]", "budgets: [0.3, 1.5]"),
+                            "budgets[1]: must be in (0, 1], got 1.5"),
+    "alias bomb": (alias_bomb(), "aliases"),
+}
+REFUSALS = [("study", case) for case in BAD_SPECS] + [
+    (command, "unknown key") for command in ("worker", "status", "export", "pareto", "data", "ui", "dashboard")]
+
+
+@pytest.mark.parametrize(("command", "case"), REFUSALS)
+def test_a_bad_spec_is_refused_before_any_heavy_import(tmp_path, command, case):
+    """The installed `autotune` script, with Python's import profile on: the modules it imported are listed."""
+    text, words = BAD_SPECS[case]
+    assert "budgets: [0.25, 0.35, 0.5]" in VALID_SPEC  # the out-of-range case edits the demo's budgets
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    script = Path(sys.executable).parent / "autotune"
+    result = subprocess.run([str(script), command, str(path)], capture_output=True, text=True, timeout=60, cwd=REPO,
+                            env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    profile = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
+    imported = {line.rsplit("|", 1)[1].strip() for line in profile[1:]}  # the first line is the table's header
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("import time:")]
+    assert result.returncode == 2 and result.stdout == "", (result.returncode, result.stdout[-2000:], lines[-5:])
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
+    assert "autotune.spec" in imported and "yaml" in imported  # the profile is real: the spec was read
+    assert sorted(name for name in HEAVY if name in imported) == []
 
 
 @pytest.mark.parametrize("case", list(HOSTILE))

@@ -1,6 +1,6 @@
 """`adatp/` stays one way down: every module imports alone, none imports another module's `_private` name, and the
 module import graph has no circle (models/base <- models/<family> <- kinds, layers, scoring, state <- prefix <-
-pruned_lm)."""
+pruned_lm; video/decode <- video/base <- video/<family> <- video)."""
 
 import ast
 import pathlib
@@ -28,7 +28,8 @@ def _imports(module: str) -> list[tuple[str, list[str]]]:
 
 def test_the_package_has_the_modules_of_the_design():
     for name in ("adatp.models.base", "adatp.kinds", "adatp.layers", "adatp.scoring", "adatp.state",
-                 "adatp.prefix", "adatp.pruned_lm", "adatp.models.qwen3_5"):
+                 "adatp.prefix", "adatp.pruned_lm", "adatp.models.qwen3_5", "adatp.video", "adatp.video.decode",
+                 "adatp.video.base", "adatp.video.llava_onevision", "adatp.video.qwen"):
         assert name in MODULES
 
 
@@ -77,6 +78,14 @@ def test_the_import_graph_has_no_circle():
                          ("adatp.pruned_lm", "adatp.prefix"), ("adatp.pruned_lm", "adatp.state")]:
         assert reaches(upper, lower) and not reaches(lower, upper), (upper, lower)
     assert graph["adatp.models.base"] <= {"adatp.config"}
+    # Video input: decoding below the shared steps, below one module per family; the families never meet.
+    for upper, lower in [("adatp.video.base", "adatp.video.decode"), ("adatp.video.qwen", "adatp.video.base"),
+                         ("adatp.video.llava_onevision", "adatp.video.base"), ("adatp.video", "adatp.video.qwen"),
+                         ("adatp.video", "adatp.video.llava_onevision")]:
+        assert reaches(upper, lower) and not reaches(lower, upper), (upper, lower)
+    assert not reaches("adatp.video.qwen", "adatp.video.llava_onevision")
+    assert not reaches("adatp.video.llava_onevision", "adatp.video.qwen")
+    assert graph["adatp.video.decode"] == set()
 
 
 def test_each_module_imports_alone():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from adatp import video
 from adatp.video import VideoError, decode_frames, frame_indices, preprocess_config_from, preprocess_frames
+from adatp.video import decode as video
 
 av = pytest.importorskip("av")
 pytest.importorskip("decord")
