@@ -184,63 +184,103 @@ def capture(lm, state, call, embeds, positions: Positions, kwargs) -> torch.Tens
 def prefixed_forward(lm, state, embeds, mask_2d, positions: Positions, kwargs) -> torch.Tensor:
     """Suffix rows [B, q] continuing `state.prefix`: returns the last layer's hidden states [B, P' + q, D]."""
     prefix: Prefix = state.prefix
-    config = state.config
     prune_layer = prefix.prune_layer
-    batch, length, width = embeds.shape
-    device = embeds.device
-    cached = prefix.length
     # Layers < K: the suffix against the prefix's cached keys and values (every row continues the same prefix).
-    cache = DynamicCache(config=lm.config)
-    for index in range(prune_layer):
-        cache.update(prefix.keys[index].expand(batch, -1, -1, -1), prefix.values[index].expand(batch, -1, -1, -1),
-                     index)
-    full_mask = torch.cat([torch.ones(batch, cached, dtype=torch.bool, device=device), mask_2d], dim=1)
+    cache = _prefix_cache(lm, prefix, embeds.shape[0])
+    full_mask = torch.cat([torch.ones(embeds.shape[0], prefix.length, dtype=torch.bool, device=embeds.device),
+                           mask_2d], dim=1)
     masks = masks_for(lm, range(prune_layer), embeds, full_mask, cache, positions.text)
     embeddings = lm.rotary_emb(embeds, positions.rope)
-    hidden = run_layers(lm, embeds, range(prune_layer - 1), masks, embeddings, positions, cache, True, kwargs)
-    scoring_input = hidden
-    hidden = run_layers(lm, hidden, [prune_layer - 1], masks, embeddings, positions, cache, True, kwargs)
-
-    visual = prefix.frames * prefix.per_frame
-    scores = None
-    with timed(state, device):  # scoring and selection, as `selection_seconds` counts them in a full prefill
-        if config.uses_scores:  # score 'attention' (`supports`): the question rows to every key, from the cache
-            keys = cache.layers[prune_layer - 1].keys  # [B, Hkv, P + q, d]: the prefix's and now the suffix's
-            rows = torch.arange(cached, cached + length, device=device)
-            allowed = ((torch.arange(cached + length, device=device)[None, :] <= rows[:, None])[None]
-                       & full_mask[:, None])
-            per_key = mean_query_attention(lm.layers[prune_layer - 1], scoring_input, embeddings, keys, allowed,
-                                           mask_2d)
-            scores = per_key[:, prefix.video_columns].view(batch, prefix.frames, prefix.per_frame)
-        weights = mask_2d.float()[..., None]
-        question = (embeds.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
-        kept = select_visual_tokens(config, prefix.frames, prefix.per_frame, batch=batch, device=device,
-                                    scores=scores, frame_features=prefix.frame_features.expand(batch, -1, -1),
-                                    question=question)
+    scoring_input = run_layers(lm, embeds, range(prune_layer - 1), masks, embeddings, positions, cache, True, kwargs)
+    hidden = run_layers(lm, scoring_input, [prune_layer - 1], masks, embeddings, positions, cache, True, kwargs)
+    with timed(state, embeds.device):  # scoring and selection, as `selection_seconds` counts them in a full prefill
+        scores = None
+        if state.config.uses_scores:  # score 'attention' (`supports`)
+            scores = _suffix_scores(lm, prefix, cache, full_mask, mask_2d, scoring_input, embeddings)
+        kept = _select_for_suffix(state.config, prefix, embeds, mask_2d, scores)
     state.kept_indices, state.frames, state.plan = kept, prefix.frames, None
+    return _layers_from_prune(lm, prefix, kept, hidden, mask_2d, positions, kwargs)
 
-    # Layers >= K: the kept prefix rows (text and kept video tokens, in order) + the suffix, at their positions.
-    keep = torch.ones(batch, cached, dtype=torch.bool, device=device)
+
+def _prefix_cache(lm, prefix: Prefix, batch: int) -> DynamicCache:
+    """A cache holding the prefix's keys and values of layers < K, shared by the `batch` rows."""
+    cache = DynamicCache(config=lm.config)
+    for index in range(prefix.prune_layer):
+        cache.update(prefix.keys[index].expand(batch, -1, -1, -1), prefix.values[index].expand(batch, -1, -1, -1),
+                     index)
+    return cache
+
+
+def _suffix_scores(lm, prefix: Prefix, cache, full_mask, mask_2d, scoring_input, embeddings) -> torch.Tensor:
+    """The question rows' attention at layer K-1 to the prefix's video tokens, from the cache: [B, F, N]."""
+    batch, length = scoring_input.shape[:2]
+    device = scoring_input.device
+    cached = prefix.length
+    keys = cache.layers[prefix.prune_layer - 1].keys  # [B, Hkv, P + q, d]: the prefix's and now the suffix's
+    rows = torch.arange(cached, cached + length, device=device)
+    allowed = ((torch.arange(cached + length, device=device)[None, :] <= rows[:, None])[None]
+               & full_mask[:, None])
+    per_key = mean_query_attention(lm.layers[prefix.prune_layer - 1], scoring_input, embeddings, keys, allowed,
+                                   mask_2d)
+    return per_key[:, prefix.video_columns].view(batch, prefix.frames, prefix.per_frame)
+
+
+def _select_for_suffix(config, prefix: Prefix, embeds, mask_2d, scores) -> torch.Tensor:
+    """Kept video indices [B, M] per row, with relevance `llm` from the prefix's frames and each row's question."""
+    batch = embeds.shape[0]
+    weights = mask_2d.float()[..., None]
+    question = (embeds.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
+    return select_visual_tokens(config, prefix.frames, prefix.per_frame, batch=batch, device=embeds.device,
+                                scores=scores, frame_features=prefix.frame_features.expand(batch, -1, -1),
+                                question=question)
+
+
+def _layers_from_prune(lm, prefix: Prefix, kept, hidden, mask_2d, positions: Positions, kwargs) -> torch.Tensor:
+    """Layers >= K: the kept prefix rows (text and kept video tokens, in order) + the suffix, at their positions."""
+    batch = hidden.shape[0]
+    keep_columns = _kept_prefix_columns(prefix, kept)
+    hidden = torch.cat([gather_rows(prefix.hidden.expand(batch, -1, -1), keep_columns), hidden], dim=1)
+    layer_positions = _kept_positions(prefix, keep_columns, positions)
+    layer_mask = torch.cat([torch.ones(batch, keep_columns.shape[1], dtype=torch.bool, device=hidden.device),
+                            mask_2d], dim=1)
+    deepstack = _kept_deepstack(prefix, keep_columns, hidden, mask_2d.shape[1])
+    layers = range(prefix.prune_layer, len(lm.layers))
+    masks = masks_for(lm, layers, hidden, layer_mask, None, layer_positions.text)
+    return run_layers(lm, hidden, layers, masks, lm.rotary_emb(hidden, layer_positions.rope), layer_positions, None,
+                      False, kwargs, deepstack)
+
+
+def _kept_prefix_columns(prefix: Prefix, kept: torch.Tensor) -> torch.Tensor:
+    """[B, P'] the prefix columns that layers >= K see: its text and each row's kept video tokens, in order."""
+    batch, cached = kept.shape[0], prefix.length
+    keep = torch.ones(batch, cached, dtype=torch.bool, device=kept.device)
     keep[:, prefix.video_columns] = False
     keep.scatter_(1, prefix.video_columns[kept], True)
-    kept_length = cached - visual + kept.shape[1]
-    keep_columns = keep.to(torch.uint8).argsort(dim=-1, stable=True)[:, cached - kept_length :]
-    hidden = torch.cat([gather_rows(prefix.hidden.expand(batch, -1, -1), keep_columns), hidden], dim=1)
+    kept_length = cached - prefix.frames * prefix.per_frame + kept.shape[1]
+    return keep.to(torch.uint8).argsort(dim=-1, stable=True)[:, cached - kept_length :]
+
+
+def _kept_positions(prefix: Prefix, keep_columns: torch.Tensor, positions: Positions) -> Positions:
+    """The kept prefix rows' own positions, then the suffix's."""
+    batch = keep_columns.shape[0]
     axes = prefix.rope.shape[:-1]  # () for 1D RoPE, (3,) for M-RoPE
     prefix_rope = prefix.rope.unsqueeze(-2).expand(*axes, batch, -1).gather(-1, keep_columns.expand(*axes, -1, -1))
     rope = torch.cat([prefix_rope, positions.rope], dim=-1)
     text = None
     if prefix.text is not None and positions.text is not None:
         text = torch.cat([prefix.text.expand(batch, -1).gather(1, keep_columns), positions.text], dim=1)
-    layer_positions = Positions(rope, text)
-    layer_mask = torch.cat([torch.ones(batch, kept_length, dtype=torch.bool, device=device), mask_2d], dim=1)
-    deepstack = [None] * prune_layer
+    return Positions(rope, text)
+
+
+def _kept_deepstack(prefix: Prefix, keep_columns: torch.Tensor, hidden: torch.Tensor, length: int) -> list:
+    """Per layer, Qwen3-VL's deepstack additions at the kept rows ([B, P' + q, D], zero off video; None below K)."""
+    batch, width = hidden.shape[0], hidden.shape[-1]
+    deepstack = [None] * prefix.prune_layer
     if prefix.deepstack is not None:
         for level in prefix.deepstack:
-            dense = torch.zeros(batch, cached, width, dtype=hidden.dtype, device=device)
+            dense = torch.zeros(batch, prefix.length, width, dtype=hidden.dtype, device=hidden.device)
             dense[:, prefix.video_columns] = level.to(hidden.dtype)
             deepstack.append(torch.cat([gather_rows(dense, keep_columns),
-                                        torch.zeros(batch, length, width, dtype=hidden.dtype, device=device)], 1))
-    masks = masks_for(lm, range(prune_layer, len(lm.layers)), hidden, layer_mask, None, layer_positions.text)
-    return run_layers(lm, hidden, range(prune_layer, len(lm.layers)), masks, lm.rotary_emb(hidden, rope),
-                       layer_positions, None, False, kwargs, deepstack)
+                                        torch.zeros(batch, length, width, dtype=hidden.dtype, device=hidden.device)],
+                                       1))
+    return deepstack

@@ -74,8 +74,9 @@ def enable(model, config: AdaTPConfig, tokenizer=None, profile: bool = False,
     tokenizer: the model's tokenizer, needed only for `relevance: siglip` (to recover the question text).
     profile: accumulate the time spent scoring and selecting in `state.selection_seconds`.
     cuda_graphs: on a CUDA device, replay the selection from a CUDA graph (`adatp.graphs`; the same indices, checked
-        on an H100 by tests/test_graphs.py and bench/prefill_speed.py). On by default: at batch 1 it saved up to 8.6 ms
-        per pruned prefill (README, Performance). Never used on CPU, inside `torch.compile` or inside a capture.
+        on an H100 by tests/test_graphs.py and bench/prefill_speed.py). On by default: it saves host time per pruned
+        prefill at small batches (measured in docs/performance.md). Never used on CPU, inside `torch.compile` or
+        inside a capture.
     """
     if not isinstance(config, AdaTPConfig):
         raise TypeError(f"config must be an AdaTPConfig, got {type(config).__name__}")
@@ -405,21 +406,43 @@ def _groups(call: VideoCall, layout: _Layout, length: int, device) -> list[_Grou
 
 
 def _pruned_prefill(lm, state, call, layout, embeds, mask_2d, positions, cache, use_cache, kwargs, deepstack):
-    config = state.config
-    batch, length, width = embeds.shape
-    device = embeds.device
-    groups = _groups(call, layout, length, device)
+    """A fresh prefill: layers < K on every token, the selection per video, layers >= K on the kept tokens only."""
+    batch, length, _ = embeds.shape
+    groups = _groups(call, layout, length, embeds.device)
     query_rows = _question_rows(call, mask_2d, length, state.prompt_length)
+    inputs = _selection_inputs(state.config, call, groups, embeds, query_rows)
+    hidden = _layers_before_prune(lm, state, layout, groups, inputs, embeds, mask_2d, positions, query_rows, cache,
+                                  use_cache, kwargs, deepstack)
+    keep, pruned_per_row = _select_groups(state, call, layout, groups, inputs, batch, length, embeds.device)
+    plan, kept_mask, kept_positions = _plan(state.config, keep, pruned_per_row, mask_2d, positions)
+    state.plan = plan
+    prune_layer = plan.prune_layer
+    hidden = gather_rows(hidden, plan.keep_columns)
+    deepstack = [None] * prune_layer + [gather_rows(level, plan.keep_columns) for level in deepstack[prune_layer:]]
+    layers = range(prune_layer, len(lm.layers))
+    masks = masks_for(lm, layers, hidden, kept_mask, cache, kept_positions.text)
+    embeddings = lm.rotary_emb(hidden, kept_positions.rope)
+    hidden = run_layers(lm, hidden, layers, masks, embeddings, kept_positions, cache, use_cache, kwargs, deepstack)
+    # Nothing pruned in any row (retention 1.0): the cache is the stock model's, and carries no plan.
+    nothing_pruned = not plan.pruned and not torch.compiler.is_compiling() and bool(plan.slot_valid.all())
+    if use_cache and cache is not None and not nothing_pruned:
+        attach(cache, plan)
+    return hidden
+
+
+def _selection_inputs(config: AdaTPConfig, call: VideoCall, groups: list[_Group], embeds: torch.Tensor,
+                      query_rows: torch.Tensor) -> list[list]:
+    """Per group: [frame features, question, pre-LM scores]; scores stay None until layer K-1 for `attention`."""
+    width = embeds.shape[-1]
     weights = query_rows.float()[..., None]
     question_text = (embeds.float() * weights).sum(1)  # [B, D] summed text after the last video
     question_llm = question_text / weights.sum(1).clamp(min=1)
-
-    inputs = []  # per group: visual tokens, frame features, question, pre-LM scores
+    inputs = []
     for group in groups:
         visual = embeds[group.rows[:, None], group.columns].view(len(group.videos), group.frames, group.per_frame,
                                                                  width)
         if call.external is not None:
-            video_index = torch.tensor(group.videos, device=device)
+            video_index = torch.tensor(group.videos, device=embeds.device)
             frame_features, question = call.external[0][video_index], call.external[1][group.rows]
         else:
             frame_features, question = visual.float().mean(2), question_llm[group.rows]
@@ -430,24 +453,37 @@ def _pruned_prefill(lm, state, call, layout, embeds, mask_2d, positions, cache, 
             text = question if call.external is None else question_text[group.rows]
             scores = torch.nn.functional.cosine_similarity(visual.float(), text[:, None, None], dim=-1)
         inputs.append([frame_features, question, scores])
+    return inputs
 
-    hidden = embeds
+
+def _layers_before_prune(lm, state, layout: _Layout, groups: list[_Group], inputs: list[list], embeds, mask_2d,
+                         positions, query_rows, cache, use_cache, kwargs, deepstack) -> torch.Tensor:
+    """Layers < K on every token; with score `attention`, each group's scores in `inputs` from layer K-1."""
+    config = state.config
     prune_layer = config.prune_layer
-    full_embeddings = lm.rotary_emb(hidden, positions.rope)
-    if prune_layer > 0:
-        masks = masks_for(lm, range(prune_layer), hidden, mask_2d, cache, positions.text)
-        hidden = run_layers(lm, hidden, range(prune_layer - 1), masks, full_embeddings, positions, cache,
-                             use_cache, kwargs, deepstack)
-        if config.uses_scores and config.score == "attention":
-            with timed(state, device):
-                per_key = attention_scores(lm.layers[prune_layer - 1], hidden, full_embeddings, query_rows,
-                                           mask_2d[:, -length:], rows=layout.query_count, end=state.prompt_length)
-                for group, group_inputs in zip(groups, inputs, strict=True):
-                    group_inputs[2] = per_key[group.rows[:, None], group.columns].view(
-                        len(group.videos), group.frames, group.per_frame)
-        hidden = run_layers(lm, hidden, [prune_layer - 1], masks, full_embeddings, positions, cache,
-                             use_cache, kwargs, deepstack)
+    length = embeds.shape[1]
+    # Also at K = 0, where it is unused: a dynamic RoPE grows its frequencies to the full positions on this call.
+    full_embeddings = lm.rotary_emb(embeds, positions.rope)
+    if prune_layer == 0:
+        return embeds
+    masks = masks_for(lm, range(prune_layer), embeds, mask_2d, cache, positions.text)
+    hidden = run_layers(lm, embeds, range(prune_layer - 1), masks, full_embeddings, positions, cache, use_cache,
+                        kwargs, deepstack)
+    if config.uses_scores and config.score == "attention":
+        with timed(state, embeds.device):
+            per_key = attention_scores(lm.layers[prune_layer - 1], hidden, full_embeddings, query_rows,
+                                       mask_2d[:, -length:], rows=layout.query_count, end=state.prompt_length)
+            for group, group_inputs in zip(groups, inputs, strict=True):
+                group_inputs[2] = per_key[group.rows[:, None], group.columns].view(
+                    len(group.videos), group.frames, group.per_frame)
+    return run_layers(lm, hidden, [prune_layer - 1], masks, full_embeddings, positions, cache, use_cache, kwargs,
+                      deepstack)
 
+
+def _select_groups(state, call: VideoCall, layout: _Layout, groups: list[_Group], inputs: list[list], batch: int,
+                   length: int, device) -> tuple[torch.Tensor, list[int]]:
+    """Select each group's videos: the [B, L] keep mask and the pruned count per row; the kept indices go on
+    `state` (stacked when every video has one shape)."""
     keep = torch.ones(batch, length, dtype=torch.bool, device=device)
     pruned_per_row = [0] * batch
     kept_per_video = [None] * call.videos
@@ -460,37 +496,38 @@ def _pruned_prefill(lm, state, call, layout, embeds, mask_2d, positions, cache, 
             for index, video in enumerate(group.videos):
                 kept_per_video[video] = kept[index]
                 pruned_per_row[layout.video_rows[video]] += group.frames * group.per_frame - kept.shape[1]
+    same_shape = len(groups) == 1
+    state.kept_indices = torch.stack(kept_per_video) if same_shape else tuple(kept_per_video)
+    state.frames = groups[0].frames if same_shape else None
+    return keep, pruned_per_row
+
+
+def _plan(config: AdaTPConfig, keep: torch.Tensor, pruned_per_row: list[int], mask_2d: torch.Tensor,
+          positions: Positions) -> tuple[Plan, torch.Tensor, Positions]:
+    """The plan of the kept columns, with their [B, L'] mask and positions for layers >= K."""
+    batch, length = keep.shape
     # Rows keep different counts when they hold different videos: the kept columns go right-aligned into one
     # rectangle, and the rows that kept fewer are left-padded with pruned columns masked out.
     kept_length = length - min(pruned_per_row)
     keep_columns = keep.to(torch.uint8).argsort(dim=-1, stable=True)[:, length - kept_length :]
     slot_valid = keep.gather(1, keep_columns)
-
-    hidden = gather_rows(hidden, keep_columns)
-    deepstack = [gather_rows(level, keep_columns) for level in deepstack]
     kept_mask = mask_2d[:, -length:].gather(1, keep_columns) & slot_valid
     kept_positions = positions.gather(keep_columns)
-    shift = torch.zeros(batch, 1, dtype=torch.long, device=device)
     if config.positions == "renumber":  # 1D RoPE only (adapters refuse it for M-RoPE)
-        kept_rope = kept_positions.rope
-        first = torch.where(kept_mask, kept_rope, kept_rope.max()).amin(-1, keepdim=True)
-        renumbered = (kept_mask.long().cumsum(-1) - 1).clamp(min=0) + first
-        shift = kept_rope[:, -1:] - renumbered[:, -1:]
-        kept_positions = Positions(renumbered, renumbered)
-    plan = Plan(keep_columns=keep_columns, slot_valid=slot_valid, prefill_length=length, prune_layer=prune_layer,
-                position_shift=shift)
-    same_shape = len(groups) == 1
-    state.kept_indices = torch.stack(kept_per_video) if same_shape else tuple(kept_per_video)
-    state.frames, state.plan = groups[0].frames if same_shape else None, plan
-    masks = masks_for(lm, range(prune_layer, len(lm.layers)), hidden, kept_mask, cache, kept_positions.text)
-    embeddings = lm.rotary_emb(hidden, kept_positions.rope)
-    hidden = run_layers(lm, hidden, range(prune_layer, len(lm.layers)), masks, embeddings, kept_positions, cache,
-                         use_cache, kwargs, [None] * prune_layer + deepstack[prune_layer:])
-    # Nothing pruned in any row (retention 1.0): the cache is the stock model's, and carries no plan.
-    nothing_pruned = not plan.pruned and not torch.compiler.is_compiling() and bool(slot_valid.all())
-    if use_cache and cache is not None and not nothing_pruned:
-        attach(cache, plan)
-    return hidden
+        kept_positions, shift = _renumbered(kept_positions.rope, kept_mask)
+    else:
+        shift = torch.zeros(batch, 1, dtype=torch.long, device=keep.device)
+    plan = Plan(keep_columns=keep_columns, slot_valid=slot_valid, prefill_length=length,
+                prune_layer=config.prune_layer, position_shift=shift)
+    return plan, kept_mask, kept_positions
+
+
+def _renumbered(kept_rope: torch.Tensor, kept_mask: torch.Tensor) -> tuple[Positions, torch.Tensor]:
+    """`positions: renumber`: consecutive positions from each row's first kept token, and the shift [B, 1] that
+    decoding subtracts from the original positions after the prefill."""
+    first = torch.where(kept_mask, kept_rope, kept_rope.max()).amin(-1, keepdim=True)
+    renumbered = (kept_mask.long().cumsum(-1) - 1).clamp(min=0) + first
+    return Positions(renumbered, renumbered), kept_rope[:, -1:] - renumbered[:, -1:]
 
 
 def _select(state, frames, per_frame, batch, scores, frame_features, question, device) -> torch.Tensor:

@@ -1,4 +1,6 @@
-"""AdaTP's selection pipeline (DESIGN §3) as small batched tensor functions, plus the baselines.
+"""AdaTP's selection pipeline as small batched tensor functions, plus the baselines: segmentation (tau_s), text
+relevance (tau_t), budget allocation per segment (alpha_boost), the spatial cap (gamma_cap) and the sorted kept
+indices, in our reconstruction from the paper's description (docs/method.md).
 
 Shapes: B videos, F frames, N tokens per frame (h*w after pooling), S = F segment slots (a video has at most F
 segments; slot j is empty when the video has fewer). Every function works on the whole batch at once; none loops

@@ -286,58 +286,76 @@ def plot_png(
     path = _ensure_parent(path)
     pts, refs, held = _finite(points), _finite_refs(references), _finite_held(held_out)
     colours = _budget_colours(pts, [h.budget for h in held])
-    front = pareto_front(pts)
-    (x0, x1), (y0, y1) = _limits(pts + list(refs.values()), _held_values(held))
-    tune_of = {(p.budget, p.trial): p for p in pts}
-
+    limits = _limits(pts + list(refs.values()), _held_values(held))
     fig, ax = plt.subplots(figsize=(9, 5.5))
     try:
-        for budget in sorted({p.budget for p in pts if p.budget is not None}):
-            ax.axvline(budget, color=colours[budget], linestyle="--", linewidth=0.9, alpha=0.6)
-        for budget in dict.fromkeys(p.budget for p in pts):
-            group = _groups([p for p in pts if p.budget == budget])
-            xs, ys = [g[0].flops_ratio for g in group], [g[0].accuracy for g in group]
-            sizes = [18 + 6 * min(len(g) - 1, 8) for g in group]
-            ax.scatter(xs, ys, s=sizes, color=colours[budget], alpha=0.7, clip_on=False,
-                       label=f"{_budget_name(budget)} trials (tune)")
-        if front:
-            sx, sy = zip(*_step_vertices(front), strict=True)
-            ax.plot(sx, sy, color="black", linewidth=1.4, label="Pareto front (tune)")
-            ax.scatter([p.flops_ratio for p in front], [p.accuracy for p in front], s=40, facecolors="none",
-                       edgecolors="black", linewidths=1.2, zorder=4, clip_on=False)
-        for name, ref in refs.items():
-            ax.scatter([ref.flops_ratio], [ref.accuracy], marker="D", s=60, facecolors="none", linewidths=1.5,
-                       edgecolors=colours.get(ref.budget, _REF_COLOUR), zorder=5, clip_on=False, label=name)
-        for i, h in enumerate(held):
-            colour = colours[h.budget]
-            tune = tune_of.get((h.budget, h.trial))
-            if tune is not None:
-                ax.plot([tune.flops_ratio, h.flops_ratio], [tune.accuracy, h.accuracy], color=colour,
-                        linestyle=":", linewidth=1.1)
-            ax.errorbar([h.flops_ratio], [h.accuracy], yerr=[[h.accuracy - h.ci95[0]], [h.ci95[1] - h.accuracy]],
-                        fmt="*", markersize=13, color=colour, markeredgecolor="black", ecolor=colour, capsize=4,
-                        zorder=6, clip_on=False, label=SELECTED_TEST if i == 0 else None)
-            if h.default_accuracy is not None:
-                ax.scatter([h.flops_ratio], [h.default_accuracy], marker="D", s=45, color=colour,
-                           edgecolors="black", zorder=6, clip_on=False, label=DEFAULT_TEST if i == 0 else None)
-        for accuracy in _vanilla(held):
-            ax.scatter([1.0], [accuracy], marker="s", s=55, color=_REF_COLOUR, zorder=6, clip_on=False,
-                       label=VANILLA_TEST)
-        ax.set_xlim(x0, x1)
-        ax.set_ylim(y0, y1)
-        ax.set_yticks(_accuracy_ticks(y0, y1))
-        ax.set_xlabel(X_LABEL)
-        ax.set_ylabel(Y_LABEL)
-        if title:
-            ax.set_title(title)
-        ax.grid(alpha=0.3)
-        if pts or held:
-            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0.0)
+        _draw_trials(ax, pts, colours)
+        _draw_references(ax, refs, colours)
+        _draw_held_out(ax, pts, held, colours)
+        _finish_axes(ax, limits, title, legend=bool(pts or held))
         fig.tight_layout()
         fig.savefig(path, dpi=120)
     finally:
         plt.close(fig)
     return path
+
+
+def _draw_trials(ax, pts: list[Point], colours: dict[float | None, str]) -> None:
+    """Budget lines, the trials by budget (a tie drawn once, bigger) and the front's staircase."""
+    for budget in sorted({p.budget for p in pts if p.budget is not None}):
+        ax.axvline(budget, color=colours[budget], linestyle="--", linewidth=0.9, alpha=0.6)
+    for budget in dict.fromkeys(p.budget for p in pts):
+        group = _groups([p for p in pts if p.budget == budget])
+        xs, ys = [g[0].flops_ratio for g in group], [g[0].accuracy for g in group]
+        sizes = [18 + 6 * min(len(g) - 1, 8) for g in group]
+        ax.scatter(xs, ys, s=sizes, color=colours[budget], alpha=0.7, clip_on=False,
+                   label=f"{_budget_name(budget)} trials (tune)")
+    front = pareto_front(pts)
+    if front:
+        sx, sy = zip(*_step_vertices(front), strict=True)
+        ax.plot(sx, sy, color="black", linewidth=1.4, label="Pareto front (tune)")
+        ax.scatter([p.flops_ratio for p in front], [p.accuracy for p in front], s=40, facecolors="none",
+                   edgecolors="black", linewidths=1.2, zorder=4, clip_on=False)
+
+
+def _draw_references(ax, refs: dict[str, Point], colours: dict[float | None, str]) -> None:
+    for name, ref in refs.items():
+        ax.scatter([ref.flops_ratio], [ref.accuracy], marker="D", s=60, facecolors="none", linewidths=1.5,
+                   edgecolors=colours.get(ref.budget, _REF_COLOUR), zorder=5, clip_on=False, label=name)
+
+
+def _draw_held_out(ax, pts: list[Point], held: list[HeldOut], colours: dict[float | None, str]) -> None:
+    """Per budget the selected config on the test split (tied to its tune point) and the default; then vanilla."""
+    tune_of = {(p.budget, p.trial): p for p in pts}
+    for i, h in enumerate(held):
+        colour = colours[h.budget]
+        tune = tune_of.get((h.budget, h.trial))
+        if tune is not None:
+            ax.plot([tune.flops_ratio, h.flops_ratio], [tune.accuracy, h.accuracy], color=colour,
+                    linestyle=":", linewidth=1.1)
+        ax.errorbar([h.flops_ratio], [h.accuracy], yerr=[[h.accuracy - h.ci95[0]], [h.ci95[1] - h.accuracy]],
+                    fmt="*", markersize=13, color=colour, markeredgecolor="black", ecolor=colour, capsize=4,
+                    zorder=6, clip_on=False, label=SELECTED_TEST if i == 0 else None)
+        if h.default_accuracy is not None:
+            ax.scatter([h.flops_ratio], [h.default_accuracy], marker="D", s=45, color=colour,
+                       edgecolors="black", zorder=6, clip_on=False, label=DEFAULT_TEST if i == 0 else None)
+    for accuracy in _vanilla(held):
+        ax.scatter([1.0], [accuracy], marker="s", s=55, color=_REF_COLOUR, zorder=6, clip_on=False,
+                   label=VANILLA_TEST)
+
+
+def _finish_axes(ax, limits: tuple[tuple[float, float], tuple[float, float]], title: str, legend: bool) -> None:
+    (x0, x1), (y0, y1) = limits
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_yticks(_accuracy_ticks(y0, y1))
+    ax.set_xlabel(X_LABEL)
+    ax.set_ylabel(Y_LABEL)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0.0)
 
 
 # ------------------------------------------------------------------------------------------------------ HTML
@@ -405,25 +423,49 @@ def _star(x: float, y: float, r: float = 8) -> str:
     return "M" + " L".join(corners) + " Z"
 
 
+@dataclass(frozen=True)
+class _Canvas:
+    """Data coordinates -> SVG pixels of the plot area (inside the margins)."""
+
+    x0: float
+    x1: float
+    y0: float
+    y1: float
+    pw: int = _W - _ML - _MR
+    ph: int = _H - _MT - _MB
+
+    def sx(self, x: float) -> float:
+        return round(_ML + (x - self.x0) / (self.x1 - self.x0) * self.pw, 2)
+
+    def sy(self, y: float) -> float:
+        return round(_MT + (self.y1 - y) / (self.y1 - self.y0) * self.ph, 2)
+
+
+_Legend = list[tuple[str, str]]  # (marker template, name) per legend row
+
+
 def _svg(points: list[Point], front: list[Point], refs: dict[str, Point], held: list[HeldOut], title: str,
          selected: set[tuple[float | None, int | None]]) -> str:
-    esc = html.escape
     colours = _budget_colours(points, [h.budget for h in held])
     (x0, x1), (y0, y1) = _limits(points + list(refs.values()), _held_values(held))
-    pw, ph = _W - _ML - _MR, _H - _MT - _MB
+    canvas = _Canvas(x0, x1, y0, y1)
+    trials, trial_legend = _svg_trials(canvas, points, front, colours, selected)
+    references, reference_legend = _svg_references(canvas, refs, colours)
+    tested, tested_legend = _svg_held_out(canvas, points, held, colours)
+    out = [f'<svg width="{_W}" height="{_H}" viewBox="0 0 {_W} {_H}" role="img" overflow="visible">',
+           *_svg_axes(canvas, title), *trials, *references, *tested,
+           *_svg_legend(canvas, trial_legend + reference_legend + tested_legend), "</svg>"]
+    return "\n".join(out)
 
-    def sx(x: float) -> float:
-        return round(_ML + (x - x0) / (x1 - x0) * pw, 2)
 
-    def sy(y: float) -> float:
-        return round(_MT + (y1 - y) / (y1 - y0) * ph, 2)
-
-    out = [f'<svg width="{_W}" height="{_H}" viewBox="0 0 {_W} {_H}" role="img" overflow="visible">']
-    out.append(f'<rect x="{_ML}" y="{_MT}" width="{pw}" height="{ph}" fill="#fff" stroke="#999"/>')
-    for t in _nice_ticks(x0, x1):
+def _svg_axes(canvas: _Canvas, title: str) -> list[str]:
+    """The plot area, grid lines with their tick labels, axis labels and the title."""
+    esc, sx, sy, pw, ph = html.escape, canvas.sx, canvas.sy, canvas.pw, canvas.ph
+    out = [f'<rect x="{_ML}" y="{_MT}" width="{pw}" height="{ph}" fill="#fff" stroke="#999"/>']
+    for t in _nice_ticks(canvas.x0, canvas.x1):
         out.append(f'<line x1="{sx(t)}" y1="{_MT}" x2="{sx(t)}" y2="{_MT + ph}" stroke="#eee"/>')
         out.append(f'<text x="{sx(t)}" y="{_MT + ph + 16}" text-anchor="middle">{t:g}</text>')
-    for t in _accuracy_ticks(y0, y1):
+    for t in _accuracy_ticks(canvas.y0, canvas.y1):
         out.append(f'<line x1="{_ML}" y1="{sy(t)}" x2="{_ML + pw}" y2="{sy(t)}" stroke="#eee"/>')
         out.append(f'<text x="{_ML - 6}" y="{sy(t) + 4}" text-anchor="end">{t:g}</text>')
     out.append(f'<text x="{_ML + pw / 2}" y="{_H - 16}" text-anchor="middle">{esc(X_LABEL)}</text>')
@@ -433,9 +475,17 @@ def _svg(points: list[Point], front: list[Point], refs: dict[str, Point], held: 
     )
     if title:
         out.append(f'<text x="{_ML + pw / 2}" y="24" text-anchor="middle" font-weight="bold">{esc(title)}</text>')
+    return out
+
+
+def _svg_trials(canvas: _Canvas, points: list[Point], front: list[Point], colours: dict[float | None, str],
+                selected: set[tuple[float | None, int | None]]) -> tuple[list[str], _Legend]:
+    """Budget lines, the front's staircase and one circle per group of tied trials (front ones outlined)."""
+    sx, sy = canvas.sx, canvas.sy
+    out = []
     for b in sorted({p.budget for p in points if p.budget is not None}):
         out.append(
-            f'<line x1="{sx(b)}" y1="{_MT}" x2="{sx(b)}" y2="{_MT + ph}" stroke="{colours[b]}" '
+            f'<line x1="{sx(b)}" y1="{_MT}" x2="{sx(b)}" y2="{_MT + canvas.ph}" stroke="{colours[b]}" '
             'stroke-dasharray="5 4" opacity="0.7"/>'
         )
     if front:
@@ -449,21 +499,35 @@ def _svg(points: list[Point], front: list[Point], refs: dict[str, Point], held: 
         radius = min(3.5 + 0.5 * (len(group) - 1), 7) + (1.5 if big else 0)
         out.append(
             f'<circle cx="{sx(p.flops_ratio)}" cy="{sy(p.accuracy)}" r="{radius}" data-trials="{len(group)}" '
-            f'fill="{colours[p.budget]}" fill-opacity="0.8"{stroke}><title>{esc(_group_tooltip(group, selected))}'
-            "</title></circle>"
+            f'fill="{colours[p.budget]}" fill-opacity="0.8"{stroke}><title>'
+            f"{html.escape(_group_tooltip(group, selected))}</title></circle>"
         )
-    legend: list[tuple[str, str]] = [(f'<circle cx="{{x}}" cy="{{y}}" r="4" fill="{colours[b]}"/>',
-                                      f"{_budget_name(b)} trials (tune)") for b in dict.fromkeys(p.budget
-                                                                                                  for p in points)]
+    legend: _Legend = [(f'<circle cx="{{x}}" cy="{{y}}" r="4" fill="{colours[b]}"/>',
+                        f"{_budget_name(b)} trials (tune)") for b in dict.fromkeys(p.budget for p in points)]
     if front:
         legend.append(('<line x1="{x0}" y1="{y}" x2="{x1}" y2="{y}" stroke="#000" stroke-width="1.5"/>',
                        "Pareto front (tune)"))
+    return out, legend
+
+
+def _svg_references(canvas: _Canvas, refs: dict[str, Point],
+                    colours: dict[float | None, str]) -> tuple[list[str], _Legend]:
+    out, legend = [], []
     for name, ref in refs.items():
         colour = colours.get(ref.budget, _REF_COLOUR)
-        tip = esc(_tooltip(replace(ref, label=name if not ref.label else f"{name}: {ref.label}")))
-        out.append(f'<path d="{_diamond(sx(ref.flops_ratio), sy(ref.accuracy))}" fill="none" stroke="{colour}" '
-                   f'stroke-width="1.6"><title>{tip}</title></path>')
+        tip = html.escape(_tooltip(replace(ref, label=name if not ref.label else f"{name}: {ref.label}")))
+        out.append(f'<path d="{_diamond(canvas.sx(ref.flops_ratio), canvas.sy(ref.accuracy))}" fill="none" '
+                   f'stroke="{colour}" stroke-width="1.6"><title>{tip}</title></path>')
         legend.append((f'<path d="{{diamond}}" fill="none" stroke="{colour}" stroke-width="1.6"/>', name))
+    return out, legend
+
+
+def _svg_held_out(canvas: _Canvas, points: list[Point], held: list[HeldOut],
+                  colours: dict[float | None, str]) -> tuple[list[str], _Legend]:
+    """Per budget the selected config on the test split (star, CI bar, a line from its tune point) and the
+    default (small diamond); vanilla as a square at FLOPs ratio 1."""
+    sx, sy = canvas.sx, canvas.sy
+    out, legend = [], []
     tune_of = {(p.budget, p.trial): p for p in points}
     for h in held:
         colour, x, y = colours[h.budget], sx(h.flops_ratio), sy(h.accuracy)
@@ -474,7 +538,7 @@ def _svg(points: list[Point], front: list[Point], refs: dict[str, Point], held: 
         low, high = sy(h.ci95[0]), sy(h.ci95[1])
         out.append(f'<path d="M{x} {low} L{x} {high} M{x - 4} {low} L{x + 4} {low} M{x - 4} {high} L{x + 4} {high}" '
                    f'stroke="{colour}" stroke-width="1.5"/>')
-        tip = esc(_held_tooltip(h))
+        tip = html.escape(_held_tooltip(h))
         if h.default_accuracy is not None:
             out.append(f'<path class="default-test" d="{_diamond(x, sy(h.default_accuracy), 5)}" fill="{colour}" '
                        f'stroke="#000"><title>{tip}</title></path>')
@@ -490,15 +554,20 @@ def _svg(points: list[Point], front: list[Point], refs: dict[str, Point], held: 
                    f"<title>vanilla (no pruning) on the test split: accuracy {accuracy:.4f}</title></rect>")
     if _vanilla(held):
         legend.append(('<rect x="{sq_x}" y="{sq_y}" width="9" height="9" fill="#111"/>', VANILLA_TEST))
-    lx, ly = _ML + pw + 16, _MT + 10
+    return out, legend
+
+
+def _svg_legend(canvas: _Canvas, legend: _Legend) -> list[str]:
+    """The legend rows in the right margin, each marker template filled at its row."""
+    lx, ly = _ML + canvas.pw + 16, _MT + 10
+    out = []
     for i, (marker, name) in enumerate(legend):
         y = ly + 18 * i
         out.append(marker.format(x=lx, y=y, x0=lx - 6, x1=lx + 6, diamond=_diamond(lx, y, 5),
                                  small_diamond=_diamond(lx, y, 4.5), star=_star(lx, y, 6.5), sq_x=lx - 4.5,
                                  sq_y=y - 4.5))
-        out.append(f'<text x="{lx + 12}" y="{y + 4}">{esc(name)}</text>')
-    out.append("</svg>")
-    return "\n".join(out)
+        out.append(f'<text x="{lx + 12}" y="{y + 4}">{html.escape(name)}</text>')
+    return out
 
 
 def _table(points: Sequence[Point], front: list[Point], held: Sequence[HeldOut]) -> str:

@@ -231,17 +231,36 @@ def _llava_recipe(tokenizer, questions: list[Question], seed: int) -> _Recipe:
 def _qwen_recipe(tokenizer, questions: list[Question], seed: int, hybrid: bool = False) -> _Recipe:
     """The vision tower (patch embedding and blocks) is frozen and run once per video; the merger and the LM train.
     hybrid: the Qwen3.5, whose prompt carries each temporal group's timestamp, as the engine renders it."""
-    from autotune.engine import qwen_pixels
-
     model = (build_qwen3_5_model if hybrid else build_qwen_model)(tokenizer, seed)
     inner = model.model
     inner.visual.requires_grad_(False)
     inner.visual.merger.requires_grad_(True)
+    tower, grid = _qwen_tower(inner, questions, _qwen_pixel_settings(hybrid))
+    tokens_per_frame = (IMAGE_SIZE // PATCH_SIZE // 2) ** 2
+    n_visual = int(grid[0, 0]) * tokens_per_frame
+
+    def features(stacked: torch.Tensor) -> torch.Tensor:
+        return inner.visual.merger(stacked.flatten(0, 1)).view(stacked.shape[0], n_visual, -1)
+
+    return _Recipe(model=model, tower=tower, features=features, forward_kept=_qwen_forward_kept(model, grid),
+                   prompt=_qwen_prompt(tokenizer, model.config, grid, tokens_per_frame, hybrid), n_visual=n_visual,
+                   tokens_per_frame=tokens_per_frame, frames_per_token=2)
+
+
+def _qwen_pixel_settings(hybrid: bool) -> dict:
+    """`autotune.engine.qwen_pixels`' settings for the tiny Qwen's frames (Qwen3-VL's processor for the Qwen3.5)."""
     preprocess = {key: QWEN_PREPROCESS[key] for key in ("patch_size", "temporal_patch_size", "merge_size")}
     sizes = (QWEN3_5_PREPROCESS if hybrid else QWEN_PREPROCESS)["size"]
     preprocess.update(min_pixels=sizes["shortest_edge"], max_pixels=sizes["longest_edge"],
                       mean=tuple(QWEN_PREPROCESS["image_mean"]), std=tuple(QWEN_PREPROCESS["image_std"]),
                       video_processor="qwen3_vl" if hybrid else "qwen2_vl")
+    return preprocess
+
+
+def _qwen_tower(inner, questions: list[Question], preprocess: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Per video the frozen blocks' output (the merger's input), and the videos' common grid [1, 3]."""
+    from adatp.video import qwen_pixels
+
     tower, grid = {}, None
     with torch.no_grad():
         for question in questions:
@@ -259,12 +278,15 @@ def _qwen_recipe(tokenizer, questions: list[Question], seed: int, hybrid: bool =
             tower[question.video_id] = captured[0]
             if len(tower) == 1:  # the merger over the cached blocks' output is the stock video features
                 assert torch.allclose(inner.visual.merger(captured[0]), reference, atol=1e-5)
-    tokens_per_frame = (IMAGE_SIZE // PATCH_SIZE // 2) ** 2
-    config = model.config
-    start, end, pad = config.vision_start_token_id, config.vision_end_token_id, config.video_token_id
-    n_visual = int(grid[0, 0]) * tokens_per_frame
+    return tower, grid
 
+
+def _qwen_prompt(tokenizer, config, grid: torch.Tensor, tokens_per_frame: int,
+                 hybrid: bool) -> Callable[[Question], list[int]]:
+    """A question's prompt ids with the video expanded as the engine expands it."""
+    start, end, pad = config.vision_start_token_id, config.vision_end_token_id, config.video_token_id
     groups, seconds = int(grid[0, 0]), {}
+    n_visual = groups * tokens_per_frame
 
     def video_body(question: Question) -> list[int]:
         if not hybrid:
@@ -285,6 +307,13 @@ def _qwen_recipe(tokenizer, questions: list[Question], seed: int, hybrid: bool =
         at = ids.index(pad)
         return ids[: at - 1] + video_body(question) + ids[at + 2 :]
 
+    return prompt
+
+
+def _qwen_forward_kept(model, grid: torch.Tensor) -> Callable:
+    """`_Recipe.forward_kept` for a Qwen: kept tokens at their stock M-RoPE ids (cached per prompt)."""
+    inner = model.model
+    pad = model.config.video_token_id
     positions: dict[tuple[int, ...], torch.Tensor] = {}
 
     def rope_positions(ids: list[int]) -> torch.Tensor:
@@ -295,9 +324,6 @@ def _qwen_recipe(tokenizer, questions: list[Question], seed: int, hybrid: bool =
             positions[key] = inner.get_rope_index(tensor, mm_token_type_ids=(tensor == pad).int() * 2,
                                                   video_grid_thw=grid)[0][:, 0]
         return positions[key]
-
-    def features(stacked: torch.Tensor) -> torch.Tensor:
-        return inner.visual.merger(stacked.flatten(0, 1)).view(stacked.shape[0], n_visual, -1)
 
     def forward_kept(prompts, video, keep):
         sequences = []
@@ -311,8 +337,7 @@ def _qwen_recipe(tokenizer, questions: list[Question], seed: int, hybrid: bool =
             sequences.append((embeds[keep_row], rope_positions(ids)[:, keep_row]))
         return _packed_last_logits(model, sequences, video)
 
-    return _Recipe(model=model, tower=tower, features=features, forward_kept=forward_kept, prompt=prompt,
-                   n_visual=n_visual, tokens_per_frame=tokens_per_frame, frames_per_token=2)
+    return forward_kept
 
 
 def train(out: Path, data_root: Path, videos: int = 600, steps: int = 16000, batch: int = 16, seed: int = 0,
@@ -328,34 +353,58 @@ def train(out: Path, data_root: Path, videos: int = 600, steps: int = 16000, bat
     rest `open_share` in the open format ("... Answer with one word." -> the kind word) and the others in the
     benchmark's own MCQ format (-> the option letter, which is what the engine scores).
     """
-    from autotune.engine import render_prompt
-
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
     started = time.time()
     synthetic.generate(data_root, videos, seed=10_000 + seed, frames=FRAMES)
     questions = synthetic.load(data_root).questions
     open_questions = [_open_question(q) for q in questions]
-    colour_questions = [dataclasses.replace(q, question=f"What colour was the {q.meta['kind']} object? Answer with "
-                                            "one word.", options=("x", "y"), answer="A") for q in questions]
-    qwen = family != "llava_onevision"
-    template = QWEN_CHAT_TEMPLATE if qwen else CHAT_TEMPLATE
-    corpus = [render_prompt(None, q, template=template) + " " + q.answer
-              for q in questions + open_questions + colour_questions]
-    tokenizer = train_tokenizer(corpus, family)
-    if qwen:
+    colour_questions = [_colour_question(q) for q in questions]
+    tokenizer = _family_tokenizer(questions + open_questions + colour_questions, family)
+    if family != "llava_onevision":
         recipe = _qwen_recipe(tokenizer, questions, seed, hybrid=family == "qwen3_5")
     else:
         recipe = _llava_recipe(tokenizer, questions, seed)
-    model = recipe.model
     formats = {
-        "colour": ([recipe.prompt(q) for q in colour_questions],
-                   torch.tensor([tokenizer.convert_tokens_to_ids(q.meta["colour"]) for q in questions])),
-        "mcq": ([recipe.prompt(q) for q in questions],
-                torch.tensor([tokenizer.convert_tokens_to_ids(q.answer) for q in questions])),
-        "open": ([recipe.prompt(q) for q in open_questions],
-                 torch.tensor([tokenizer.convert_tokens_to_ids(q.meta["kind"]) for q in questions])),
+        "colour": _encoded(recipe, tokenizer, colour_questions, [q.meta["colour"] for q in questions]),
+        "mcq": _encoded(recipe, tokenizer, questions, [q.answer for q in questions]),
+        "open": _encoded(recipe, tokenizer, open_questions, [q.meta["kind"] for q in questions]),
     }
+    history = _fit(recipe, formats, questions, steps, batch, seed, prune_augment, open_share, lr, log, started)
+    _save(out, recipe.model, tokenizer, family)
+    summary = dict(family=family, videos=videos, questions=len(questions), steps=steps, batch=batch, seed=seed,
+                   prune_augment=prune_augment, open_share=open_share, lr=lr,
+                   seconds=round(time.time() - started, 1),
+                   final_train_accuracy={name: _mean(history[-200:], name, 2) for name in formats})
+    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _colour_question(question: Question) -> Question:
+    """The colour format: the asked object's kind given, its colour word the answer."""
+    return dataclasses.replace(question, question=f"What colour was the {question.meta['kind']} object? Answer with "
+                               "one word.", options=("x", "y"), answer="A")
+
+
+def _family_tokenizer(questions: list[Question], family: str) -> PreTrainedTokenizerFast:
+    """A tokenizer trained on every training prompt, as the family's chat template renders it, and its answer."""
+    from autotune.engine import render_prompt
+
+    template = CHAT_TEMPLATE if family == "llava_onevision" else QWEN_CHAT_TEMPLATE
+    corpus = [render_prompt(None, q, template=template) + " " + q.answer for q in questions]
+    return train_tokenizer(corpus, family)
+
+
+def _encoded(recipe: _Recipe, tokenizer, questions: list[Question],
+             words: list[str]) -> tuple[list[list[int]], torch.Tensor]:
+    """One format's prompt ids and target token ids."""
+    return [recipe.prompt(q) for q in questions], torch.tensor([tokenizer.convert_tokens_to_ids(w) for w in words])
+
+
+def _fit(recipe: _Recipe, formats: dict, questions: list[Question], steps: int, batch: int, seed: int,
+         prune_augment: float, open_share: float, lr: float, log, started: float) -> list[tuple[str, float, float]]:
+    """The training loop; returns (format, loss, accuracy) per step."""
+    model = recipe.model
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.02,
@@ -371,22 +420,7 @@ def train(out: Path, data_root: Path, videos: int = 600, steps: int = 16000, bat
         kind = "colour" if draw < 0.3 else "open" if draw < 0.3 + open_share * 0.7 else "mcq"
         encoded, targets = formats[kind]
         chosen = rng.sample(range(len(questions)), batch)
-        # Distractor curriculum (a tiny model from scratch does not find 4 object tokens among 256 otherwise):
-        # first only the asked object's tokens (learn to read a colour), then every object's tokens (learn to
-        # pick the asked kind), then a growing share of background, then whole videos; in that last stage some
-        # steps keep a random share of all tokens, like random pruning.
-        progress = step / steps
-        background = min(1.0, max(0.0, (progress - 0.45) / 0.3))
-        random_share = rng.uniform(0.05, 1.0) if progress >= 0.75 and rng.random() < prune_augment else None
-        rows = []
-        for i in chosen:
-            visual = torch.rand(recipe.n_visual, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
-            if random_share is not None:
-                keep = visual < random_share
-            else:
-                keep = visual < background
-                keep[object_tokens[i] if progress >= 0.05 else target_tokens[i]] = True
-            rows.append(keep)
+        rows = _kept_rows(rng, recipe.n_visual, chosen, step / steps, prune_augment, object_tokens, target_tokens)
         video = recipe.features(torch.stack([recipe.tower[questions[i].video_id] for i in chosen]))
         logits = recipe.forward_kept([encoded[i] for i in chosen], video, rows)
         loss = torch.nn.functional.cross_entropy(logits, targets[chosen])
@@ -402,21 +436,41 @@ def train(out: Path, data_root: Path, videos: int = 600, steps: int = 16000, bat
                 f"{name} loss {_mean(history[-100:], name, 1):.3f} acc {_mean(history[-100:], name, 2):.3f}"
                 for name in formats) + f" ({time.time() - started:.0f}s)")
     model.eval()
+    return history
+
+
+def _kept_rows(rng: random.Random, n_visual: int, chosen: list[int], progress: float, prune_augment: float,
+               object_tokens: list[torch.Tensor], target_tokens: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per chosen question, the [n_visual] visual tokens one step keeps."""
+    # Distractor curriculum (a tiny model from scratch does not find 4 object tokens among 256 otherwise):
+    # first only the asked object's tokens (learn to read a colour), then every object's tokens (learn to
+    # pick the asked kind), then a growing share of background, then whole videos; in that last stage some
+    # steps keep a random share of all tokens, like random pruning.
+    background = min(1.0, max(0.0, (progress - 0.45) / 0.3))
+    random_share = rng.uniform(0.05, 1.0) if progress >= 0.75 and rng.random() < prune_augment else None
+    rows = []
+    for i in chosen:
+        visual = torch.rand(n_visual, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
+        if random_share is not None:
+            keep = visual < random_share
+        else:
+            keep = visual < background
+            keep[object_tokens[i] if progress >= 0.05 else target_tokens[i]] = True
+        rows.append(keep)
+    return rows
+
+
+def _save(out: Path, model, tokenizer, family: str) -> None:
+    """Model, tokenizer and the video preprocessing the engine reads back, under `out`."""
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    if qwen:
-        preprocessing = QWEN3_5_PREPROCESS if family == "qwen3_5" else QWEN_PREPROCESS
-    else:
+    if family == "llava_onevision":
         preprocessing = dict(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5, 0.5, 0.5],
                              image_std=[0.5, 0.5, 0.5], resample=3, rescale_factor=1 / 255, num_frames=FRAMES)
+    else:
+        preprocessing = QWEN3_5_PREPROCESS if family == "qwen3_5" else QWEN_PREPROCESS
     (out / "video_preprocessor_config.json").write_text(json.dumps(preprocessing, indent=2) + "\n")
-    summary = dict(family=family, videos=videos, questions=len(questions), steps=steps, batch=batch, seed=seed,
-                   prune_augment=prune_augment, open_share=open_share, lr=lr,
-                   seconds=round(time.time() - started, 1),
-                   final_train_accuracy={name: _mean(history[-200:], name, 2) for name in formats})
-    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
 
 
 def _object_tokens(question: Question, tokens_per_frame: int, only_asked: bool = False,

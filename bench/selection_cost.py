@@ -1,10 +1,10 @@
 """Host cost of the token selection alone: operators dispatched and time per call, per method and batch size.
 
-On a GPU the eager selection is launch-bound (a few hundred microseconds of arithmetic spread over ~150 small
-kernels), so the number of operators it dispatches predicts its GPU time better than any CPU timing; this benchmark
-counts them on any device. Inputs are the 7B grid: 32 frames x 196 tokens, retention 0.2, random scores and frame
-features. On CUDA it also times the selection replayed from a CUDA graph (`adatp.graphs`) and checks that it keeps
-the same tokens. Prints a table and writes bench/results/selection_cost.json (selection_cost_cuda.json on CUDA).
+On a GPU the eager selection is launch-bound (little arithmetic spread over many small kernels), so the number of
+operators it dispatches predicts its GPU time better than any CPU timing; this benchmark counts them on any device.
+Inputs are the 7B grid: 32 frames x 196 tokens, retention 0.2, random scores and frame features. On CUDA it also
+times the selection replayed from a CUDA graph (`adatp.graphs`) and checks that it keeps the same tokens. Prints a
+table and writes bench/results/selection_cost.json (selection_cost_cuda.json on CUDA).
 """
 
 from __future__ import annotations

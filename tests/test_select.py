@@ -1,4 +1,5 @@
-"""Selection invariants (hypothesis) and a loop-by-loop reference of DESIGN §3 checked against the batched code."""
+"""Selection invariants (hypothesis), and a loop-by-loop reference of our reconstruction of AdaTP's selection
+(docs/method.md: segmentation, relevance, budgets, spatial cap) checked against the batched code."""
 
 import math
 from fractions import Fraction

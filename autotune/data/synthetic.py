@@ -79,16 +79,7 @@ def generate(
     questions.jsonl and open.jsonl bytes. If ``root/meta.json`` already records these arguments and this generator
     version, nothing is written. Otherwise the set is (re)written and meta.json comes last.
     """
-    if not isinstance(n_videos, int) or n_videos < 1:
-        raise ValueError(f"n_videos must be an int >= 1, got {n_videos!r}")
-    min_frames = len(KINDS) * min(EVENT_LENGTHS) + len(KINDS) - 1  # every event fits, one plain frame apart
-    if not isinstance(frames, int) or frames < min_frames:
-        raise ValueError(f"frames must be an int >= {min_frames}, got {frames!r}")
-    if not isinstance(size, int) or size < 32 or size % (2 * GRID):
-        raise ValueError(f"size must be an int >= 32 divisible by {2 * GRID}, got {size!r}")
-    if not isinstance(questions_per_video, int) or not 1 <= questions_per_video <= len(KINDS):
-        raise ValueError(f"questions_per_video must be an int in [1, {len(KINDS)}], got {questions_per_video!r}")
-
+    _check_arguments(n_videos, frames, size, questions_per_video)
     root = Path(root)
     params = {
         "n_videos": n_videos,
@@ -101,10 +92,41 @@ def generate(
     if _matching_meta(meta_path, params):
         return root
     meta_path.unlink(missing_ok=True)
-    video_dir = root / "videos"
-    video_dir.mkdir(parents=True, exist_ok=True)
-
     codec = _pick_codec()
+    rows = _write_videos(root / "videos", n_videos, seed, frames, size, questions_per_video, codec)
+    (root / "questions.json").unlink(missing_ok=True)  # v5's manifest
+    _write_jsonl(root / "questions.jsonl", rows)
+    _write_jsonl(root / "open.jsonl", [_open_row(row) for row in rows])
+    _write_text(meta_path, json.dumps(_meta(params, codec), indent=1) + "\n")
+    return root
+
+
+def _meta(params: dict[str, Any], codec: str) -> dict[str, Any]:
+    """meta.json: the generator version, its arguments and what the videos were made with."""
+    meta = {"generator": GENERATOR_VERSION, **params, "codec": codec, "fps": _FPS, "grid": GRID}
+    meta["kinds"] = list(KINDS)
+    meta["colours"] = {name: list(rgb) for name, rgb in COLOURS.items()}
+    return meta
+
+
+def _check_arguments(n_videos: int, frames: int, size: int, questions_per_video: int) -> None:
+    """ValueError naming the first argument out of range."""
+    if not isinstance(n_videos, int) or n_videos < 1:
+        raise ValueError(f"n_videos must be an int >= 1, got {n_videos!r}")
+    min_frames = len(KINDS) * min(EVENT_LENGTHS) + len(KINDS) - 1  # every event fits, one plain frame apart
+    if not isinstance(frames, int) or frames < min_frames:
+        raise ValueError(f"frames must be an int >= {min_frames}, got {frames!r}")
+    if not isinstance(size, int) or size < 32 or size % (2 * GRID):
+        raise ValueError(f"size must be an int >= 32 divisible by {2 * GRID}, got {size!r}")
+    if not isinstance(questions_per_video, int) or not 1 <= questions_per_video <= len(KINDS):
+        raise ValueError(f"questions_per_video must be an int in [1, {len(KINDS)}], got {questions_per_video!r}")
+
+
+def _write_videos(
+    video_dir: Path, n_videos: int, seed: int, frames: int, size: int, questions_per_video: int, codec: str
+) -> list[dict[str, Any]]:
+    """Write the mp4 files (removing other sets' leftovers) and return their question rows, in video order."""
+    video_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     video_ids = []
     for index in range(n_videos):
@@ -120,15 +142,7 @@ def generate(
     for stale in video_dir.glob("syn*.mp4"):
         if stale.stem not in current:
             stale.unlink()
-
-    (root / "questions.json").unlink(missing_ok=True)  # v5's manifest
-    _write_jsonl(root / "questions.jsonl", rows)
-    _write_jsonl(root / "open.jsonl", [_open_row(row) for row in rows])
-    meta = {"generator": GENERATOR_VERSION, **params, "codec": codec, "fps": _FPS, "grid": GRID}
-    meta["kinds"] = list(KINDS)
-    meta["colours"] = {name: list(rgb) for name, rgb in COLOURS.items()}
-    _write_text(meta_path, json.dumps(meta, indent=1) + "\n")
-    return root
+    return rows
 
 
 def _matching_meta(meta_path: Path, params: dict[str, Any]) -> bool:
@@ -260,7 +274,7 @@ def _encode_mp4(path: Path, video: np.ndarray, codec: str) -> None:
 
     with av.open(str(path), "w", format="mp4") as container:
         if codec == "libx264":
-            # Lossless (qp 0): x264's lossy output differed between runs for ~3 of 120 videos (same pixels in), which
+            # Lossless (qp 0): x264's lossy output differed between runs for a few videos (same pixels in), which
             # flipped near-tie answers of the demo; a lossless stream decodes to the same frames whatever it holds.
             stream = container.add_stream(codec, rate=_FPS, options={"qp": "0", "preset": "veryfast", "threads": "1"})
         else:  # MPEG-4 part 2 fallback: a high bit rate, else colours ghost into the plain frames
