@@ -10,7 +10,7 @@ plus the question's, the selection runs as in a full pruned prefill, the kept pr
 cached layer-K input, and layers >= K run on kept prefix + question. Positions are the ones the full call would
 have: the prefix's own, and for the suffix the next ones (`suffix_position_ids`).
 
-Same predictions as the full pruned prefill, logits equal within dtype tolerance (tests/test_prefix.py). Limits:
+Same predictions as the full pruned prefill, logits equal within dtype tolerance (tests/adatp/test_prefix.py). Limits:
 one prefix per call (every row continues the same prefix: batch the questions of one video), `positions:
 original`, scores from `attention` (or none: uniform / random), relevance `llm`; logits only (no cache returned).
 """

@@ -13,7 +13,7 @@
   need their own masks, which a mask prepared for the whole sequence cannot give).
 
 Everything else passes through to the stock forward unchanged: calls without video features, calls continuing an
-unpruned cache, rows without a video (they keep all their tokens). The contract of a pruned call is in the README.
+unpruned cache, rows without a video (they keep all their tokens). The contract of a pruned call is in docs/method.md.
 Tokens an adapter marks as never pruned (LLaVA-OV's `image_newline`, Qwen's vision start/end and timestamp text)
 count as text.
 """
@@ -74,8 +74,8 @@ def enable(model, config: AdaTPConfig, tokenizer=None, profile: bool = False,
     tokenizer: the model's tokenizer, needed only for `relevance: siglip` (to recover the question text).
     profile: accumulate the time spent scoring and selecting in `state.selection_seconds`.
     cuda_graphs: on a CUDA device, replay the selection from a CUDA graph (`adatp.graphs`; the same indices, checked
-        on an H100 by tests/test_graphs.py and bench/prefill_speed.py). On by default: it saves host time per pruned
-        prefill at small batches (measured in docs/performance.md). Never used on CPU, inside `torch.compile` or
+        on an H100 by tests/adatp/test_graphs.py and bench/prefill_speed.py). On by default: it saves host time per
+        pruned prefill at small batches (measured in docs/performance.md). Never used on CPU, inside `torch.compile` or
         inside a capture.
     """
     if not isinstance(config, AdaTPConfig):

@@ -45,7 +45,7 @@ from autotune.data.protocol import (
 )
 from autotune.data.scoring import OPEN_METRICS, score_answer
 
-# Bounds of the prefix cache (a 7B prefix at 32 frames and K = 2 is ~71 MB in bfloat16: README, Trial cost).
+# Bounds of the prefix cache (what one 7B prefix weighs: docs/performance.md, Trial cost).
 PREFIX_MEMORY = 4 << 30
 PREFIX_DISK = 40 << 30
 
@@ -155,7 +155,8 @@ class Engine:
     model: local directory or hub id (hub ids need a populated HF cache; nothing downloads offline).
     cache_dir: where vision features and vanilla answers persist (None: memory only).
     cuda_graphs: on CUDA, replay AdaTP's token selection from CUDA graphs (`adatp.enable(..., cuda_graphs=True)`).
-        Off by default here (unlike `adatp.enable`): in batched trials it saved nothing measurable on an H100.
+        Off by default here (unlike `adatp.enable`): in batched trials it saved nothing measurable
+        (docs/performance.md).
     frame_size: Qwen-VL only: [height, width] every frame is resized to first (see `ModelSpec.frame_size`).
     prefix_cache: run configs that allow it (`adatp.prefix.supports`) from a per-video prefix cache: layers < K
         over system prompt + video once per (video, prefix tokens, K), kept in memory (4 GiB LRU) and on disk

@@ -83,8 +83,9 @@ class ModelSpec:
     attn_implementation: sdpa | eager | flash_attention_2.
     trust_remote_code: passed to `from_pretrained`; off unless the spec asks.
     cuda_graphs: on CUDA, replay AdaTP's token selection from CUDA graphs (`adatp.enable(..., cuda_graphs=True)`):
-        the same tokens with one launch instead of ~150 (checked on an H100). Off by default: in batched trials
-        it saved nothing measurable (bench/results/trial_cost_*.json), and each trial config costs one capture.
+        the same tokens from one graph launch instead of many small kernels. Off by default: in batched trials it
+        saved nothing measurable (docs/performance.md, bench/results/trial_cost_*.json), and each trial config
+        costs one capture.
     frame_size: [height, width] in pixels every frame is resized to before a Qwen-VL processor's own resizing,
         so all videos of a study share one grid (one visual token count, one retention per budget). None: the
         engine's default for the family (Qwen: 360 x 640, a 16:9 frame). LLaVA-OneVision resizes to its vision

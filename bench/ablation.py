@@ -11,7 +11,7 @@ Every arm is evaluated once on the held-out test split; accuracy with a 95% boot
 (with its 95% paired-bootstrap CI) of tuned AdaTP against each other arm on the same test questions.
 
 The two tuned arms run through the service itself (`autotune study` + `autotune export` logic, in-process) into a
-temporary workdir. Prints a table and writes bench/results/ablation.json (about 2 minutes on 2 CPU cores).
+temporary workdir. Prints a table and writes bench/results/ablation.json.
 `--spec` runs the same comparison on another study spec (a real dataset and model: GPU hours); `--tuned adatp` drops
 the random-relevance arm (the quality table of a demo: tuned vs default vs FastV vs uniform).
 """

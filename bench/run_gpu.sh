@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark of the project in one go (about 11 minutes on an H100, measured 2026-11-27):
-#   tests/test_graphs.py, selection_cost, prefill_speed (LLaVA-OV 7b and 0.5b; Qwen2.5-VL-7B's LM at 16 x 256 video
+#   tests/adatp/test_graphs.py, selection_cost, prefill_speed (LLaVA-OV 7b and 0.5b; Qwen2.5-VL-7B's LM at 16 x 256 video
 #   tokens), prefill_profile (7b at budget 0.2), trial_cost (7b and qwen2.5-vl-7b with the prefix cache compared at
 #   budgets 0.2 / 0.3 / 0.5; 0.5b without).
 # Measured on an H100 (wall time of each call, wheel install included): test_graphs + selection_cost 61 s;
@@ -52,7 +52,7 @@ step() {  # step NAME TIMEOUT COMMAND...: run, keep the log, print its tail, rem
     timeout "$limit" "$@" >"$logs/$name.log" 2>&1 || { echo "!! $name failed ($?)"; status=1; }
     tail -n 30 "$logs/$name.log"
 }
-step test_graphs 180 "$python" -m pytest -q -p no:cacheprovider tests/test_graphs.py
+step test_graphs 180 "$python" -m pytest -q -p no:cacheprovider tests/adatp/test_graphs.py
 step selection_cost 120 "$python" bench/selection_cost.py --out "$results/selection_cost_cuda.json"
 step prefill_speed_7b 300 "$python" bench/prefill_speed.py --shape 7b --out "$results/prefill_speed_7b.json"
 step prefill_speed_0.5b 180 "$python" bench/prefill_speed.py --shape 0.5b --out "$results/prefill_speed_0.5b.json"
@@ -74,7 +74,7 @@ step trial_cost_0.5b 90 "$python" bench/trial_cost.py --shape 0.5b --repeats 3 -
     --out "$results/trial_cost_0.5b.json"
 step trial_cost_qwen2.5-vl-7b 250 "$python" bench/trial_cost.py --shape qwen2.5-vl-7b --repeats 3 --data "$data" \
     --out "$results/trial_cost_qwen2.5-vl-7b.json"
-echo "== tables (bench/tables.py: paste into the README; tests/test_readme_numbers.py checks they are there)"
+echo "== tables (bench/tables.py: paste into docs/performance.md; tests/autotune/test_readme_numbers.py checks they are there)"
 "$python" bench/tables.py --results "$results"
 if [[ -n ${OUT:-} ]]; then  # a lent machine sends back few files: the logs travel as one archive
     tar -czf "$results/logs.tgz" -C "$results" logs && rm -r "$logs"

@@ -1,7 +1,7 @@
-"""The README's benchmark tables, rendered from bench/results/*.json (the README quotes them; a test checks it does).
+"""The benchmark tables of the README and docs/, rendered from bench/results/*.json (they quote them; a test checks it).
 
 `python bench/tables.py` prints every table whose results file exists; `--results DIR` reads another folder (e.g.
-the files a GPU run wrote under $OUT), so new numbers go into the README by pasting, never by retyping.
+the files a GPU run wrote under $OUT), so new numbers go into docs/ by pasting, never by retyping.
 """
 
 from __future__ import annotations
@@ -148,8 +148,8 @@ def oq3(data: dict) -> str:
 
 
 ABLATION_NAMES = {"adatp": "AdaTP, tuned", "adatp_random_segments": "AdaTP, random segment relevance, tuned",
-                  "uniform": "uniform", "random": "random", "fastv": "FastV (norm scores)", "default": "AdaTP, default thresholds",
-                  "vanilla": "vanilla (no pruning)"}
+                  "uniform": "uniform", "random": "random", "fastv": "FastV (norm scores)",
+                  "default": "AdaTP, default thresholds", "vanilla": "vanilla (no pruning)"}
 
 
 def ablation(data: dict) -> str:

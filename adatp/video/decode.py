@@ -45,7 +45,7 @@ def decode_frames(path: str | os.PathLike, num_frames: int, *, timeout_s: float 
     """Decode ``num_frames`` uniformly sampled frames (:func:`frame_indices`) as RGB ``uint8 [F, H, W, 3]``.
 
     decord (``VideoReader(path, ctx=cpu(0), num_threads=1)`` and ``get_batch``) does the decoding, as in lmms-eval.
-    The container is first opened with PyAV (header only, ~1 ms): files that are not videos, have no video stream or
+    The container is first opened with PyAV (header only): files that are not videos, have no video stream or
     no frames fail there with a clean message instead of decord's console output.
 
     Every failure raises :class:`VideoError` with a one-line reason naming the file. decord is native code and is known

@@ -73,14 +73,11 @@ def preprocess_frames(
     on CPU unless called with ``device=``: keep ``frames`` on CPU here to match its default (decode_frames returns
     CPU tensors), and move the float32 result to the GPU afterwards.
 
-    What we checked without torchvision (torchvision has no CPU build here; tests/test_video.py, torch 2.13 CPU,
-    AVX512): the CPU uint8 resize is within 1 uint8 level of PIL's ``Image.resize(BICUBIC)``, with 0.01-0.4% of
-    values differing, on random and smooth frames for 2x up, 2x down, 480x640->384 and 1080x1920->384. PIL is
-    also what LLaVA-NeXT's own SigLIP image processor (lmms-eval's llava_onevision path) resizes with, so we are
-    within 1 level (2/255 after normalising) of that pipeline too. The non-CPU float path is looser, as it is in
-    torchvision: up to 19 levels from PIL on random 2x upsampling, 4 on smooth 360x640->384, 1 on smooth
-    1080x1920->384 (it clamps once, after both passes). A constant frame of value c maps to
-    ``(c / 255 - mean) / std`` within 1e-6. Bit-equality with torchvision itself is left to a session that has it.
+    What we check without torchvision (it has no CPU build here; tests/adatp/test_video.py): the CPU uint8 resize
+    stays within 1 uint8 level of PIL's ``Image.resize(BICUBIC)``, which is also what LLaVA-NeXT's own SigLIP image
+    processor (lmms-eval's llava_onevision path) resizes with. The non-CPU float path is looser, as it is in
+    torchvision (it clamps once, after both passes). Bit-equality with torchvision itself is left to a session
+    that has it.
     """
     pixels = torch.as_tensor(frames)
     if pixels.dtype != torch.uint8 or pixels.ndim != 4:

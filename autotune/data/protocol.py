@@ -14,8 +14,8 @@ generate`), whose letter comes from one of two extractions (`protocol` in a spec
     and MLVU (a ranking of formats: a leading or trailing lone letter, a letter after an answer phrase, "(X)", "X.",
     "X:", "X)", "X ", the last occurrence winning; else any occurrence of a choice letter), and LongVideoBench's
     first capital A-E after dropping its answer prefixes, else a random letter (`lmms_eval_answer`; the draw is
-    seeded per question, and the engine records which questions it drew for). tests/fixtures holds 55-75 outputs
-    per dataset with the letters lmms-eval 0.7.3's own functions read from them.
+    seeded per question, and the engine records which questions it drew for). tests/autotune/fixtures holds 55-75
+    outputs per dataset with the letters lmms-eval 0.7.3's own functions read from them.
   - `strict` (`extract_answer`): strips answer phrases, then takes a lone letter, then the first stand-alone valid
     letter that is not the article "A" ("A man ..."), never a letter inside a word or beyond the options, and
     returns None (counted wrong) where lmms-eval would guess. It reads "Dog" or "ABCD" as no answer where

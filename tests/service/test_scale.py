@@ -27,6 +27,8 @@ from autotune.cli import app, stop_process_group
 from autotune.spec import load_spec
 from autotune.study import Workspace, counts_toward_plan, create_studies, load_studies, run_studies
 
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
 PG = os.environ.get("AUTOTUNE_PG_URL", "postgresql://postgres@127.0.0.1:5432")
 SECRET = "pw-s3cret-Zq81"
 

@@ -14,7 +14,9 @@ from autotune.engine import Engine
 from autotune.spec import load_spec
 from autotune.tinymodel import QWEN_DIR
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
 FRAME_SIZE = (32, 32)
 
 

@@ -123,6 +123,7 @@ def test_non_utf8_text_is_one_line_naming_the_byte(tmp_path, suffix):
                          "UTF-8")
 
 
+@pytest.mark.slow
 def test_a_200_mb_manifest_is_read_in_bounded_time(tmp_path):
     """200 MB of JSONL (long questions over 50 videos): read, counted and previewed, in a subprocess with a timeout."""
     filler = "x" * 2000

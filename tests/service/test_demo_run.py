@@ -3,7 +3,7 @@ real headless browser (Debian's chromium driven by playwright) the MLflow UI ser
 Pareto HTML. Screenshots go to $AUTOTUNE_TEST_ARTIFACTS (default: test-artifacts/ at the repository root).
 
 The demo runs once for the module, into a temporary workdir (the same Makefile target and spec; only the workdir,
-presets dir and data root are overridden): about 1.5 minutes on 2 cores. The browser tests need chromium; `.ci/run`
+presets dir and data root are overridden). The browser tests need chromium; `.ci/run`
 installs it and sets AUTOTUNE_REQUIRE_BROWSER=1, so in CI they fail rather than skip when it is missing.
 """
 
@@ -21,7 +21,9 @@ from servers import free_port, wait_until_healthy
 import adatp
 from autotune.spec import load_spec
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("AUTOTUNE_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 BUDGETS = (0.25, 0.35, 0.5)
 
@@ -151,6 +153,7 @@ def ui(demo):
         process.kill()
 
 
+@pytest.mark.browser
 def test_the_parent_run_page_shows_the_selected_thresholds(demo, ui, browser):
     _, spec, _ = demo
     _, parents, _ = _parent_runs(spec)
@@ -179,6 +182,7 @@ def test_the_parent_run_page_shows_the_selected_thresholds(demo, ui, browser):
         page.close()
 
 
+@pytest.mark.browser
 def test_the_summary_html_shows_the_held_out_column(demo, browser):
     _, spec, _ = demo
     client, parents, summary = _parent_runs(spec)

@@ -284,7 +284,8 @@ def _question(dataset: str, n_options: int = 4, qid: str = "q") -> Question:
 
 @pytest.mark.parametrize("dataset", ["videomme", "mlvu"])
 def test_lmms_eval_extraction_matches_lmms_eval_on_its_corpus(dataset):
-    """Expected letters come from lmms-eval 0.7.3's own `extract_mcq_answer` (tests/fixtures, its source noted)."""
+    """Expected letters come from lmms-eval 0.7.3's own `extract_mcq_answer` (tests/autotune/fixtures, its source
+    noted)."""
     rows = _CORPUS[dataset]
     assert len(rows) >= 40
     for text, expected in rows:

@@ -35,6 +35,8 @@ from autotune.study import (
     rung_sizes,
 )
 
+pytestmark = pytest.mark.slow
+
 N_TRIALS = 5
 
 

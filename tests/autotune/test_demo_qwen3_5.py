@@ -8,6 +8,8 @@ from autotune.data import synthetic
 from autotune.engine import Engine
 from autotune.tinymodel import QWEN3_5_DIR
 
+pytestmark = pytest.mark.slow
+
 # bench/results/oq3_tiny-qwen3.5-synthetic.json, 300 held-out questions: vanilla 1.000; AdaTP 1.000 at budget 0.6
 # (K = 0), 0.8 (K = 4) and 0.96 (K = 8). Here 80 of them, with room for a few misses.
 VANILLA_AT_LEAST = 0.9
@@ -54,7 +56,7 @@ def test_demo_qwen3_5_spec_tunes_in_the_lm_and_exports(tmp_path, monkeypatch):
     from autotune.cli import app
     from autotune.spec import load_spec
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     monkeypatch.chdir(repo)  # the spec's model path is relative to the repository root
     overrides = ["n_trials=3", "budgets=[0.8]", "dataset.synthetic={n_videos: 12, seed: 30000}",
                  f"dataset.path={tmp_path / 'data'}", f"workdir={tmp_path / 'work'}",

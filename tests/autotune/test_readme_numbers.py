@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import tables  # noqa: E402
@@ -92,7 +92,8 @@ def test_the_hybrid_budget_table_is_what_adatp_flops_computes():
 
 
 def held_out_rows(pattern: str) -> list[str]:
-    """A demo's held-out table, one row per shipped preset (budget, trial, FLOPs, tune, test, vanilla, default, paired)."""
+    """A demo's held-out table, one row per shipped preset: budget, trial, FLOPs, tune, test, vanilla, default, and
+    tuned minus default."""
     import adatp
 
     rows = []

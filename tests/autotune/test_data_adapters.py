@@ -1,7 +1,7 @@
 """The benchmark presets of the table adapter read local copies laid out as the published HF dataset repos; fixtures
 here rebuild those layouts in miniature (real parquet/json annotations, empty placeholder files as videos: the adapter
 only checks that a video exists). The same presets read the copies from a local Hugging Face hub cache, and give what
-the old per-benchmark readers gave (tests/fixtures/benchmark_golden.json)."""
+the old per-benchmark readers gave (tests/autotune/fixtures/benchmark_golden.json)."""
 
 import collections
 import hashlib
@@ -20,7 +20,7 @@ from autotune.data import DATASETS, build_prompt, load_dataset
 from autotune.data.benchmarks import MLVU_TASK_TYPES, mlvu_dev_score, preset_table
 from autotune.data.table import TableError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def touch(path: Path) -> Path:

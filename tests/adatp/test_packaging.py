@@ -9,7 +9,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SERVICE = ("optuna", "mlflow", "typer", "rich", "psycopg2", "psycopg", "decord", "av", "sqlalchemy", "datasets")
 
 
@@ -22,7 +22,7 @@ def test_core_dependencies_are_what_adatp_imports():
 
 
 def test_importing_adatp_loads_no_service_module():
-    code = ("import sys, adatp; from adatp import video, presets, relevance; "
+    code = ("import sys, adatp; adatp.enable, adatp.load_preset; from adatp import video, presets, relevance; "
             f"print(','.join(sorted(m for m in {SERVICE!r} if m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == ""

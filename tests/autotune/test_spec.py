@@ -17,7 +17,7 @@ from autotune.spec import (
     spec_from_dict,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STUDIES = REPO / "studies"
 # (spec file, dataset, data-root env var, model env var, frames)
 REAL_SPECS = [

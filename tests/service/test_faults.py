@@ -28,6 +28,8 @@ from autotune.cli import app
 from autotune.spec import load_spec
 from autotune.study import ATTR, Workspace, counts_toward_plan, create_studies, load_studies
 
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
 DATA_24 = {"name": "synthetic", "root": str(REPO / ".autotune" / "test-scale-data-24"), "frames": 16,
            "synthetic": {"n_videos": 24, "seed": 30000}}
 

@@ -18,7 +18,7 @@ import pytest
 import adatp
 from adatp import safe_yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LIMIT = 3 << 30
 
 

@@ -163,7 +163,8 @@ def test_pruned_forward_on_the_real_frame_grid():
 
 
 def test_spec_names_the_port_and_64_frames():
-    """The spec loads (tests/test_spec.py::REAL_SPECS checks it with env roots); its raw model default is the port."""
-    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / SPEC).read_text())
+    """The spec loads (tests/autotune/test_spec.py::REAL_SPECS checks it with env roots); its raw model default is the
+    port."""
+    raw = yaml.safe_load((Path(__file__).resolve().parents[2] / SPEC).read_text())
     assert raw["model"]["path"] == "${LLAVA_VIDEO_7B:-llava-hf/LLaVA-Video-7B-Qwen2-hf}"
     assert raw["dataset"]["frames"] == FRAMES

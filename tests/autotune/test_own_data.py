@@ -21,6 +21,8 @@ from autotune.data import synthetic
 from autotune.spec import load_spec
 from autotune.study import load_studies
 
+pytestmark = pytest.mark.slow
+
 N_VIDEOS = 6
 
 

@@ -1,6 +1,6 @@
 """CUDA-graph replay of the selection (adatp.graphs): the same indices and logits as the eager selection.
 
-Needs a CUDA device (run on a GPU machine: `pytest tests/test_graphs.py`); on CPU the graphs are never used, which
+Needs a CUDA device (run on a GPU machine: `pytest tests/adatp/test_graphs.py`); on CPU the graphs are never used, which
 the last test checks.
 """
 
