@@ -46,6 +46,7 @@ import yaml
 
 from adatp import safe_yaml, validation
 from adatp.config import AdaTPConfig, ConfigError
+from adatp.validation import brief
 
 FORMAT = "adatp-preset/v1"
 _FORMAT_VERSION = 1
@@ -217,7 +218,7 @@ def select_preset(directory: str | os.PathLike[str], dataset: str, budget: float
     )
     unreadable = f"; skipped {len(skipped)} unreadable: {', '.join(skipped)}" if skipped else ""
     raise ConfigError(
-        f"select_preset: no preset in {folder} for dataset {dataset!r} within flops budget {budget:g} "
+        f"select_preset: no preset in {folder} for dataset {brief(dataset)} within flops budget {budget:g} "
         f"({found}{unreadable})"
     )
 
@@ -262,7 +263,7 @@ def _check_format(where: str, data: dict[Any, Any]) -> None:
     if match is not None and int(match[1]) > _FORMAT_VERSION:
         raise ConfigError(f"{where}: {value} is newer than this adatp understands ({FORMAT}); upgrade adatp")
     if match is None or int(match[1]) != _FORMAT_VERSION:
-        raise ConfigError(f"{where}: must be {FORMAT}, got {value!r}")
+        raise ConfigError(f"{where}: must be {FORMAT}, got {brief(value)}")
 
 
 def _target(where: str, data: Any) -> dict[str, Any]:
@@ -288,18 +289,18 @@ def _accuracy(where: str, data: Any) -> dict[str, Any] | None:
     if data.get("ci95") is not None:
         ci95 = data["ci95"]
         if not isinstance(ci95, list | tuple) or len(ci95) != 2:
-            raise ConfigError(f"{where}.ci95: must be a list [lo, hi], got {ci95!r}")
+            raise ConfigError(f"{where}.ci95: must be a list [lo, hi], got {brief(ci95)}")
         lo = validation.number(f"{where}.ci95[0]", ci95[0], 0.0, 1.0)
         hi = validation.number(f"{where}.ci95[1]", ci95[1], 0.0, 1.0)
         if lo > hi:
-            raise ConfigError(f"{where}.ci95: lo must be <= hi, got {list(ci95)!r}")
+            raise ConfigError(f"{where}.ci95: lo must be <= hi, got {brief(list(ci95))}")
         accuracy["ci95"] = [lo, hi]
     if data.get("macro") is not None:
         accuracy["macro"] = validation.number(f"{where}.macro", data["macro"], 0.0, 1.0)
     if data.get("macro_missing") is not None:
         missing = data["macro_missing"]
         if not isinstance(missing, list) or not all(isinstance(name, str) for name in missing):
-            raise ConfigError(f"{where}.macro_missing: must be a list of task type names, got {missing!r}")
+            raise ConfigError(f"{where}.macro_missing: must be a list of task type names, got {brief(missing)}")
         accuracy["macro_missing"] = list(missing)
     return accuracy
 
@@ -349,7 +350,7 @@ def _versions(where: str, data: Any) -> dict[str, str]:
         if not isinstance(name, str):
             raise ConfigError(f"{where}.{name}: key must be a string, got {type(name).__name__}")
         if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise ConfigError(f"{where}.{name}: must be a version string, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{where}.{name}: must be a version string, got {type(value).__name__} {brief(value)}")
         versions[name] = str(value)
     return versions
 
@@ -362,7 +363,8 @@ def _created(where: str, value: Any) -> str:
     try:
         datetime.datetime.fromisoformat(text)
     except ValueError:
-        raise ConfigError(f"{where}: must be an ISO 8601 time like 2025-06-01T12:00:00+00:00, got {value!r}") from None
+        raise ConfigError(f"{where}: must be an ISO 8601 time like 2025-06-01T12:00:00+00:00, "
+                          f"got {brief(value)}") from None
     return text
 
 

@@ -15,12 +15,14 @@ from typing import Any
 
 import yaml
 
+from adatp.validation import RefusalError
+
 MAX_BYTES = 1 << 20  # a spec or preset is a few kB
 MAX_DEPTH = 32
 MAX_DIGITS = 64
 
 
-class UnsafeYAML(ValueError):
+class UnsafeYAML(RefusalError):
     """The text is not YAML we accept; the message is one line saying why (and where)."""
 
 

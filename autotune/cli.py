@@ -24,6 +24,7 @@ from pathlib import Path
 
 import typer
 
+from adatp.validation import brief, one_line
 from autotune.versions import package_versions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -67,7 +68,7 @@ def guarded(command: Callable) -> Callable:
                 _exit_interrupted()
             if debug:
                 raise
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            first = one_line(str(error)) or type(error).__name__  # at most LINE_CHARS, long values cut
             if isinstance(error, _bad_input_types()):
                 typer.echo(f"error: {first}", err=True)
                 raise typer.Exit(2) from None
@@ -164,7 +165,7 @@ def study(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
     spec = _spec(spec_path, overrides)
     devices = [item.strip() for item in gpus.split(",") if item.strip()]
     if devices and not all(item.isdigit() for item in devices):
-        raise BadInput(f"--gpus: expected comma-separated device ids like 0,1,2, got {gpus!r}")
+        raise BadInput(f"--gpus: expected comma-separated device ids like 0,1,2, got {brief(gpus)}")
     from autotune.spec import mask_url
     from autotune.study import create_studies, run_studies  # optuna, MLflow, torch: only once the input is good
 
@@ -341,7 +342,8 @@ def data(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
     for line in report.lines():
         typer.echo(line)
     if report.blocking:
-        typer.echo(f"error: autotune study would refuse this table: {'; '.join(report.blocking)}", err=True)
+        typer.echo(f"error: {one_line('autotune study would refuse this table: ' + '; '.join(report.blocking))}",
+                   err=True)
         raise typer.Exit(2)
 
 

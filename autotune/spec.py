@@ -26,13 +26,16 @@ import yaml
 
 from adatp import safe_yaml, validation
 from adatp.config import THRESHOLD_RANGES, AdaTPConfig, ConfigError
+from adatp.validation import RefusalError, brief
 from autotune.data.benchmarks import BENCHMARKS
 from autotune.data.protocol import EXTRACTIONS
 from autotune.data.scoring import OPEN_METRICS
 from autotune.data.table import ANSWER_FORMATS, CANONICAL, MISSING_VIDEO, SOURCES, SUFFIX_SOURCES
 
+PATH_CHARS = 200  # a path in a message is shown whole up to this, so the user finds the file
 
-class SpecError(ValueError):
+
+class SpecError(RefusalError):
     """A bad study spec or override. The message is one line starting with the field's path; a long value quoted in
     it is cut in the middle, so the line stays readable (its start and its `(in file)` end are kept)."""
 
@@ -322,21 +325,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     keys = key.strip().split(".")
     if not sep or not key.strip() or any(not part for part in keys):
-        raise SpecError(f"override {text!r}: expected key=value")
+        raise SpecError(f"override {brief(text)}: expected key=value")
     try:
         value = safe_yaml.load(raw)
     except safe_yaml.UnsafeYAML as error:
-        raise SpecError(f"override {_brief(text)}: {error}") from None
+        raise SpecError(f"override {brief(text)}: {error}") from None
     except yaml.YAMLError as error:
         reason = str(error).splitlines()[0]
-        raise SpecError(f"override {_brief(text)}: cannot parse the value as YAML ({reason})") from None
+        raise SpecError(f"override {brief(text)}: cannot parse the value as YAML ({reason})") from None
     return keys, value
-
-
-def _brief(text: str, limit: int = 120) -> str:
-    """repr(text), cut in the middle when long: an error line stays one readable line."""
-    shown = repr(text)
-    return shown if len(shown) <= limit else f"{shown[: limit - 40]}...{shown[-30:]} ({len(text):,} characters)"
 
 
 def load_spec(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> StudySpec:
@@ -409,7 +406,7 @@ def _apply_override(raw: dict, text: str) -> None:
             child = node[key] = {}
         if not isinstance(child, dict):
             path = ".".join(keys[: depth + 1])
-            raise SpecError(f"override {text!r}: {path} is not a mapping (it holds {child!r})")
+            raise SpecError(f"override {brief(text)}: {path} is not a mapping (it holds {brief(child)})")
         node = child
     node[keys[-1]] = value
     if keys[:-1] == ["dataset"] and keys[-1] in ("path", "root"):  # the two names of one field: the override wins
@@ -500,7 +497,7 @@ def _build(raw: dict, source: str | None, check_paths: bool) -> StudySpec:
 
     name = _string("name", _required(raw, "name", ""))
     if not _SLUG.fullmatch(name):
-        raise SpecError(f"name: must match [a-z0-9][a-z0-9_.-]* (lowercase slug), got {name!r}")
+        raise SpecError(f"name: must match [a-z0-9][a-z0-9_.-]* (lowercase slug), got {brief(name)}")
 
     model = _model(raw, check_paths)
     dataset = _dataset(raw, check_paths)
@@ -575,10 +572,10 @@ def _model(raw: dict, check_paths: bool) -> ModelSpec:
     prefix_cache = section.get("prefix_cache", True)
     for key, value in (("trust_remote_code", trust), ("cuda_graphs", graphs), ("prefix_cache", prefix_cache)):
         if not isinstance(value, bool):
-            raise SpecError(f"model.{key}: must be true or false, got {value!r}")
+            raise SpecError(f"model.{key}: must be true or false, got {brief(value)}")
     device = section.get("device", "cpu")
     if not isinstance(device, str) or not _DEVICE.fullmatch(device):
-        raise SpecError(f"model.device: must be cpu, cuda, cuda:N or mps, got {device!r}")
+        raise SpecError(f"model.device: must be cpu, cuda, cuda:N or mps, got {brief(device)}")
     return ModelSpec(
         path=path,
         dtype=_choice("model.dtype", section.get("dtype", "float32"), DTYPES),
@@ -598,7 +595,7 @@ def _frame_size(value) -> tuple[int, int] | None:
         return None
     if (not isinstance(value, (list, tuple)) or len(value) != 2
             or not all(isinstance(side, int) and not isinstance(side, bool) and 28 <= side <= 4096 for side in value)):
-        raise SpecError(f"model.frame_size: must be [height, width], two integers in [28, 4096], got {value!r}")
+        raise SpecError(f"model.frame_size: must be [height, width], two integers in [28, 4096], got {brief(value)}")
     return value[0], value[1]
 
 
@@ -668,7 +665,7 @@ def _dataset_path(section: dict, source: str | None) -> str:
     value = _string(f"dataset.{key}", _required(section, key, "dataset"))
     if source == "hub":
         if not _HUB_ID.fullmatch(value):
-            raise SpecError(f"dataset.{key}: a hub dataset id is 'org/name', got {_brief(value)}")
+            raise SpecError(f"dataset.{key}: a hub dataset id is 'org/name', got {brief(value, PATH_CHARS)}")
         return value
     return _abspath(value)
 
@@ -682,7 +679,7 @@ def _dataset_name(section: dict, preset: str | None, root: str) -> str:
         name = re.sub(r"[^a-z0-9_.-]+", "-", stem.lower()).strip("-.") or "dataset"
     name = _string("dataset.name", name)
     if not _SLUG.fullmatch(name):
-        raise SpecError(f"dataset.name: must match [a-z0-9][a-z0-9_.-]* (lowercase slug), got {_brief(name)}")
+        raise SpecError(f"dataset.name: must match [a-z0-9][a-z0-9_.-]* (lowercase slug), got {brief(name)}")
     return name
 
 
@@ -695,7 +692,7 @@ def _source_from_path(root: str) -> str:
     if os.path.isdir(root):
         markers = ("dataset_info.json", "state.json", "dataset_dict.json")
         return "disk" if any(os.path.isfile(os.path.join(root, m)) for m in markers) else "videofolder"
-    raise SpecError(f"dataset.source: cannot tell the source of {_brief(root)} from its name; say source: "
+    raise SpecError(f"dataset.source: cannot tell the source of {brief(root, PATH_CHARS)} from its name; say source: "
                     f"{' | '.join(SOURCES)}")
 
 
@@ -717,7 +714,7 @@ def _columns(value: Any) -> dict:
         if canonical == "options" and isinstance(column, list):
             if not column or not all(isinstance(name, str) and name for name in column):
                 raise SpecError(f"{field}: a list of option columns must be non-empty column names, got "
-                                f"{_brief(repr(column))}")
+                                f"{brief(column)}")
             columns[canonical] = list(column)
         else:
             columns[canonical] = _string(field, column)
@@ -731,7 +728,7 @@ def _where(value: Any) -> dict:
     for column, wanted in where.items():
         allowed = wanted if isinstance(wanted, list) else [wanted]
         if not all(item is None or isinstance(item, (str, int, float, bool)) for item in allowed):
-            raise SpecError(f"dataset.where.{column}: must be a value or a list of values, got {_brief(repr(wanted))}")
+            raise SpecError(f"dataset.where.{column}: must be a value or a list of values, got {brief(wanted)}")
     return dict(where)
 
 
@@ -756,7 +753,7 @@ def _synthetic(value: Any, preset: str | None, path: Any) -> dict | None:
     own_file = isinstance(path, str) and os.path.basename(path) in ("questions.jsonl", "open.jsonl")
     if preset != "synthetic" and not own_file:
         raise SpecError(f"{where}: only for the synthetic preset or a table over its questions.jsonl / open.jsonl, "
-                        f"not {preset or _brief(str(path))}")
+                        f"not {preset or brief(str(path), PATH_CHARS)}")
     _known_keys(_mapping(where, value), where, ["n_videos", "seed", "questions_per_video"])
     from autotune.data.synthetic import KINDS  # numpy only; one question per pattern kind at most
 
@@ -772,7 +769,7 @@ def _synthetic(value: Any, preset: str | None, path: Any) -> dict | None:
 def _budgets(raw: dict) -> tuple[float, ...]:
     value = _required(raw, "budgets", "")
     if not isinstance(value, list) or not value:
-        raise SpecError(f"budgets: must be a non-empty list of FLOPs ratios in (0, 1], got {value!r}")
+        raise SpecError(f"budgets: must be a non-empty list of FLOPs ratios in (0, 1], got {brief(value)}")
     seen: dict[str, tuple[int, float]] = {}  # study-name label -> (index, budget)
     for index, item in enumerate(value):
         where = f"budgets[{index}]"
@@ -781,9 +778,9 @@ def _budgets(raw: dict) -> tuple[float, ...]:
         if label in seen:
             first, other = seen[label]
             if other == budget:
-                raise SpecError(f"{where}: duplicate of budgets[{first}] ({item!r})")
+                raise SpecError(f"{where}: duplicate of budgets[{first}] ({brief(item)})")
             # Study names carry the budget to 2 decimals; two budgets must not share a study.
-            raise SpecError(f"{where}: {item!r} and budgets[{first}] = {other!r} both round to {label}")
+            raise SpecError(f"{where}: {brief(item)} and budgets[{first}] = {brief(other)} both round to {label}")
         seen[label] = (index, budget)
     return tuple(sorted(float(item) for item in value))
 
@@ -793,7 +790,7 @@ def _base(raw: dict, budgets: tuple[float, ...], check_paths: bool) -> AdaTPConf
     if value is None:
         value = {}
     if not isinstance(value, dict):
-        raise SpecError(f"base: must be a mapping of AdaTP settings, got {type(value).__name__} {value!r}")
+        raise SpecError(f"base: must be a mapping of AdaTP settings, got {type(value).__name__} {brief(value)}")
     if "retention" in value:
         shown = ", ".join(f"{budget:g}" for budget in budgets)
         raise SpecError(f"base.retention: not allowed; retention comes from each budget (budgets: {shown})")
@@ -825,10 +822,10 @@ def _space(raw: dict, base: AdaTPConfig) -> dict[str, tuple[float, float]]:
         where = f"space.{key}"
         bounds = value[key]
         if not isinstance(bounds, list | tuple) or len(bounds) != 2:
-            raise SpecError(f"{where}: must be a [low, high] pair, got {bounds!r}")
+            raise SpecError(f"{where}: must be a [low, high] pair, got {brief(bounds)}")
         low, high = _number(f"{where}[0]", bounds[0]), _number(f"{where}[1]", bounds[1])
         if not low < high:
-            raise SpecError(f"{where}: low must be < high, got [{bounds[0]!r}, {bounds[1]!r}]")
+            raise SpecError(f"{where}: low must be < high, got [{brief(bounds[0])}, {brief(bounds[1])}]")
         limit_low, limit_high, open_low = THRESHOLD_RANGES[key]
         if (low <= limit_low if open_low else low < limit_low) or high > limit_high:
             valid = validation.interval(limit_low, limit_high, open_low)
@@ -847,12 +844,12 @@ def _warm_start(raw: dict, space: dict[str, tuple[float, float]]) -> tuple[dict[
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise SpecError(f"warm_start: must be a list of threshold mappings, got {type(value).__name__} {value!r}")
+        raise SpecError(f"warm_start: must be a list of threshold mappings, got {type(value).__name__} {brief(value)}")
     points = []
     for index, point in enumerate(value):
         where = f"warm_start[{index}]"
         if not isinstance(point, dict) or not point:
-            raise SpecError(f"{where}: must be a non-empty mapping of searched thresholds, got {point!r}")
+            raise SpecError(f"{where}: must be a non-empty mapping of searched thresholds, got {brief(point)}")
         checked = {}
         for key, item in point.items():
             if key not in space:
@@ -860,7 +857,7 @@ def _warm_start(raw: dict, space: dict[str, tuple[float, float]]) -> tuple[dict[
             number = _number(f"{where}.{key}", item)
             low, high = space[key]
             if not low <= number <= high:
-                raise SpecError(f"{where}.{key}: must be inside space.{key} = [{low:g}, {high:g}], got {item!r}")
+                raise SpecError(f"{where}.{key}: must be inside space.{key} = [{low:g}, {high:g}], got {brief(item)}")
             checked[key] = number
         points.append(checked)
     return tuple(points)
@@ -900,7 +897,7 @@ def _storage(value: Any) -> str:
     if not _SQL_URL.fullmatch(url):
         raise SpecError(
             f"storage: must be a SQLAlchemy URL (sqlite:///path.db, postgresql://user@host:5432/db or "
-            f"mysql://...) or an Optuna journal file (journal:///path.log), got {mask_url(url)!r}"
+            f"mysql://...) or an Optuna journal file (journal:///path.log), got {brief(mask_url(url))}"
         )
     if url.startswith("journal:///"):  # an Optuna journal file: 'journal:///rel/optuna.log' -> absolute
         return "journal:///" + _abspath(url[len("journal:///") :]).lstrip("/")
@@ -916,6 +913,6 @@ def _tracking_uri(value: Any) -> str:
     if "://" in uri or uri.startswith("file:"):
         raise SpecError(
             f"tracking_uri: must be sqlite:///path.db, postgresql://..., http(s)://..., file:///path or a local "
-            f"path, got {mask_url(uri)!r}"
+            f"path, got {brief(mask_url(uri))}"
         )
     return _abspath(uri)

@@ -16,6 +16,7 @@ import optuna
 
 import adatp
 from adatp.flops import min_flops_ratio
+from adatp.validation import RefusalError
 from autotune.data import Question, TableError, TableReport, read_table, split_by_video
 from autotune.data.scoring import default_open_metric, score_answer
 from autotune.spec import StudySpec, mask_url
@@ -28,7 +29,7 @@ INTERRUPTED = "interrupted"
 ATTR = "autotune"
 
 
-class StudyError(ValueError):
+class StudyError(RefusalError):
     """Bad input found once the model or data is open (e.g. a budget below what the model can reach)."""
 
 

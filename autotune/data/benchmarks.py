@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from adatp.validation import brief
 from autotune.data.table import TableError, TableReport, TableSpec, read_table
 
 _OPTION_COLUMNS = ["candidates", "option0", "option1", "option2", "option3", "option4"]
@@ -83,7 +84,7 @@ def preset_table(name: str, path: str, source: str | None = None, dataset_name: 
     `dataset_name` names the questions' dataset (default: the benchmark's name); the prompt style stays the
     benchmark's."""
     if name not in LAYOUTS:
-        raise TableError(f"dataset.preset: unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})")
+        raise TableError(f"dataset.preset: unknown benchmark {brief(name)} (known: {', '.join(BENCHMARKS)})")
     layouts = LAYOUTS[name]
     base = Path(path)
     if source == "hub":
@@ -108,9 +109,9 @@ def load_dataset(name: str, root: str | os.PathLike[str], limit: int | None = No
     Unknown name: ValueError listing the known ones. Missing root: FileNotFoundError naming it.
     """
     if name not in LAYOUTS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(LAYOUTS))}")
+        raise ValueError(f"unknown dataset {brief(name)}; known: {', '.join(sorted(LAYOUTS))}")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-        raise ValueError(f"limit must be None or an int >= 0, got {limit!r}")
+        raise ValueError(f"limit must be None or an int >= 0, got {brief(limit)}")
     if not Path(root).expanduser().is_dir():
         raise FileNotFoundError(f"dataset root for {name} not found: {Path(root).expanduser()}")
     table = preset_table(name, str(Path(root).expanduser().resolve()), missing_video="skip")

@@ -45,6 +45,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from adatp.validation import RefusalError, brief
 from autotune.data.protocol import MAX_OPTIONS, Question, SkipRow, letters
 
 SOURCES = ("json", "csv", "parquet", "disk", "hub", "videofolder")
@@ -64,7 +65,7 @@ _UTF8_CHUNK = 64 << 20  # bytes of a text file checked at a time
 _LETTERS = letters(MAX_OPTIONS)  # sliced per row: letters(n) == _LETTERS[:n]
 
 
-class TableError(ValueError):
+class TableError(RefusalError):
     """The table cannot be read as mapped (missing file, unknown column, a column of the wrong type, a split that is
     not there): one line, starting with the spec field it concerns."""
 
@@ -276,7 +277,7 @@ def _pick_split(table: TableSpec, loaded, where: str) -> Any:
     names = list(loaded)
     if table.split is not None:
         if table.split not in loaded:
-            raise TableError(f"dataset.split: no split {table.split!r} in {where} (splits: {', '.join(names)})")
+            raise TableError(f"dataset.split: no split {brief(table.split)} in {where} (splits: {', '.join(names)})")
         return loaded[table.split]
     if len(names) != 1:
         raise TableError(f"dataset.split: {where} has splits {', '.join(names)}; say which one")
@@ -497,7 +498,7 @@ def resolve_mapping(table: TableSpec, columns: set[str], notes: list[str] | None
             notes.append(f"dataset.columns.{canonical}: {', '.join(unknown)} not in the table (read as absent)")
             unknown = []
         if unknown:
-            raise TableError(f"dataset.columns.{canonical}: no column {unknown[0]!r} in the table "
+            raise TableError(f"dataset.columns.{canonical}: no column {brief(unknown[0])} in the table "
                              f"(columns: {_names(columns)})")
         mapping[canonical] = list(given) if isinstance(given, (list, tuple)) else given
     for canonical in ("video", "question"):
@@ -529,17 +530,17 @@ def check_types(mapping: Mapping[str, Any], types: Mapping[str, str]) -> None:
     for canonical, (accepted, what) in _TYPE_RULES.items():
         column = mapping.get(canonical)
         if isinstance(column, str) and types.get(column, "null") not in (*accepted, *_ANY_TYPE):
-            raise TableError(f"dataset.columns.{canonical}: column {column!r} is {types[column]}, must be {what}")
+            raise TableError(f"dataset.columns.{canonical}: column {brief(column)} is {types[column]}, must be {what}")
     options = mapping.get("options")
     if isinstance(options, str) and options in types:
         kind = types[options]
         if not (kind.startswith("list<") or kind == "struct" or kind in _ANY_TYPE):
-            raise TableError(f"dataset.columns.options: column {options!r} is {kind}, must be a list or a dict of "
+            raise TableError(f"dataset.columns.options: column {brief(options)} is {kind}, must be a list or a dict of "
                              "option texts (or give a list of columns: [option0, option1, ...])")
     answer = mapping.get("answer")
     if isinstance(answer, str) and types.get(answer, "string").startswith("list<"):
-        raise TableError(f"dataset.columns.answer: column {answer!r} is {types[answer]}, must be a letter, an index "
-                         "or a text")
+        raise TableError(f"dataset.columns.answer: column {brief(answer)} is {types[answer]}, must be a letter, an "
+                         "index or a text")
 
 
 def _fill(template: str, row: Mapping[str, Any]) -> str:
@@ -790,7 +791,7 @@ def check_where(where: Mapping[str, Any], columns: set[str]) -> None:
     """TableError for a `where` column the table does not have (it would keep no row, silently)."""
     for column in where:
         if column not in columns and column not in VIRTUAL:
-            raise TableError(f"dataset.where: no column {column!r} in the table (columns: {_names(columns)})")
+            raise TableError(f"dataset.where: no column {brief(column)} in the table (columns: {_names(columns)})")
 
 
 def _interleaved(rows: list[dict[str, Any]], column: str) -> list[dict[str, Any]]:

@@ -150,3 +150,69 @@ def test_select_preset_skips_hostile_presets(tmp_path):
     (tmp_path / "utf16.yaml").write_bytes(VALID_PRESET.encode("utf-16"))
     chosen = adatp.select_preset(tmp_path, dataset="synthetic", budget=1.0)
     assert chosen.target["dataset"] == "synthetic"
+
+
+LONG_LIST = ["ds"] * 200_000
+LONG_TEXT = "x" * 5_000_000
+REFUSAL_CHARS = 300  # adatp.validation.LINE_CHARS: an error is one line a person reads
+
+
+def _preset_with(**changes) -> dict:
+    import yaml
+
+    data = yaml.safe_load(VALID_PRESET)
+    for dotted, value in changes.items():
+        block, key = dotted.split(".")
+        data[block][key] = value
+    return data
+
+
+@pytest.mark.parametrize(("case", "words"), [
+    ("target.dataset", "(200,000 items)"), ("config.method", "(5,000,000 characters)"),
+    ("config.seed", "(200,000 items)"), ("provenance.created", "(5,000,000 characters)")])
+def test_a_preset_with_a_huge_value_is_refused_in_one_short_line(case, words):
+    value = LONG_LIST if words.endswith("items)") else LONG_TEXT
+    with pytest.raises(adatp.ConfigError) as error:
+        adatp.Preset.from_dict(_preset_with(**{case: value}))
+    message = str(error.value)
+    assert message.startswith(f"preset.{case}") and words in message and "\n" not in message
+    assert len(message) <= REFUSAL_CHARS, len(message)
+
+
+def test_a_preset_file_with_a_200000_item_list_is_refused_in_one_short_line(tmp_path):
+    import yaml
+
+    path = tmp_path / "preset.yaml"
+    data = _preset_with(**{"target.dataset": LONG_LIST})
+    path.write_text(yaml.safe_dump(data, default_flow_style=None, width=1 << 30))
+    assert 1 << 19 < path.stat().st_size < 1 << 20  # under the 1 MiB file limit: the value itself is refused
+    with pytest.raises(adatp.ConfigError) as error:
+        adatp.load_preset(path)
+    assert "target.dataset" in str(error.value) and "(200,000 items)" in str(error.value)
+    assert len(str(error.value)) <= REFUSAL_CHARS
+
+
+@pytest.mark.parametrize(("override", "words"), [
+    ("name=" + LONG_TEXT.upper(), "(5,000,000 characters)"),
+    ("dataset.name=" + LONG_TEXT.upper(), "(5,000,000 characters)"),
+    ("budgets=[" + ",".join(["2"] * 200_000) + "]", "budgets[0]"),
+    ("model.device=" + LONG_TEXT, "(5,000,000 characters)"), (LONG_TEXT + "=1", "(5,000,000 characters)"),
+    ("base.method=" + LONG_TEXT, "(5,000,000 characters)")])
+def test_an_override_with_a_huge_value_is_refused_in_one_short_line(override, words):
+    from autotune.spec import SpecError, load_spec
+
+    with pytest.raises((SpecError, adatp.ConfigError)) as error:
+        load_spec(REPO / "studies" / "demo.yaml", [override])
+    message = str(error.value)
+    assert words in message and "\n" not in message and len(message) <= REFUSAL_CHARS, message[:500]
+
+
+def test_the_cli_cuts_a_spec_with_a_200000_item_list_to_one_short_line(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(VALID_SPEC.replace("budgets: [0.25, 0.35, 0.5]", "budgets: [" + ", ".join(["0.3"] * 200_000) + "]")
+                    .replace("name: demo\n", "name: demo\ntags: [" + ", ".join(LONG_LIST[:50_000]) + "]\n", 1))
+    script = Path(sys.executable).parent / "autotune"
+    result = subprocess.run([str(script), "study", str(path)], capture_output=True, text=True, timeout=60, cwd=REPO)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines[:3]
+    assert len(lines[0]) <= REFUSAL_CHARS + len("error: "), len(lines[0])

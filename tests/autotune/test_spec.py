@@ -176,7 +176,7 @@ def _set(data, dotted, value):
         ("dataset.columns", {"clip": "file"},
          "dataset.columns.clip: unknown key (allowed: id, video, video_id, question, options, answer)"),
         ("dataset.columns", {"options": []},
-         "dataset.columns.options: a list of option columns must be non-empty column names, got '[]'"),
+         "dataset.columns.options: a list of option columns must be non-empty column names, got []"),
         ("dataset.columns", {"options": ["a", 3]},
          "dataset.columns.options: a list of option columns must be non-empty column names"),
         ("dataset.columns", {"question": 3}, "dataset.columns.question: must be"),
