@@ -463,7 +463,11 @@ def ui(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
     try:
         server = subprocess.Popen(command, env=environment, start_new_session=True)
         if _wait_until_serving(server, host, port):
-            typer.echo(f"MLflow UI for {spec.name} ({mask_url(uri)}): http://{host}:{port}  (Ctrl-C stops it)")
+            base = f"http://{host}:{port}"
+            typer.echo(f"MLflow UI for {spec.name} ({mask_url(uri)}): {base}  (Ctrl-C stops it)")
+            runs = _runs_table_url(base, spec.name)
+            if runs:
+                typer.echo(f"runs of {spec.name}: {runs}")
         raise typer.Exit(server.wait())
     except KeyboardInterrupt:
         if server is not None:
@@ -510,6 +514,28 @@ def _check_port_free(host: str, port: int) -> None:
         except OSError as error:
             raise BadInput(f"--port {port}: cannot listen on {host}:{port} ({error.strerror or error}); "
                            "pick another with --port") from None
+
+
+def _runs_table_url(base: str, experiment: str, timeout_s: float = 15.0) -> str | None:
+    """The experiment's runs table on the served UI, with MLflow 3.17's model-training switch on (it otherwise opens
+    on the GenAI overview, whatever the experiment's kind tag says); None when the server does not name it in time."""
+    import json
+    import time
+    import urllib.parse
+    import urllib.request
+
+    from autotune.links import runs_url
+
+    query = urllib.parse.urlencode({"experiment_name": experiment})
+    deadline = time.monotonic() + timeout_s
+    while True:  # the REST API can lag /health by a moment while the server opens its store
+        try:
+            with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?{query}", timeout=5) as reply:
+                return runs_url(base, json.load(reply)["experiment"]["experiment_id"])
+        except (OSError, ValueError, KeyError):
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.5)
 
 
 def _wait_until_serving(server: subprocess.Popen, host: str, port: int, timeout_s: float = 120.0) -> bool:

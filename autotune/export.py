@@ -69,82 +69,115 @@ def _require_studies(spec) -> dict:
 
 def export_presets(workspace: Workspace, progress: bool = False, echo=print) -> list[Exported]:
     """Evaluate each budget's best config on the test split and write its preset (see the module docstring)."""
-    spec = workspace.spec
-    studies = _require_studies(spec)
-    engine = workspace.engine
-    tracker = workspace.tracker
+    studies = _require_studies(workspace.spec)
+    # The model loads and the tracking store opens (or fails, in one line) before the first test evaluation.
+    _ = workspace.engine, workspace.tracker
     vanilla = workspace.vanilla(workspace.test)
-    exported = []
-    for budget, study in studies.items():
-        settings = study.user_attrs[ATTR]
-        trials = study.get_trials(deepcopy=False)
-        best = best_feasible(study)
-        if best is None:
-            states = ", ".join(f"{state}: {sum(t.state.name == state for t in trials)}"
-                               for state in ("COMPLETE", "PRUNED", "FAIL"))
-            exported.append(Exported(budget, study.study_name, message=(
-                f"b{budget:.2f}: no feasible COMPLETE trial among {len(trials)} ({states}); no preset written. "
-                f"Run more trials (n_trials=...) or check the budget.")))
-            continue
-        check_same_meaning(workspace, study)
-        retention = settings["retention"]
-        chosen = trial_config(study, best)  # exactly what the trial ran, from the storage
-        default_trial = next((t for t in trials if t.user_attrs.get("warm_start") == "default"), None)
-        default = (trial_config(study, default_trial) if default_trial is not None
-                   else chosen.replace(**default_params(spec)))
-        if progress:
-            echo(f"b{budget:.2f}: evaluating trial {best.number} and the default config on "
-                 f"{len(workspace.test)} test questions")
-        tuned = engine.evaluate(workspace.test, chosen, batch_size=spec.batch_size, progress=progress)
-        baseline = engine.evaluate(workspace.test, default, batch_size=spec.batch_size, progress=progress)
-        results, versus_default = held_out_results(workspace, tuned, baseline, vanilla)
-        tune_answered = len(workspace.tune) - best.user_attrs.get("skipped", 0)
-        kind = results["scoring"]["objective"]
-        if spec.objective == kind:  # the tune score measured what the test score measures
-            results[f"tune_{kind}"] = {"value": round(best.value, 4), "n": tune_answered}
-        else:
-            results["paired"]["tune_fidelity"] = round(best.value, 4)
-        preset = adatp.Preset(
-            config=chosen,
-            target={"model": model_label(spec.model.path), "dataset": spec.dataset.name, "frames": engine.frames,
-                    "flops_budget": budget},
-            results=results,
-            provenance={"study": study.study_name, "trial": best.number,
-                        "mlflow_run_id": study.user_attrs.get("mlflow_run_id"),
-                        "versions": {**package_versions(), "protocol": settings["protocol"]},
-                        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")},
-        )
-        path = adatp.save_preset(preset, preset_path(workspace, budget))
-        run_id = study.user_attrs["mlflow_run_id"]
-        tracker.artifact(run_id, path, artifact_path="preset")
-        selected = {**{f"selected.{name}": round(value, 4) for name, value in best.params.items()},
-                    "selected.retention": round(retention, 4), "selected.trial": best.number}
-        winner = tracker.mark_selected(study.study_name, best.number)
-        macro = (results.get("test_accuracy") or {}).get("macro")
-        kind, test, default_result, vanilla_result = held_out_view(results)
-        tracker.log(run_id, metrics={
-            **selected,
-            **({} if macro is None else {"test_macro_accuracy": macro}),
-            f"test_{kind}": test["value"],
-            f"test_{kind}_ci95_low": test["ci95"][0],
-            f"test_{kind}_ci95_high": test["ci95"][1],
-            **({} if vanilla_result is None else {"vanilla_test_accuracy": vanilla_result["value"],
-                                                  "test_minus_vanilla": results["paired"]["test_minus_vanilla"]}),
-            f"default_test_{kind}": default_result["value"],
-            "test_minus_default": versus_default["value"],
-            "test_flops_ratio": round(tuned.flops_ratio, 4),
-        }, tags={"preset": str(path), "selected.trial": best.number, "selected.run_id": winner or "",
-                 "mlflow.note.content": run_description(spec, budget, best, retention, results, path,
-                                                        tracker.experiment_id, winner)})
-        message = verdict(budget, versus_default)
-        if macro is not None:
-            missing = results["test_accuracy"]["macro_missing"]
-            message += (f"; MLVU as lmms-eval scores it (mean over its 7 task types): {macro:.3f}"
-                        + (f", with no test question of {', '.join(missing)} (counted as 0, as lmms-eval does)"
-                           if missing else ""))
-        exported.append(Exported(budget, study.study_name, path=path, preset=adatp.load_preset(path),
-                                 message=message))
-    return exported
+    return [_export_budget(workspace, budget, study, vanilla, progress, echo) for budget, study in studies.items()]
+
+
+def _export_budget(workspace: Workspace, budget: float, study, vanilla: dict[str, str | None], progress: bool,
+                   echo) -> Exported:
+    """One budget: its selected trial on the test split, the preset written and logged, or why there is none."""
+    trials = study.get_trials(deepcopy=False)
+    best = best_feasible(study)
+    if best is None:
+        return Exported(budget, study.study_name, message=_no_feasible_message(budget, trials))
+    check_same_meaning(workspace, study)
+    chosen, default = _chosen_and_default(workspace.spec, study, best, trials)
+    if progress:
+        echo(f"b{budget:.2f}: evaluating trial {best.number} and the default config on "
+             f"{len(workspace.test)} test questions")
+    tuned, results, versus_default = _test_split_results(workspace, best, chosen, default, vanilla, progress)
+    path = adatp.save_preset(_preset(workspace, study, best, budget, chosen, results), preset_path(workspace, budget))
+    _log_export(workspace, study, best, budget, results, versus_default, tuned, path)
+    return Exported(budget, study.study_name, path=path, preset=adatp.load_preset(path),
+                    message=_export_message(budget, results, versus_default))
+
+
+def _no_feasible_message(budget: float, trials) -> str:
+    states = ", ".join(f"{state}: {sum(t.state.name == state for t in trials)}"
+                       for state in ("COMPLETE", "PRUNED", "FAIL"))
+    return (f"b{budget:.2f}: no feasible COMPLETE trial among {len(trials)} ({states}); no preset written. "
+            f"Run more trials (n_trials=...) or check the budget.")
+
+
+def _chosen_and_default(spec, study, best, trials) -> tuple[adatp.AdaTPConfig, adatp.AdaTPConfig]:
+    """The selected trial's config and the default config's, exactly as their trials ran (from the storage)."""
+    chosen = trial_config(study, best)
+    default_trial = next((t for t in trials if t.user_attrs.get("warm_start") == "default"), None)
+    default = (trial_config(study, default_trial) if default_trial is not None
+               else chosen.replace(**default_params(spec)))
+    return chosen, default
+
+
+def _test_split_results(workspace: Workspace, best, chosen, default, vanilla, progress: bool):
+    """(the tuned run on the test split, the preset's `results`, tuned-vs-default), with the tune score beside."""
+    spec, engine = workspace.spec, workspace.engine
+    tuned = engine.evaluate(workspace.test, chosen, batch_size=spec.batch_size, progress=progress)
+    baseline = engine.evaluate(workspace.test, default, batch_size=spec.batch_size, progress=progress)
+    results, versus_default = held_out_results(workspace, tuned, baseline, vanilla)
+    tune_answered = len(workspace.tune) - best.user_attrs.get("skipped", 0)
+    kind = results["scoring"]["objective"]
+    if spec.objective == kind:  # the tune score measured what the test score measures
+        results[f"tune_{kind}"] = {"value": round(best.value, 4), "n": tune_answered}
+    else:
+        results["paired"]["tune_fidelity"] = round(best.value, 4)
+    return tuned, results, versus_default
+
+
+def _preset(workspace: Workspace, study, best, budget: float, chosen, results: dict) -> adatp.Preset:
+    spec = workspace.spec
+    return adatp.Preset(
+        config=chosen,
+        target={"model": model_label(spec.model.path), "dataset": spec.dataset.name, "frames": workspace.engine.frames,
+                "flops_budget": budget},
+        results=results,
+        provenance={"study": study.study_name, "trial": best.number,
+                    "mlflow_run_id": study.user_attrs.get("mlflow_run_id"),
+                    "versions": {**package_versions(), "protocol": study.user_attrs[ATTR]["protocol"]},
+                    "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")},
+    )
+
+
+def _log_export(workspace: Workspace, study, best, budget: float, results: dict, versus_default: dict, tuned,
+                path: Path) -> None:
+    """On the parent run: the preset artifact, the `selected.*` and test metrics, the description; the winner's
+    child run tagged `autotune.selected`."""
+    spec, tracker = workspace.spec, workspace.tracker
+    retention = study.user_attrs[ATTR]["retention"]
+    run_id = study.user_attrs["mlflow_run_id"]
+    tracker.artifact(run_id, path, artifact_path="preset")
+    selected = {**{f"selected.{name}": round(value, 4) for name, value in best.params.items()},
+                "selected.retention": round(retention, 4), "selected.trial": best.number}
+    winner = tracker.mark_selected(study.study_name, best.number)
+    macro = (results.get("test_accuracy") or {}).get("macro")
+    kind, test, default_result, vanilla_result = held_out_view(results)
+    tracker.log(run_id, metrics={
+        **selected,
+        **({} if macro is None else {"test_macro_accuracy": macro}),
+        f"test_{kind}": test["value"],
+        f"test_{kind}_ci95_low": test["ci95"][0],
+        f"test_{kind}_ci95_high": test["ci95"][1],
+        **({} if vanilla_result is None else {"vanilla_test_accuracy": vanilla_result["value"],
+                                              "test_minus_vanilla": results["paired"]["test_minus_vanilla"]}),
+        f"default_test_{kind}": default_result["value"],
+        "test_minus_default": versus_default["value"],
+        "test_flops_ratio": round(tuned.flops_ratio, 4),
+    }, tags={"preset": str(path), "selected.trial": best.number, "selected.run_id": winner or "",
+             "mlflow.note.content": run_description(spec, budget, best, retention, results, path,
+                                                    tracker.experiment_id, winner)})
+
+
+def _export_message(budget: float, results: dict, versus_default: dict) -> str:
+    message = verdict(budget, versus_default)
+    macro = (results.get("test_accuracy") or {}).get("macro")
+    if macro is not None:
+        missing = results["test_accuracy"]["macro_missing"]
+        message += (f"; MLVU as lmms-eval scores it (mean over its 7 task types): {macro:.3f}"
+                    + (f", with no test question of {', '.join(missing)} (counted as 0, as lmms-eval does)"
+                       if missing else ""))
+    return message
 
 
 def held_out_results(workspace: Workspace, tuned, baseline, vanilla: dict[str, str | None]) -> tuple[dict, dict]:
@@ -273,11 +306,13 @@ def held_out(spec, studies: dict) -> list[HeldOut]:
     return found
 
 
-def summary_description(spec, tested: list[HeldOut]) -> str:
-    """The summary run's Markdown description: one row per exported budget, or how to get there."""
+def summary_description(spec, tested: list[HeldOut], experiment_id: str | None = None) -> str:
+    """The summary run's Markdown description: one row per exported budget, or how to get there; with
+    `experiment_id`, links to the saved runs-table views that show the thresholds first."""
+    views = "" if experiment_id is None else _views_line(experiment_id)
     if not tested:
         return (f"No budget exported yet: `autotune export {spec.source or spec.name}` evaluates each budget's "
-                "selected thresholds on the held-out test split. The plots show the tune split.")
+                "selected thresholds on the held-out test split. The plots show the tune split." + views)
     names = list(spec.space)
     lines = [f"**{spec.name} on {spec.dataset.name}: the thresholds to use per FLOPs budget** (chosen on the tune "
              "split; accuracy on the held-out test split). Each budget's parent run has the details.", "",
@@ -287,7 +322,15 @@ def summary_description(spec, tested: list[HeldOut]) -> str:
         lines.append(f"| {item.budget:.2f} | " + " | ".join(f"{item.params[name]:.4f}" for name in names)
                      + f" | {item.accuracy:.3f} [{item.ci95[0]:.3f}, {item.ci95[1]:.3f}] | "
                      f"{_fmt3(item.default_accuracy)} | {_fmt3(item.vanilla_accuracy)} | `{item.preset}` |")
-    return "\n".join(lines)
+    return "\n".join(lines) + views
+
+
+def _views_line(experiment_id: str) -> str:
+    from autotune.links import runs_link
+
+    return ("\n\nRuns table with the thresholds as first columns: "
+            f"[selected thresholds per budget]({runs_link(experiment_id, 'autotune-selected')}), "
+            f"[all trials]({runs_link(experiment_id, 'autotune-trials')}).")
 
 
 def _fmt3(value: float | None) -> str:
@@ -331,13 +374,16 @@ def summarise_pareto(spec, directory: Path, log: bool = True) -> tuple[list[Poin
         writer.writerows(rows)
     if log:
         from autotune.study import open_tracker
+        from autotune.tracking import identity_tags
 
         tracker = open_tracker(spec)
-        run_id = tracker.summary_run(spec.name, tags={"autotune.spec": spec.name})
+        if spec.objective != "auto":  # the views name the objective's metrics; a store from before them gets them
+            tracker.publish_views(list(spec.space), spec.objective)
+        run_id = tracker.summary_run(spec.name, tags=identity_tags(spec.name, spec.dataset.name))
         metrics = {"hypervolume": round(volume, 4), "front_size": len(front), "points": len(points)}
         metrics.update({f"b{item.budget:.2f}.test_accuracy": item.accuracy for item in tested})
         tracker.log(run_id, metrics=metrics, params={"budgets": list(spec.budgets), "objective": spec.objective},
-                    tags={"mlflow.note.content": summary_description(spec, tested)})
+                    tags={"mlflow.note.content": summary_description(spec, tested, tracker.experiment_id)})
         for path in (png, page, table):
             tracker.artifact(run_id, path, artifact_path="pareto")
         tracker.finish(run_id)

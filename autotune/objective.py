@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -119,6 +120,29 @@ def failed_as_stale(study: optuna.Study, trial: optuna.Trial | None) -> bool:
     return frozen.state == optuna.trial.TrialState.FAIL and frozen.user_attrs.get("fail_reason") == STALE_REASON
 
 
+@dataclasses.dataclass
+class StudyPlan:
+    """What every trial of one study shares: its recorded settings, its parent run, the tracker, the tune metric."""
+
+    workspace: Workspace
+    study: optuna.Study
+    retention: float
+    budget: float
+    sizes: list[int]
+    parent_id: str
+    n_visual: int
+    metric: str
+    tracker: Any
+
+    @classmethod
+    def of(cls, workspace: Workspace, study: optuna.Study) -> StudyPlan:
+        settings = study.user_attrs[ATTR]
+        parent_id = study.user_attrs["mlflow_run_id"]
+        tracker = workspace.tracker  # the store opens before the model loads, as it always has
+        return cls(workspace, study, settings["retention"], settings["budget"], settings["rungs"], parent_id,
+                   workspace.engine.n_visual, f"tune_{workspace.spec.objective}", tracker)
+
+
 def make_objective(workspace: Workspace, study: optuna.Study,
                    current: dict[str, Any] | None = None) -> Callable[[optuna.Trial], float]:
     """The study's objective: suggest thresholds, score them rung by rung, log the child run, prune or finish.
@@ -126,82 +150,107 @@ def make_objective(workspace: Workspace, study: optuna.Study,
     `current["trial"]` is set to the trial being run, so the caller knows which trial an interrupt hit.
     """
     current = current if current is not None else {}
-    spec = workspace.spec
-    settings = study.user_attrs[ATTR]
-    parent_id = study.user_attrs["mlflow_run_id"]
-    retention, budget, sizes = settings["retention"], settings["budget"], settings["rungs"]
-    tracker = workspace.tracker
-    n_visual = workspace.engine.n_visual
-    metric = f"tune_{spec.objective}"
+    plan = StudyPlan.of(workspace, study)
 
     def objective(trial: optuna.Trial) -> float:
         current["trial"] = trial
-        params: dict[str, float] = {}
+        params: dict[str, float] = {}  # filled as drawn: an interrupt re-queues what was drawn so far
         run_id = None
         try:
-            trial.set_user_attr("worker", _worker_name())
-            for name, (low, high) in spec.space.items():
-                params[name] = trial.suggest_float(name, low, high)
-            config = spec.config_for(retention, params)
-            trial.set_user_attr("config", config.to_dict())  # what this trial ran: export evaluates exactly this
-            run_id = tracker.trial_run(
-                parent_id, study.study_name, trial.number,
-                params={**params, "retention": retention, "prune_layer": config.prune_layer,
-                        "method": config.method, "score": config.score},
-                tags={"worker": _worker_name(), "device": spec.model.device, "optuna.state": "RUNNING",
-                      "sampler_seed": workspace.seeds.get(study.study_name, ""), **retry_tags(study, trial)})
-            trial.set_user_attr("mlflow_run_id", run_id)
-            tracker.start(run_id)
-            return _score(trial, config, run_id)
+            config = _suggest(plan, trial, params)
+            run_id = _open_child_run(plan, trial, params, config)
+            return _score(plan, trial, config, run_id)
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
-            # Best effort: the interrupt may have cut a database write short and left its lock behind. What is
-            # not recorded now, the next run's `sync_runs` reconciles (the trial is FAIL in Optuna either way).
-            with contextlib.suppress(Exception):
-                mark_interrupted(study, trial, params)
-            if run_id is not None:
-                with contextlib.suppress(Exception):
-                    tracker.set_state(run_id, "FAIL", tags={"fail_reason": INTERRUPTED})
+            _record_interrupt(plan, trial, params, run_id)
             raise
         except StorageOutage:
             raise  # nothing can be recorded now; the stale-heartbeat pass of the next worker fails and re-runs it
         except Exception as error:
-            release_gpu_memory()
-            reason = _one_line(error)
-            taken = failed_as_stale(study, trial)
-            if taken:  # another worker failed it while it ran here: its reason stands, Optuna refuses ours
-                reason = STALE_REASON
-            else:
-                trial.set_user_attr("fail_reason", reason)
-            if run_id is not None:
-                tracker.set_state(run_id, "FAIL", tags={"fail_reason": reason})
+            _record_failure(plan, trial, error, run_id)
             raise
 
-    def _score(trial: optuna.Trial, config: adatp.AdaTPConfig, run_id: str) -> float:
-        def on_rung(outcome: RungOutcome) -> None:
-            trial.report(outcome.value, outcome.questions)
-            trial.set_user_attr("rung", outcome.rung)
-            trial.set_user_attr("questions", outcome.questions)
-            tracker.log(run_id, metrics={metric: round(outcome.value, 4)}, tags={"optuna.rung": outcome.rung},
-                        step=outcome.questions)
-            if outcome.rung < len(sizes) - 1 and trial.should_prune():
-                tracker.log(run_id, metrics={"seconds": round(outcome.seconds, 3)})
-                tracker.set_state(run_id, "PRUNED", tags={"optuna.rung": outcome.rung,
-                                                          "optuna.questions": outcome.questions})
-                raise optuna.TrialPruned(f"pruned at rung {outcome.rung} ({outcome.questions} questions): "
-                                         f"{metric} {outcome.value:.3f}")
-
-        final = evaluate_rungs(workspace, config, sizes, on_rung)
-        kept = kept_count(n_visual, retention)
-        trial.set_user_attr("flops_ratio", final.flops_ratio)
-        trial.set_user_attr("kept_tokens", kept)
-        trial.set_user_attr("skipped", final.skipped)
-        trial.set_constraint("flops", final.flops_ratio - budget)
-        tracker.log(run_id, metrics={"flops_ratio": round(final.flops_ratio, 4), "kept_tokens": kept,
-                                     "visual_tokens": n_visual, "seconds": round(final.seconds, 3),
-                                     "skipped": final.skipped})
-        tracker.set_state(run_id, "COMPLETE", tags={"feasible": final.flops_ratio <= budget})
-        return final.value
-
     return objective
+
+
+def _suggest(plan: StudyPlan, trial: optuna.Trial, params: dict[str, float]) -> adatp.AdaTPConfig:
+    """Draw the thresholds into `params`; the config they give, stored with the trial (export evaluates exactly it)."""
+    spec = plan.workspace.spec
+    trial.set_user_attr("worker", _worker_name())
+    for name, (low, high) in spec.space.items():
+        params[name] = trial.suggest_float(name, low, high)
+    config = spec.config_for(plan.retention, params)
+    trial.set_user_attr("config", config.to_dict())
+    return config
+
+
+def _open_child_run(plan: StudyPlan, trial: optuna.Trial, params: dict[str, float],
+                    config: adatp.AdaTPConfig) -> str:
+    """The trial's child run (`b0.25 #017`), created or found again, marked RUNNING."""
+    from autotune.tracking import identity_tags  # mlflow loads only where a command logs
+
+    spec, study = plan.workspace.spec, plan.study
+    run_id = plan.tracker.trial_run(
+        plan.parent_id, study.study_name, trial.number,
+        params={**params, "retention": plan.retention, "prune_layer": config.prune_layer,
+                "method": config.method, "score": config.score},
+        tags={"worker": _worker_name(), "device": spec.model.device, "optuna.state": "RUNNING",
+              "sampler_seed": plan.workspace.seeds.get(study.study_name, ""), **retry_tags(study, trial),
+              **identity_tags(spec.name, spec.dataset.name, plan.budget)})
+    trial.set_user_attr("mlflow_run_id", run_id)
+    plan.tracker.start(run_id)
+    return run_id
+
+
+def _score(plan: StudyPlan, trial: optuna.Trial, config: adatp.AdaTPConfig, run_id: str) -> float:
+    """Evaluate rung by rung (reporting each to the pruner), then record the finished trial; its objective value."""
+    final = evaluate_rungs(plan.workspace, config, plan.sizes,
+                           functools.partial(_report_rung, plan, trial, run_id))
+    kept = kept_count(plan.n_visual, plan.retention)
+    trial.set_user_attr("flops_ratio", final.flops_ratio)
+    trial.set_user_attr("kept_tokens", kept)
+    trial.set_user_attr("skipped", final.skipped)
+    trial.set_constraint("flops", final.flops_ratio - plan.budget)
+    plan.tracker.log(run_id, metrics={"flops_ratio": round(final.flops_ratio, 4), "kept_tokens": kept,
+                                      "visual_tokens": plan.n_visual, "seconds": round(final.seconds, 3),
+                                      "skipped": final.skipped})
+    plan.tracker.set_state(run_id, "COMPLETE", tags={"feasible": final.flops_ratio <= plan.budget})
+    return final.value
+
+
+def _report_rung(plan: StudyPlan, trial: optuna.Trial, run_id: str, outcome: RungOutcome) -> None:
+    """One rung done: report it to Optuna and MLflow (as a step); stop the trial here if the pruner says so."""
+    trial.report(outcome.value, outcome.questions)
+    trial.set_user_attr("rung", outcome.rung)
+    trial.set_user_attr("questions", outcome.questions)
+    plan.tracker.log(run_id, metrics={plan.metric: round(outcome.value, 4)}, tags={"optuna.rung": outcome.rung},
+                     step=outcome.questions)
+    if outcome.rung < len(plan.sizes) - 1 and trial.should_prune():
+        plan.tracker.log(run_id, metrics={"seconds": round(outcome.seconds, 3)})
+        plan.tracker.set_state(run_id, "PRUNED", tags={"optuna.rung": outcome.rung,
+                                                       "optuna.questions": outcome.questions})
+        raise optuna.TrialPruned(f"pruned at rung {outcome.rung} ({outcome.questions} questions): "
+                                 f"{plan.metric} {outcome.value:.3f}")
+
+
+def _record_interrupt(plan: StudyPlan, trial: optuna.Trial, params: dict[str, float], run_id: str | None) -> None:
+    """Ctrl-C, best effort: the interrupt may have cut a database write short and left its lock behind. What is not
+    recorded now, the next run's `sync_runs` reconciles (the trial is FAIL in Optuna either way)."""
+    with contextlib.suppress(Exception):
+        mark_interrupted(plan.study, trial, params)
+    if run_id is not None:
+        with contextlib.suppress(Exception):
+            plan.tracker.set_state(run_id, "FAIL", tags={"fail_reason": INTERRUPTED})
+
+
+def _record_failure(plan: StudyPlan, trial: optuna.Trial, error: Exception, run_id: str | None) -> None:
+    """A failed trial (e.g. CUDA out of memory): free the GPU cache and record why, in Optuna and on the child run."""
+    release_gpu_memory()
+    reason = _one_line(error)
+    if failed_as_stale(plan.study, trial):  # another worker failed it while it ran here: its reason stands
+        reason = STALE_REASON
+    else:
+        trial.set_user_attr("fail_reason", reason)
+    if run_id is not None:
+        plan.tracker.set_state(run_id, "FAIL", tags={"fail_reason": reason})

@@ -129,6 +129,8 @@ def create_studies(workspace: Workspace, create: bool = True) -> dict[float, opt
     (`autotune.interrupt`), so Ctrl-C or SIGTERM stops between them, never inside one.
     create=False (workers): the studies must exist already, made by `autotune study` before any worker starts.
     """
+    from autotune.tracking import identity_tags
+
     spec = workspace.spec
     with STOP.deferred():
         storage = spec_storage(spec)
@@ -166,8 +168,14 @@ def create_studies(workspace: Workspace, create: bool = True) -> dict[float, opt
                 if changed:
                     raise StudyError(f"study {name} exists with different {', '.join(changed)} "
                                      f"(in {mask_url(spec.storage)}); use another spec name or workdir")
+                if create:  # a parent run made by an older version gets today's short name and tags
+                    workspace.tracker.adopt_study_run(study.user_attrs["mlflow_run_id"], name,
+                                                      identity_tags(spec.name, spec.dataset.name, budget))
         STOP.check()
         studies[budget] = study
+    if create:
+        with STOP.deferred():
+            workspace.tracker.publish_views(list(spec.space), spec.objective)
     return studies
 
 
@@ -175,6 +183,8 @@ def create_studies(workspace: Workspace, create: bool = True) -> dict[float, opt
 def _finish_creating(workspace: Workspace, study: optuna.Study, budget: float, retention: float, sizes: list[int],
                      settings: dict) -> None:
     """The steps of creating a study, each skipped when an interrupted earlier run already did it."""
+    from autotune.tracking import identity_tags  # mlflow loads only where a command logs
+
     spec = workspace.spec
     enqueued = {(trial.user_attrs.get("warm_start"), trial.user_attrs.get("warm_start_index"))
                 for trial in study.get_trials(deepcopy=False)}
@@ -186,7 +196,7 @@ def _finish_creating(workspace: Workspace, study: optuna.Study, budget: float, r
     run_id = workspace.tracker.study_run(
         study.study_name, params={"spec": spec.to_dict(), "retention": retention, "rungs": sizes,
                                   "video": settings["video"]},
-        tags={"autotune.spec": spec.name, "autotune.budget": f"{budget:.2f}", "protocol": settings["protocol"],
+        tags={**identity_tags(spec.name, spec.dataset.name, budget), "protocol": settings["protocol"],
               "mode": spec.mode, **{f"version.{k}": v for k, v in settings["versions"].items()}})
     study.set_user_attr("mlflow_run_id", run_id)
     study.set_metric_names([f"tune_{spec.objective}"])  # named in optuna-dashboard, not "Objective 0"
@@ -374,6 +384,8 @@ def _interrupted_outside_objective(study: optuna.Study, trial: optuna.Trial | No
 
 def sync_runs(workspace: Workspace, study: optuna.Study) -> None:
     """Make the study's child runs match its trials one to one, states included (e.g. after a worker died)."""
+    from autotune.tracking import identity_tags
+
     tracker = workspace.tracker
     parent_id = study.user_attrs.get("mlflow_run_id")
     runs = tracker.trial_runs(study.study_name)
@@ -383,7 +395,8 @@ def sync_runs(workspace: Workspace, study: optuna.Study) -> None:
         run = runs.get(trial.number)
         if run is None:
             tracker.trial_run(parent_id, study.study_name, trial.number, params=trial.params,
-                              tags={"optuna.state": trial.state.name})
+                              tags={"optuna.state": trial.state.name, **identity_tags(
+                                  workspace.spec.name, workspace.spec.dataset.name, study.user_attrs[ATTR]["budget"])})
             # Two workers may sync at once: keep the first run of a trial, delete any later duplicate.
             duplicates = tracker.trial_runs_all(study.study_name, trial.number)
             for extra in duplicates[1:]:

@@ -83,12 +83,17 @@ def test_each_budget_has_its_planned_trials_and_one_child_run_per_trial(done):
         by_number = {int(run.data.tags["optuna.trial_number"]): run for run in children}
         assert sorted(by_number) == [t.number for t in trials]
         parent_id = study.user_attrs["mlflow_run_id"]
+        identity = {"autotune.spec": "svc", "autotune.dataset": "synthetic", "autotune.budget": f"{budget:.2f}"}
+        parent = client.get_run(parent_id)
+        assert parent.info.run_name == f"b{budget:.2f}"
+        assert {key: parent.data.tags.get(key) for key in identity} == identity
         for trial in trials:
             run = by_number[trial.number]
             assert run.data.tags["optuna.state"] == trial.state.name
             assert run.data.tags["mlflow.parentRunId"] == parent_id
             assert run.info.status == {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(trial.state.name, "FAILED")
             assert run.info.run_name == f"b{budget:.2f} #{trial.number:03d}"
+            assert {key: run.data.tags.get(key) for key in identity} == identity
             assert "rung" not in run.data.metrics and "value" not in run.data.metrics
             steps = [m.step for m in client.get_metric_history(run.info.run_id, "tune_accuracy")]
             assert steps == study.user_attrs[ATTR]["rungs"][: trial.user_attrs["rung"] + 1]
@@ -140,6 +145,150 @@ def test_the_parent_run_holds_the_answer_and_points_at_the_winning_trial(done):
         header = (Path(client.download_artifacts(parent.info.run_id, "trials.csv", str(Path(spec.workdir) / "dl")))
                   .read_text().splitlines()[0].split(","))
         assert header[:3] == ["trial", "state", "tune_accuracy"]
+
+
+def test_the_experiment_opens_as_model_training_with_short_run_names(done):
+    """The experiment's kind tag, the runs table's names (parents b0.30, children b0.30 #000.., `summary`), and the
+    two saved views: their filters select the parent runs and the trial runs, their first columns are keys the
+    runs really have (selected thresholds on the parents, thresholds as params on the trials)."""
+    _, spec, _, _ = done
+    client = MlflowClient(spec.tracking_uri)
+    experiment = client.get_experiment_by_name(spec.name)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    studies = load_studies(spec)
+    _, parents = mlflow_runs(spec, "study")
+    assert sorted(run.info.run_name for run in parents) == ["b0.30", "b0.50"]
+    for budget, study in studies.items():
+        _, children = mlflow_runs(spec, "trial", study.study_name)
+        assert sorted(run.info.run_name for run in children) == [
+            f"b{budget:.2f} #{trial.number:03d}" for trial in study.get_trials()]  # name order is trial order
+    (summary,) = mlflow_runs(spec, "summary")[1]
+    assert summary.info.run_name == "summary"
+    assert (summary.data.tags["autotune.spec"], summary.data.tags["autotune.dataset"]) == ("svc", "synthetic")
+
+    thresholds = [*spec.space, "retention"]
+    views = {key.removeprefix("mlflow.sharedViewState."): json.loads(value)
+             for key, value in experiment.tags.items() if key.startswith("mlflow.sharedViewState.")}
+    assert {key: view["name"] for key, view in views.items()} == {
+        "autotune-selected": "autotune: selected thresholds per budget",
+        "autotune-trials": "autotune: trials, thresholds first"}
+    selected, trials = (json.loads(views[key]["state"]) for key in ("autotune-selected", "autotune-trials"))
+    assert selected["selectedColumns"][:len(thresholds)] == [f"metrics.`selected.{name}`" for name in thresholds]
+    assert trials["selectedColumns"][:len(thresholds)] == [f"params.`{name}`" for name in thresholds]
+    for state, kind in ((selected, "study"), (trials, "trial")):
+        assert state["columnOrder"] == state["selectedColumns"]
+        assert state["orderByKey"] == "tags.`mlflow.runName`" and state["orderByAsc"] is True
+        shown = client.search_runs([experiment.experiment_id], filter_string=state["searchFilter"], max_results=1000)
+        assert {run.data.tags["autotune.kind"] for run in shown} == {kind}
+        assert len(shown) == len(mlflow_runs(spec, kind)[1])
+    for parent in parents:  # every column of the selected view is a metric the parent run has after export
+        assert {column.split("`")[1] for column in selected["selectedColumns"]} <= set(parent.data.metrics)
+    for run in mlflow_runs(spec, "trial")[1]:
+        if run.data.tags["optuna.state"] == "COMPLETE":
+            assert set(thresholds) <= set(run.data.params)
+            assert {column.split("`")[1] for column in trials["selectedColumns"][len(thresholds):]} <= set(
+                run.data.metrics)
+    link = f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey="
+    description = summary.data.tags["mlflow.note.content"]
+    assert f"({link}autotune-selected)" in description and f"({link}autotune-trials)" in description
+
+
+def _old_store(uri: str) -> dict[str, str]:
+    """What a version before short names left: no kind tag, parent runs named after the study, `<spec>-summary`."""
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("old")
+    runs = {}
+    for budget in ("0.25", "0.50"):
+        study = f"old-synthetic-b{budget}"
+        runs[budget] = client.create_run(experiment_id, run_name=study, tags={
+            "autotune.kind": "study", "autotune.study": study, "autotune.spec": "old", "autotune.budget": budget,
+            "version.mlflow": "0.0"}).info.run_id
+    runs["trial"] = client.create_run(experiment_id, run_name="b0.25 #003", tags={
+        "autotune.kind": "trial", "autotune.study": "old-synthetic-b0.25", "optuna.trial_number": "3",
+        "mlflow.parentRunId": runs["0.25"]}).info.run_id
+    runs["summary"] = client.create_run(experiment_id, run_name="old-summary", tags={
+        "autotune.kind": "summary", "autotune.study": "old-summary", "autotune.spec": "old"}).info.run_id
+    return runs
+
+
+def test_a_store_from_before_short_names_is_brought_up_to_date_without_duplicates(tmp_path):
+    from autotune.tracking import Tracker, identity_tags
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    old = _old_store(uri)
+    tracker = Tracker(uri, "old", str(tmp_path / "artifacts"))
+    client = tracker.client
+    assert client.get_experiment(tracker.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    # A study created again (an interrupted creation) finds its parent; a resumed one is adopted: same runs.
+    assert tracker.study_run("old-synthetic-b0.25", params={"retention": 0.3},
+                             tags={**identity_tags("old", "synthetic", 0.25), "version.mlflow": "9.9"}) == old["0.25"]
+    tracker.adopt_study_run(old["0.50"], "old-synthetic-b0.50", identity_tags("old", "synthetic", 0.5))
+    assert tracker.trial_run(old["0.25"], "old-synthetic-b0.25", 3, params={"tau_s": 0.9}, tags={}) == old["trial"]
+    assert tracker.summary_run("old", identity_tags("old", "synthetic")) == old["summary"]
+    names = {key: client.get_run(run_id).info.run_name for key, run_id in old.items()}
+    assert names == {"0.25": "b0.25", "0.50": "b0.50", "trial": "b0.25 #003", "summary": "summary"}
+    for key, budget in (("0.25", "0.25"), ("0.50", "0.50")):
+        tags = client.get_run(old[key]).data.tags
+        assert (tags["autotune.spec"], tags["autotune.dataset"], tags["autotune.budget"]) == ("old", "synthetic",
+                                                                                             budget)
+    assert client.get_run(old["0.25"]).data.tags["version.mlflow"] == "0.0"  # a tag it had keeps its first value
+    assert client.get_run(old["0.25"]).data.params == {"retention": "0.3"}
+    assert client.get_run(old["summary"]).data.tags["autotune.dataset"] == "synthetic"
+    assert len(client.search_runs([tracker.experiment_id], max_results=100)) == len(old)  # nothing duplicated
+    # A new trial of the resumed study gets the short name with its zero-padded number.
+    new = tracker.trial_run(old["0.25"], "old-synthetic-b0.25", 12, params={}, tags={})
+    assert client.get_run(new).info.run_name == "b0.25 #012"
+
+
+def test_the_kind_tag_is_set_on_a_new_experiment_and_a_users_choice_stays(tmp_path):
+    from autotune.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "fresh", str(tmp_path / "artifacts"))
+    assert tracker.client.get_experiment(tracker.experiment_id).tags == {
+        "mlflow.experimentKind": "custom_model_development"}
+    chosen = MlflowClient(uri).create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
+    Tracker(uri, "chosen", str(tmp_path / "artifacts"))
+    assert MlflowClient(uri).get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"
+
+
+@pytest.mark.parametrize("store", ["sqlite", "server"])
+def test_saved_views_are_written_once_and_again_when_the_space_changes(tmp_path, store):
+    from autotune.cli import mlflow_server_command, stop_process_group
+    from autotune.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    server = None
+    if store == "server":  # the REST store: tags travel as text through a real `mlflow server`
+        port = free_port()
+        command, environment = mlflow_server_command(uri, "127.0.0.1", port)
+        server = subprocess.Popen(command, env=environment, cwd=tmp_path, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        uri = f"http://127.0.0.1:{port}"
+    try:
+        if server is not None:
+            wait_until_healthy(server, uri)
+        tracker = Tracker(uri, "views", None if server else str(tmp_path / "artifacts"))
+        assert tracker.publish_views(["tau_s", "tau_t"], "accuracy") == ["autotune-selected", "autotune-trials"]
+        assert tracker.publish_views(["tau_s", "tau_t"], "accuracy") == []
+        again = Tracker(uri, "views")  # another process: reads the views from the store, writes nothing
+        assert again.publish_views(["tau_s", "tau_t"], "accuracy") == []
+        tags = MlflowClient(uri).get_experiment(tracker.experiment_id).tags
+        assert tags["mlflow.experimentKind"] == "custom_model_development"
+        first = json.loads(tags["mlflow.sharedViewState.autotune-selected"])
+        assert json.loads(first["state"])["selectedColumns"][:3] == [
+            "metrics.`selected.tau_s`", "metrics.`selected.tau_t`", "metrics.`selected.retention`"]
+        assert again.publish_views(["gamma_cap"], "fidelity") == ["autotune-selected", "autotune-trials"]
+        tags = MlflowClient(uri).get_experiment(tracker.experiment_id).tags
+        changed = json.loads(tags["mlflow.sharedViewState.autotune-trials"])
+        assert json.loads(changed["state"])["selectedColumns"] == [
+            "params.`gamma_cap`", "params.`retention`", "metrics.`tune_fidelity`", "metrics.`flops_ratio`",
+            "metrics.`seconds`"]
+        rewritten = json.loads(tags["mlflow.sharedViewState.autotune-selected"])
+        assert rewritten["createdAt"] == first["createdAt"] <= rewritten["updatedAt"]
+    finally:
+        if server is not None:
+            stop_process_group(server)  # uvicorn too, not only the `mlflow server` launcher
 
 
 def test_default_config_is_enqueued_once_and_rerun_adds_nothing(done):
@@ -419,7 +568,11 @@ def test_ui_serves_the_spec_store(done):
     while _listening(port) and time.time() < deadline:
         time.sleep(0.5)
     assert not _listening(port)
-    assert f"http://127.0.0.1:{port}" in process.stdout.read()  # printed once the server answered
+    printed = process.stdout.read()
+    assert f"http://127.0.0.1:{port}" in printed  # printed once the server answered
+    # ... with the runs table's link, the model-training switch on (MLflow 3.17 opens the GenAI overview otherwise).
+    assert f"runs of {spec.name}: http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?workflowType=" \
+           "machine_learning" in printed
 
 
 @pytest.mark.parametrize("scheme", ["http", "postgresql"])
