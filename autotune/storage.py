@@ -229,6 +229,30 @@ for _name in _RETRIED:
     setattr(ResilientRDBStorage, _name, _retried(_name))
 
 
+class RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a trial whose heartbeat went stale (queued WAITING with the same thresholds, at most
+    `max_retry` times per chain), its `retry_of` naming the dead trial.
+
+    Optuna's own callback copies the dead trial's user attributes into the retry: a retry of a retry (an interrupted
+    trial's, then its worker died) kept the first trial's `retry_of`, so by `retry_of` the dead retry looked never
+    re-run and the first trial re-run twice (bench/soak.py found it), and every retry started with the dead trial's
+    `fail_reason`, rung, FLOPs ratio and MLflow run id. Only the warm-start marks carry over here.
+    """
+
+    KEPT_USER_ATTRS = ("warm_start", "warm_start_index")
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        system_attrs: dict[str, Any] = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
+        system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
+        if self._max_retry is not None and self._max_retry < len(system_attrs["retry_history"]):
+            return
+        user_attrs = {key: trial.user_attrs[key] for key in self.KEPT_USER_ATTRS if key in trial.user_attrs}
+        study.add_trial(optuna.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+            user_attrs={**user_attrs, "retry_of": trial.number}, system_attrs=system_attrs,
+            intermediate_values=trial.intermediate_values if self._inherit_intermediate_values else None))
+
+
 def quiet_optuna() -> None:
     """Our progress bar and tables report trials; Optuna's per-trial log lines and experimental warnings would not."""
     import warnings
@@ -271,7 +295,7 @@ def storage_for(url: str, heartbeat_interval: int = 60, grace_period: int = 600,
         try:
             return ResilientRDBStorage(
                 url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+                heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=1),
                 engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite")
                 else {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}},
             )

@@ -222,6 +222,51 @@ def test_a_stale_query_answered_after_an_outage_fails_no_trial(tmp_path, cluster
     backend.engine.dispose()
 
 
+def test_a_dead_retry_is_rerun_by_a_trial_whose_retry_of_names_it(tmp_path, cluster, monkeypatch):
+    """The chain bench/soak.py met: a trial interrupted (SIGTERM) is queued again with retry_of 0; that retry's worker
+    is SIGKILLed, and the stale-trial pass re-runs it. The new trial's retry_of must name the dead retry (1), not the
+    first trial (Optuna's callback copied the dead trial's user attributes, retry_of 0 included: by retry_of, trial 1
+    looked never re-run and trial 0 re-run twice), and it starts without the dead trial's outcome (fail_reason, rung,
+    MLflow run id); the warm-start mark and the thresholds carry over. A retry that dies again is not re-run (once)."""
+    import optuna
+
+    from autotune import storage as storage_module
+
+    monkeypatch.setattr(storage_module, "STALE_JUDGE_MARGIN_S", 0.0)  # judge 1 s (one interval) after connecting
+    storage = storage_module.storage_for(_database(cluster), heartbeat_interval=1, grace_period=2, outage_s=60)
+    study = optuna.create_study(storage=storage, study_name="chain")
+    first = study.ask()
+    x = first.suggest_float("x", 0.0, 1.0)
+    first.set_user_attr("fail_reason", "interrupted")
+    study.tell(first, state=TrialState.FAIL)
+    study.enqueue_trial({"x": x}, user_attrs={"retry_of": first.number, "warm_start": "default"})  # as on SIGTERM
+    backend = storage_module.backend_of(storage)
+
+    def run_and_die() -> optuna.Trial:
+        trial = study.ask()
+        trial.suggest_float("x", 0.0, 1.0)
+        for key, value in {"worker": "gone:1", "mlflow_run_id": "run-of-the-dead", "rung": 0}.items():
+            trial.set_user_attr(key, value)
+        trial.report(0.5, 8)
+        backend.record_heartbeat(trial._trial_id)
+        time.sleep(3.5)  # silent past the 2 s grace: its worker died
+        optuna.storages.fail_stale_trials(study)
+        return trial
+
+    second = run_and_die()
+    trials = study.get_trials(deepcopy=False)
+    assert trials[second.number].state == TrialState.FAIL
+    assert trials[second.number].user_attrs["fail_reason"] == storage_module.STALE_REASON
+    (retry,) = [trial for trial in trials if trial.state == TrialState.WAITING]
+    assert retry.user_attrs == {"retry_of": second.number, "warm_start": "default"}
+    assert retry.params == {"x": x}
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(retry) == [second.number]
+    third = run_and_die()
+    assert third.number == retry.number
+    assert not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))  # max_retry=1: re-run once
+    backend.engine.dispose()
+
+
 def test_a_worker_paused_past_the_grace_carries_on_when_its_trial_was_taken(tmp_path, cluster):
     """SIGSTOP one of two workers mid-trial until the other fails that trial as stale, then SIGCONT: the paused
     worker finds its trial failed, says so in one line and goes on; the trial's thresholds run again."""
