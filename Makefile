@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml | $(VPY)
 $(NEWEST_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(NEWEST_VENV)
 	$(NEWEST_VPY) -m pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(NEWEST_VPY) -m pip install -e ".[video]" pytest hypothesis
+	$(NEWEST_VPY) -m pip install -e ".[video]" pytest hypothesis pillow
 	$(NEWEST_VPY) -m pip install --upgrade "$(NEWEST_TRANSFORMERS)"
 	touch $(NEWEST_STAMP)
 

@@ -235,6 +235,8 @@ def worker(spec_path: str = SPEC_ARG, overrides: list[str] = OVERRIDES_ARG,
 
     _quiet_libraries()
     workspace = _workspace(spec)
+    # A fleet member rides out an outage at start-up too: its supervisor may restart it while the database is down.
+    workspace.connect_wait_s = spec.heartbeat.outage
     run_studies(workspace, open_studies(workspace), progress=progress, echo=typer.echo)
     _print_status(workspace.spec)
 
@@ -575,17 +577,45 @@ def main() -> None:
 
     STOP.install(exit_at_once=True)  # before Typer parses anything: a signal during start-up exits 130, not -15
     try:
-        app()
+        code = _run_app()
     except SystemExit as done:
-        if done.code == 130:
-            # Python ends a process whose interrupt cut through a C-level import with SIGINT (-2), whatever exit
-            # code follows; what was interrupted is recorded already, so leave with the documented 130.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(130)
-        raise
+        code = done.code
     finally:
         ignore_signals_for_exit()  # done: a signal during interpreter shutdown must not turn 0 into -15
+    if code == 130:
+        # Python ends a process whose interrupt cut through a C-level import with SIGINT (-2), whatever exit
+        # code follows; what was interrupted is recorded already, so leave with the documented 130.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
+
+
+def _run_app() -> int:
+    """Typer without its standalone mode: a bad command line (unknown option or command, missing argument, a value that
+    does not parse) is one `error:` line with exit 2, like every other refusal, instead of a usage box."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        typer.echo("interrupted", err=True)
+        return 130
+    except Exception as error:
+        if not _is_command_line_error(error):
+            raise
+        names = {kind.__name__ for kind in type(error).__mro__}
+        if "NoArgsIsHelpError" in names:  # `autotune` alone: the help, as Click prints it
+            typer.echo(error.format_message(), err=True)
+            return error.exit_code
+        context = getattr(error, "ctx", None)
+        hint = f" (see: {context.command_path} --help)" if "UsageError" in names and context is not None else ""
+        typer.echo(f"error: {one_line(error.format_message())}{hint}", err=True)
+        return error.exit_code
+    return code if isinstance(code, int) else 0
+
+
+def _is_command_line_error(error: Exception) -> bool:
+    """Click's ClickException, whether Typer vendors Click (typer.TyperException, Typer >= 0.20) or imports it."""
+    return "ClickException" in {kind.__name__ for kind in type(error).__mro__} and hasattr(error, "format_message")
 
 
 if __name__ == "__main__":

@@ -43,10 +43,12 @@ FIRST_WAIT_S = 0.5
 MAX_WAIT_S = 5.0
 # After (re)connecting, wait this long beyond one heartbeat interval before failing anyone's trial as stale.
 STALE_JUDGE_MARGIN_S = MAX_WAIT_S + 2.0
-# Connecting at start-up: attempts (the first wait doubles, capped at 8 s). A worker that cannot reach the database
-# at all exits 2 quickly; the outage rule above is for workers that were connected.
+# Connecting at start-up: attempts (the first wait doubles, capped at 8 s). A command that cannot reach the database
+# exits 2 quickly; `autotune worker` (a fleet member, often restarted by its supervisor during the very outage that
+# killed it) keeps trying for `heartbeat.outage` seconds instead (`wait_s`), saying so once on stderr.
 CONNECT_ATTEMPTS = 5
 CONNECT_BACKOFF_S = 0.5
+CONNECT_MAX_WAIT_S = 8.0
 
 
 class StorageOutage(RuntimeError):
@@ -290,23 +292,69 @@ def storage_for(url: str, heartbeat_interval: int = 60, grace_period: int = 600,
         journal = optuna.storages.journal
         return journal.JournalStorage(journal.JournalFileBackend(str(path)))
     ensure_sqlite_parent(url)
-    wait = backoff_s
-    for attempt in range(1, attempts + 1):
+
+    def connect() -> ResilientRDBStorage:
+        return ResilientRDBStorage(
+            url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+            heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=1),
+            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite")
+            else {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}},
+        )
+
+    return keep_connecting(connect, f"storage: cannot reach {mask_url(url)}", StorageOutage,
+                           (sqlalchemy.exc.OperationalError,), attempts, backoff_s)
+
+
+def wait_for_database(url: str, wait_s: float) -> None:
+    """Return once the database at `url` accepts a connection, trying for up to `wait_s` seconds (StorageOutage
+    after that). For workers, before `storage_for`, outside any signal deferral: Ctrl-C or SIGTERM ends the wait."""
+    if not url.startswith("postgresql"):  # SQLite and the journal file are local: nothing to wait for
+        return
+    import sqlalchemy
+    import sqlalchemy.pool
+
+    def probe() -> None:
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 10}, poolclass=sqlalchemy.pool.NullPool)
         try:
-            return ResilientRDBStorage(
-                url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=1),
-                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite")
-                else {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}},
-            )
-        except sqlalchemy.exc.OperationalError as error:
-            if attempt == attempts:
-                reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
-                raise StorageOutage(f"storage: cannot reach {mask_url(url)} after {attempts} attempts: "
-                                    f"{reason}") from None
-            time.sleep(wait)
-            wait = min(wait * 2, 8.0)
-    raise AssertionError("unreachable")
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+
+    keep_connecting(probe, f"storage: cannot reach {mask_url(url)}", StorageOutage,
+                    (sqlalchemy.exc.OperationalError,), CONNECT_ATTEMPTS, CONNECT_BACKOFF_S, wait_s)
+
+
+def keep_connecting(connect: Callable[[], T], failure: str, error_class: type[Exception],
+                    transient: tuple[type[BaseException], ...], attempts: int, backoff_s: float,
+                    wait_s: float = 0.0) -> T:
+    """`connect()`, retried on `transient` errors: `attempts` tries with the wait doubling from `backoff_s` (capped
+    at CONNECT_MAX_WAIT_S), and on until `wait_s` seconds have passed since the first try. Gives up with
+    `error_class(f"{failure} after N attempts[ over S s]: <reason>")`, one line (exit 2 in the CLI)."""
+    started = time.monotonic()
+    wait, attempt = backoff_s, 0
+    while True:
+        attempt += 1
+        try:
+            return connect()
+        except transient as error:
+            reason = connect_reason(error)
+            elapsed = time.monotonic() - started
+            if attempt >= attempts and elapsed >= wait_s:
+                over = f" over {elapsed:.0f} s" if wait_s else ""
+                raise error_class(f"{failure} after {attempt} attempts{over}: {reason}") from None
+            if attempt == 1 and wait_s:
+                print(f"{failure} ({reason}); trying again for up to {wait_s:g} s (heartbeat.outage)",
+                      file=sys.stderr, flush=True)
+            time.sleep(wait if attempt < attempts else min(wait, wait_s - elapsed))
+            wait = min(wait * 2, CONNECT_MAX_WAIT_S)
+
+
+def connect_reason(error: BaseException) -> str:
+    """The first line of what a failed connection says (the driver's message, not SQLAlchemy's wrapper)."""
+    reason = getattr(error, "orig", None) or getattr(error, "reason", None) or error
+    text = str(reason).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def backend_of(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:

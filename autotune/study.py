@@ -43,7 +43,7 @@ from autotune.objective import (
 )
 from autotune.search import make_pruner, make_sampler, rung_sizes, sampler_seed
 from autotune.spec import StudySpec, mask_url
-from autotune.storage import STALE_REASON, StorageOutage, has_heartbeats, quiet_optuna
+from autotune.storage import STALE_REASON, StorageOutage, has_heartbeats, quiet_optuna, wait_for_database
 from autotune.versions import package_versions
 from autotune.workspace import (
     ATTR,
@@ -132,6 +132,8 @@ def create_studies(workspace: Workspace, create: bool = True) -> dict[float, opt
     from autotune.tracking import identity_tags
 
     spec = workspace.spec
+    if workspace.connect_wait_s:
+        wait_for_database(spec.storage, workspace.connect_wait_s)
     with STOP.deferred():
         storage = spec_storage(spec)
     STOP.check()

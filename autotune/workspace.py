@@ -8,7 +8,6 @@ import functools
 import hashlib
 import os
 import random
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +19,7 @@ from adatp.validation import RefusalError
 from autotune.data import Question, TableError, TableReport, read_table, split_by_video
 from autotune.data.scoring import default_open_metric, score_answer
 from autotune.spec import StudySpec, mask_url
-from autotune.storage import ensure_sqlite_parent, storage_for
+from autotune.storage import ensure_sqlite_parent, keep_connecting, storage_for
 
 INTERRUPTED = "interrupted"
 
@@ -133,6 +132,8 @@ class Workspace:
     _engine: Any = None
     _tracker: Any = None
     seeds: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Seconds to keep trying the stores at start-up: 0 (fail fast) but for workers (`heartbeat.outage`).
+    connect_wait_s: float = 0.0
 
     notes: list[str] = dataclasses.field(default_factory=list)
 
@@ -162,7 +163,7 @@ class Workspace:
     @property
     def tracker(self):
         if self._tracker is None:
-            self._tracker = open_tracker(self.spec)
+            self._tracker = open_tracker(self.spec, self.connect_wait_s)
         return self._tracker
 
     @functools.cached_property
@@ -191,11 +192,11 @@ class Workspace:
         return [len(engine.prompt_ids(q)) - engine.n_visual for q in questions]
 
 
-def open_tracker(spec: StudySpec):
+def open_tracker(spec: StudySpec, wait_s: float = 0.0):
     from autotune.tracking import Tracker, build_sqlite_store
 
     ensure_sqlite_parent(spec.tracking_uri)
-    check_tracking_reachable(spec.tracking_uri)
+    check_tracking_reachable(spec.tracking_uri, wait_s=wait_s)
     if spec.tracking_uri.startswith("sqlite:///"):
         build_sqlite_store(spec.tracking_uri)
     # An MLflow server stores artifacts where it was told to (--artifacts-destination); a local store, here.
@@ -203,10 +204,12 @@ def open_tracker(spec: StudySpec):
     return Tracker(spec.tracking_uri, spec.name, location)
 
 
-def check_tracking_reachable(uri: str, attempts: int = 3, timeout_s: float = 5.0, backoff_s: float = 1.0) -> None:
+def check_tracking_reachable(uri: str, attempts: int = 3, timeout_s: float = 5.0, backoff_s: float = 1.0,
+                             wait_s: float = 0.0) -> None:
     """Fail fast, in one line, when the MLflow tracking store cannot be reached (MLflow itself retries for minutes):
     an MLflow server must answer /health, a database must accept a connection; `attempts` tries, backoff doubling
-    (about 20 s in all at the defaults). Local stores (file paths, sqlite) are not checked."""
+    (about 20 s in all at the defaults), and for `wait_s` seconds (workers). Local stores (file paths, sqlite) are
+    not checked."""
     if uri.startswith(("http://", "https://")):
         import urllib.request
 
@@ -227,19 +230,9 @@ def check_tracking_reachable(uri: str, attempts: int = 3, timeout_s: float = 5.0
                 engine.dispose()
     else:
         return
-    wait = backoff_s
-    for attempt in range(1, attempts + 1):
-        try:
-            probe()
-            return
-        except Exception as error:  # any failure to reach it: reported in one line below
-            reason = getattr(error, "orig", None) or getattr(error, "reason", None) or error
-            if attempt == attempts:
-                text = str(reason).strip().splitlines()[0] if str(reason).strip() else type(error).__name__
-                raise StudyError(f"tracking_uri: cannot reach {mask_url(uri)} after {attempts} attempts: "
-                                 f"{text}") from None
-            time.sleep(wait)
-            wait *= 2
+    # Any failure to reach it is reported in one line.
+    keep_connecting(probe, f"tracking_uri: cannot reach {mask_url(uri)}", StudyError, (Exception,), attempts,
+                    backoff_s, wait_s)
 
 
 def budget_retention(workspace: Workspace, budget: float, where: str) -> tuple[float, float]:

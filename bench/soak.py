@@ -26,8 +26,8 @@ mislinked); the overshoot of n_trials is within what concurrent workers and retr
 WAITING (stuck); no trial failed as stale whose worker was alive (false stale); exactly one MLflow child run per
 trial with the trial's state, none for a trial that does not exist (orphans), none left RUNNING; `autotune export`
 writes a preset per budget and `autotune status` shows the same selected trial and tune value; worker exit codes are
-0, 130/143 (SIGTERM) or -9/137 (SIGKILL) only, but for exit 2 from a replacement that started while a server was
-down (documented: a worker that cannot connect at start-up exits 2 in seconds), counted apart and replaced.
+0, 130/143 (SIGTERM) or -9/137 (SIGKILL) only (a replacement that starts while a server is down waits for it, for up
+to `heartbeat.outage` seconds; how many did is counted).
 
 Writes bench/results/soak.json (`--out`) and prints one line per injected event, one progress line a minute and a
 table at the end. Exit code 0 when every check passes, 1 otherwise.
@@ -679,30 +679,21 @@ def log_text(worker: Worker) -> str:
     return worker.log.read_text(errors="replace") if worker.log.exists() else ""
 
 
-def refused_at_start(worker: Worker, outages: list[tuple[str, float, float]]) -> bool:
-    """Exit 2 with the start-up refusal (`cannot reach ... after N attempts`) while a server was down: documented
-    (a worker that cannot connect when it starts exits 2 in seconds; docs/service.md), and it never joined."""
-    if worker.code != 2 or worker.signal is not None or "cannot reach" not in log_text(worker):
-        return False
-    ended = worker.ended_s if worker.ended_s is not None else float("inf")
-    return any(start <= ended and worker.started_s <= back for _, start, back in outages)
-
-
-def scan_logs(workers: list[Worker], refused: set[int]) -> dict:
-    """Error lines and tracebacks in the workers' output (but the start-up refusals of `refused`); how many outages
-    they reported riding out."""
-    problems, outages, taken = [], 0, 0
+def scan_logs(workers: list[Worker]) -> dict:
+    """Error lines and tracebacks in the workers' output; how many outages they reported riding out, and how many
+    workers waited for a store at start-up (a replacement started while a server was down)."""
+    problems, outages, taken, waited = [], 0, 0, 0
     for worker in workers:
         text = log_text(worker)
         outages += text.count("storage: database back after")
         taken += text.count("was failed as stale by another worker")
+        waited += "(heartbeat.outage)" in text
         for line in text.splitlines():
-            if worker.index in refused and "cannot reach" in line:
-                continue
             if line.startswith(("error:", "internal error:")) or "Traceback" in line:
                 problems.append(f"worker {worker.index} ({worker.signal or 'not signalled'}, exit {worker.code}): "
                                 f"{line[:240]}")
-    return {"problems": problems, "outages_ridden_out": outages, "trials_taken_while_running": taken}
+    return {"problems": problems, "outages_ridden_out": outages, "trials_taken_while_running": taken,
+            "waited_at_start": waited}
 
 
 # -- the result -----------------------------------------------------------------------------------------------------
@@ -730,15 +721,13 @@ def failures_of(result: dict) -> list[str]:
     return found
 
 
-def worker_summary(workers: list[Worker], stuck: list[Worker], outages: list[tuple[str, float, float]],
-                   peak: int) -> dict:
-    refused = {w.index for w in workers if refused_at_start(w, outages)}
+def worker_summary(workers: list[Worker], stuck: list[Worker], peak: int) -> dict:
     bad = [f"worker {w.index} ({w.command}, {w.signal or 'not signalled'}): exit {w.code}" for w in workers
-           if w.code not in ALLOWED_CODES.get(w.signal, set()) and w.index not in refused]
-    scanned = scan_logs(workers, refused)
+           if w.code not in ALLOWED_CODES.get(w.signal, set())]
+    scanned = scan_logs(workers)
     return {"started": len(workers), "peak_running": peak,
             "exit_codes": dict(collections.Counter(str(w.code) for w in workers)), "bad_exit_codes": bad,
-            "refused_at_start_during_outage": sorted(refused), "stuck_workers": [w.index for w in stuck],
+            "waited_at_start": scanned["waited_at_start"], "stuck_workers": [w.index for w in stuck],
             "log_problems": scanned["problems"],
             "outages_ridden_out": scanned["outages_ridden_out"],
             "trials_taken_while_running": scanned["trials_taken_while_running"]}
@@ -771,6 +760,7 @@ def counts(result: dict) -> dict:
         "duplicate_runs": len(result["mlflow"]["duplicate_runs"]),
         "missing_runs": len(result["mlflow"]["missing_runs"]),
         "workers_started": result["workers"]["started"], "stuck_workers": len(result["workers"]["stuck_workers"]),
+        "waited_at_start": result["workers"]["waited_at_start"],
     }
 
 
@@ -790,7 +780,7 @@ def print_table(result: dict) -> None:
         ("export", f"exit {result['export']['export_rc']}, presets {result['export']['presets']}, status agrees: "
                    f"{'yes' if not result['export']['disagreements'] else 'no'}"),
         ("workers", f"started {w['started']}, exit codes {w['exit_codes']}, bad {len(w['bad_exit_codes'])}, "
-                    f"refused at start during an outage {len(w['refused_at_start_during_outage'])}, "
+                    f"waited for a store at start {w['waited_at_start']}, "
                     f"outages ridden out {w['outages_ridden_out']}"),
         ("result", "PASS" if result["ok"] else f"FAIL ({len(result['failures'])} problems)"),
     ]
@@ -856,7 +846,7 @@ def soak(options: argparse.Namespace, log: Log, fleet: Fleet, cluster: PrivateCl
             "faults": {key: chaos.counts[key] for key in ("SIGKILL", "SIGTERM", "db_restarts", "mlflow_restarts")},
             "db_down_s": chaos.db_down_s, "mlflow_down_s": chaos.mlflow_down_s, "optuna": optuna_report,
             "mlflow": runs, "export": export, "outages": chaos.outages,
-            "workers": worker_summary(fleet.workers, stuck, chaos.outages, fleet.peak),
+            "workers": worker_summary(fleet.workers, stuck, fleet.peak),
             "budgets": list(spec.budgets), "events": log.events}
 
 

@@ -186,6 +186,20 @@ def quality(data: dict) -> str:
                    "tuned - default [95% CI]"], ["r"] * 8, rows)
 
 
+def soak(data: dict) -> str:
+    """bench/soak.py: the faults injected in the window and what the stores held at the end."""
+    c, down = data["counts"], data["db_down_s"]
+    outage = f"{min(down):.0f}-{max(down):.0f}" if down else "-"
+    row = [f"{data['minutes']:g} min, seed {data['seed']}", str(data["workers_per_fleet"]),
+           f"{c['kills']} ({c['kills_sigkill']} / {c['kills_sigterm']})", f"{c['db_restarts']} ({outage} s)",
+           str(c["mlflow_restarts"]), str(c["trials_planned"]), f"{c['complete']} / {c['pruned']}",
+           f"{c['failed']} / {c['retries']}", f"{c['lost']} / {c['duplicated']} / {c['stuck']}",
+           f"{c['child_runs']} / {c['orphan_runs']}", f"{data['wall_s']:.0f}"]
+    return _table(["window", "workers", "kills (SIGKILL / SIGTERM)", "PostgreSQL restarts (down)", "MLflow restarts",
+                   "trials planned", "complete / pruned", "failed / re-run", "lost / duplicated / stuck",
+                   "child runs / orphans", "wall s"], ["l"] + ["r"] * 10, [row])
+
+
 # results file stem -> renderer; prefill_speed_*, trial_cost_* (GPU shapes) and selection_cost_cuda by pattern.
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "prune_overhead": prune_overhead,
@@ -207,6 +221,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "ablation": ablation,
     "oq3_tiny-qwen3.5-synthetic": oq3,
     "quality_demo-qwen3.5": quality,
+    "soak": soak,
 }
 
 

@@ -65,9 +65,17 @@ def test_a_deep_copy_of_an_enabled_model_generates_with_its_own_weights():
         twin.lm_head.weight[7] += 100.0  # the copy now always answers token 7
         ours = model.generate(**inputs, max_new_tokens=3, do_sample=False)[0, -3:]
         theirs = twin.generate(**inputs, max_new_tokens=3, do_sample=False)[0, -3:]
-    adatp.disable(model)
     assert theirs.tolist() == [7, 7, 7] and ours.tolist() != [7, 7, 7]
     assert adatp.state_of(twin).kept_indices is not None and adatp.state_of(twin) is not adatp.state_of(model)
+    # Turning the copy off leaves the original on: its own video hook stays, and it still prunes.
+    adatp.disable(twin)
+    assert adatp.state_of(twin) is None and len(twin.model._forward_pre_hooks) == 0
+    assert len(model.model._forward_pre_hooks) == 1
+    adatp.state_of(model).kept_indices = None
+    with torch.no_grad():
+        model(**inputs)
+    assert adatp.state_of(model).kept_indices is not None
+    adatp.disable(model)
 
 
 def merged_embeddings(model, inputs):

@@ -216,3 +216,19 @@ def test_the_cli_cuts_a_spec_with_a_200000_item_list_to_one_short_line(tmp_path)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines[:3]
     assert len(lines[0]) <= REFUSAL_CHARS + len("error: "), len(lines[0])
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["study", "studies/demo.yaml", "--bogus"], "No such option: --bogus"),
+    (["pareto"], "Missing argument 'spec_path'"),
+    (["bogus"], "No such command 'bogus'"),
+    (["ui", "studies/demo.yaml", "--port", "9" * 50_000], "Invalid value for '--port'"),
+    (["study", "studies/demo.yaml", "--gpus", "x" * 100_000], "(100,000 characters)")])
+def test_a_bad_command_line_is_one_short_error_line(args, words):
+    """Click's usage errors too: one `error:` line and exit 2, not a usage box."""
+    script = Path(sys.executable).parent / "autotune"
+    result = subprocess.run([str(script), *args], capture_output=True, text=True, timeout=60, cwd=REPO)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and result.stdout == "" and len(lines) == 1, (result.returncode, lines[:5])
+    assert lines[0].startswith("error: ") and words in lines[0], lines
+    assert len(lines[0]) <= REFUSAL_CHARS + len("error: "), len(lines[0])

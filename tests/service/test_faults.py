@@ -121,6 +121,7 @@ def test_workers_ride_out_a_postgres_restart_and_a_30_s_stop(tmp_path, cluster):
         _wait_until(lambda: _counted(path) >= before + 2, 180, "2 more trials after the restart")
         assert all(worker.poll() is None for worker in workers), "the plan ended before the 30 s stop"
         cluster.stop()
+        workers.append(_worker(path))  # a replacement started during the outage waits for the database
         time.sleep(30)
         cluster.start()
         outputs = [worker.communicate(timeout=300)[0] for worker in workers]
@@ -129,8 +130,11 @@ def test_workers_ride_out_a_postgres_restart_and_a_30_s_stop(tmp_path, cluster):
             worker.kill()
     for worker, output in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, output
+        assert "Traceback" not in output and "error:" not in output, output
+    for output in outputs[:2]:
         assert "storage: database unreachable" in output and "storage: database back after" in output, output
-        assert "Traceback" not in output, output
+    waited = [line for line in outputs[2].splitlines() if "trying again for up to 120 s (heartbeat.outage)" in line]
+    assert len(waited) == 1 and waited[0].startswith("storage: cannot reach postgresql://"), outputs[2]
     downtimes = [float(line.split("database back after ")[1].split(" s")[0]) for output in outputs
                  for line in output.splitlines() if "database back after" in line]
     assert max(downtimes) >= 25  # the 30 s stop was ridden out, not dodged

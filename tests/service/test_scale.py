@@ -257,12 +257,24 @@ def test_no_password_reaches_mlflow_or_logs(tmp_path, pg_database):
 def test_unreachable_database_or_missing_study_exit_2(tmp_path, pg_database):
     unreachable = write_spec(tmp_path, storage="postgresql://postgres@127.0.0.1:1/nowhere")
     started = time.time()
-    result = CliRunner().invoke(app, ["worker", str(unreachable), "--no-progress"])
+    result = CliRunner().invoke(app, ["status", str(unreachable)])
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
-        "error: storage: cannot reach postgresql://postgres@127.0.0.1:1/nowhere after 5 attempts"), lines
+        "error: storage: cannot reach postgresql://postgres@127.0.0.1:1/nowhere after 5 attempts:"), lines
     assert time.time() - started < 60
+    # A worker keeps trying for heartbeat.outage seconds (it may have been started during an outage), saying so once.
+    started = time.time()
+    result = CliRunner().invoke(app, ["worker", str(unreachable), "--no-progress", "heartbeat.outage=12"])
+    waited = time.time() - started
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("storage: cannot reach postgresql://postgres@127.0.0.1:1/nowhere (") and lines[
+        0].endswith("); trying again for up to 12 s (heartbeat.outage)"), lines
+    assert lines[1].startswith("error: storage: cannot reach postgresql://postgres@127.0.0.1:1/nowhere after "), lines
+    attempts, over = lines[1].split(" after ")[1].split(" attempts over ")
+    assert int(attempts) >= 5 and 12 <= float(over.split(" s:")[0]) <= 12 + 8 and 12 <= waited < 60, lines
     missing = write_spec(tmp_path, storage=pg_database())
     result = CliRunner().invoke(app, ["worker", str(missing), "--no-progress"])
     assert result.exit_code == 2
