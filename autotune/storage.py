@@ -49,6 +49,9 @@ STALE_JUDGE_MARGIN_S = MAX_WAIT_S + 2.0
 CONNECT_ATTEMPTS = 5
 CONNECT_BACKOFF_S = 0.5
 CONNECT_MAX_WAIT_S = 8.0
+# What a restart or an outage never says: a wrong name, user, password or database. No waiting for those.
+NOT_AN_OUTAGE = ("does not exist", "password authentication failed", "no pg_hba.conf entry", "failed to resolve host",
+                 "Name or service not known", "nodename nor servname")
 
 
 class StorageOutage(RuntimeError):
@@ -329,7 +332,8 @@ def keep_connecting(connect: Callable[[], T], failure: str, error_class: type[Ex
                     transient: tuple[type[BaseException], ...], attempts: int, backoff_s: float,
                     wait_s: float = 0.0) -> T:
     """`connect()`, retried on `transient` errors: `attempts` tries with the wait doubling from `backoff_s` (capped
-    at CONNECT_MAX_WAIT_S), and on until `wait_s` seconds have passed since the first try. Gives up with
+    at CONNECT_MAX_WAIT_S), and on until `wait_s` seconds have passed since the first try unless the error is not an
+    outage (NOT_AN_OUTAGE: a typo in the URL fails as fast as without `wait_s`). Gives up with
     `error_class(f"{failure} after N attempts[ over S s]: <reason>")`, one line (exit 2 in the CLI)."""
     started = time.monotonic()
     wait, attempt = backoff_s, 0
@@ -339,6 +343,8 @@ def keep_connecting(connect: Callable[[], T], failure: str, error_class: type[Ex
             return connect()
         except transient as error:
             reason = connect_reason(error)
+            if any(marker in reason for marker in NOT_AN_OUTAGE):
+                wait_s = 0.0
             elapsed = time.monotonic() - started
             if attempt >= attempts and elapsed >= wait_s:
                 over = f" over {elapsed:.0f} s" if wait_s else ""

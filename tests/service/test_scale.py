@@ -275,6 +275,14 @@ def test_unreachable_database_or_missing_study_exit_2(tmp_path, pg_database):
     assert lines[1].startswith("error: storage: cannot reach postgresql://postgres@127.0.0.1:1/nowhere after "), lines
     attempts, over = lines[1].split(" after ")[1].split(" attempts over ")
     assert int(attempts) >= 5 and 12 <= float(over.split(" s:")[0]) <= 12 + 8 and 12 <= waited < 60, lines
+    # ... but not for what no outage says: a database that does not exist fails as fast as for any command.
+    no_database = write_spec(tmp_path, storage=pg_database().rsplit("/", 1)[0] + "/autotune_no_such_database")
+    started = time.time()
+    result = CliRunner().invoke(app, ["worker", str(no_database), "--no-progress"])
+    assert result.exit_code == 2 and time.time() - started < 30
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "after 5 attempts: " in lines[0], lines
+    assert lines[0].endswith('database "autotune_no_such_database" does not exist'), lines
     missing = write_spec(tmp_path, storage=pg_database())
     result = CliRunner().invoke(app, ["worker", str(missing), "--no-progress"])
     assert result.exit_code == 2
