@@ -33,6 +33,7 @@ from autotune.data.scoring import OPEN_METRICS
 from autotune.data.table import ANSWER_FORMATS, CANONICAL, MISSING_VIDEO, SOURCES, SUFFIX_SOURCES
 
 PATH_CHARS = 200  # a path in a message is shown whole up to this, so the user finds the file
+PATH_MAX, NAME_MAX = 4096, 255  # bytes: the longest path and file name Linux filesystems hold
 
 
 class SpecError(RefusalError):
@@ -471,22 +472,31 @@ def _required(raw: dict, key: str, where: str) -> Any:
     return raw[key]
 
 
-def _abspath(path: str) -> str:
-    return os.path.abspath(os.path.expanduser(path))
+def _abspath(path: str, field: str) -> str:
+    """`path` made absolute; a path no filesystem holds (over PATH_MAX bytes, or a name over NAME_MAX) is refused
+    here, in one line naming `field`, not by an OSError at first use."""
+    absolute = os.path.abspath(os.path.expanduser(path))
+    size, longest = len(os.fsencode(absolute)), max(map(len, os.fsencode(absolute).split(b"/")))
+    if size > PATH_MAX or longest > NAME_MAX:
+        what = f"{size:,} bytes long, at most {PATH_MAX:,}" if size > PATH_MAX else \
+            f"a name in it is {longest:,} bytes long, at most {NAME_MAX}"
+        raise SpecError(f"{field}: not a possible path ({what}): {brief(path, PATH_CHARS)}")
+    return absolute
 
 
-def _path_or_uri(value: str) -> str:
+def _path_or_uri(value: str, field: str) -> str:
     """An artifact URI (mlflow-artifacts:/x, s3://b/x, file:///x) as is; a local path made absolute."""
-    return value if re.match(r"[a-z][a-z0-9+.-]+:/", value) else _abspath(value)
+    return value if re.match(r"[a-z][a-z0-9+.-]+:/", value) else _abspath(value, field)
 
 
-def _resolve_sqlite(url: str) -> str:
+def _resolve_sqlite(url: str, field: str) -> str:
     """'sqlite:///rel.db' -> 'sqlite:////<cwd>/rel.db'; absolute and in-memory URLs unchanged."""
     path = url[len("sqlite:///") :]
-    if path.startswith("/") or path.startswith(":memory:") or not path:
+    if path.startswith(":memory:") or not path:
         return url
     file, sep, query = path.partition("?")
-    return f"sqlite:///{_abspath(file)}{sep}{query}"
+    absolute = _abspath(file, field)
+    return url if file.startswith("/") else f"sqlite:///{absolute}{sep}{query}"
 
 
 # --- sections --------------------------------------------------------------------------------------------------
@@ -515,11 +525,11 @@ def _build(raw: dict, source: str | None, check_paths: bool) -> StudySpec:
     n_trials = _integer("n_trials", raw.get("n_trials", 30), 1)
     batch_size = _integer("batch_size", raw.get("batch_size", 8), 1)
 
-    workdir = _abspath(_string("workdir", raw.get("workdir", os.path.join(".autotune", name))))
+    workdir = _abspath(_string("workdir", raw.get("workdir", os.path.join(".autotune", name))), "workdir")
     storage = _storage(raw.get("storage", f"sqlite:///{workdir}/optuna.db"))
     tracking_uri = _tracking_uri(raw.get("tracking_uri", f"sqlite:///{workdir}/mlflow.db"))
     paths = {
-        key: _path_or_uri(_string(key, raw.get(key, default)))
+        key: _path_or_uri(_string(key, raw.get(key, default)), key)
         for key, default in (
             ("artifact_location", os.path.join(workdir, "mlartifacts")),
             ("presets_dir", "presets"),
@@ -559,7 +569,7 @@ def _model(raw: dict, check_paths: bool) -> ModelSpec:
     path = _string("model.path", _required(section, "path", "model"))
     is_hub_id = bool(_HUB_ID.fullmatch(path)) and not os.path.isdir(path)
     if not is_hub_id:
-        path = _abspath(path)
+        path = _abspath(path, "model.path")
     if check_paths:
         if is_hub_id:
             if not _in_hub_cache(path):
@@ -632,8 +642,8 @@ def _dataset(raw: dict, check_paths: bool) -> DatasetSpec:
     return DatasetSpec(
         name=name, root=root, preset=preset, source=source,
         split=None if section.get("split") is None else _string("dataset.split", section["split"]),
-        video_root=None if section.get("video_root") is None else _abspath(_string("dataset.video_root",
-                                                                                   section["video_root"])),
+        video_root=None if section.get("video_root") is None else _abspath(
+            _string("dataset.video_root", section["video_root"]), "dataset.video_root"),
         columns=_columns(section.get("columns")),
         answer_format=_choice("dataset.answer_format", section.get("answer_format", "auto"), ANSWER_FORMATS),
         where=_where(section.get("where")),
@@ -667,7 +677,7 @@ def _dataset_path(section: dict, source: str | None) -> str:
         if not _HUB_ID.fullmatch(value):
             raise SpecError(f"dataset.{key}: a hub dataset id is 'org/name', got {brief(value, PATH_CHARS)}")
         return value
-    return _abspath(value)
+    return _abspath(value, f"dataset.{key}")
 
 
 def _dataset_name(section: dict, preset: str | None, root: str) -> str:
@@ -797,7 +807,7 @@ def _base(raw: dict, budgets: tuple[float, ...], check_paths: bool) -> AdaTPConf
     value = dict(value)
     siglip_path = value.get("siglip_path")
     if isinstance(siglip_path, str) and siglip_path:
-        value["siglip_path"] = _abspath(siglip_path)
+        value["siglip_path"] = _abspath(siglip_path, "base.siglip_path")
         if check_paths and not os.path.isdir(value["siglip_path"]):
             raise SpecError(f"base.siglip_path: {value['siglip_path']} is not a local directory")
     try:
@@ -900,14 +910,14 @@ def _storage(value: Any) -> str:
             f"mysql://...) or an Optuna journal file (journal:///path.log), got {brief(mask_url(url))}"
         )
     if url.startswith("journal:///"):  # an Optuna journal file: 'journal:///rel/optuna.log' -> absolute
-        return "journal:///" + _abspath(url[len("journal:///") :]).lstrip("/")
-    return _resolve_sqlite(url) if url.startswith("sqlite:///") else url
+        return "journal:///" + _abspath(url[len("journal:///") :], "storage").lstrip("/")
+    return _resolve_sqlite(url, "storage") if url.startswith("sqlite:///") else url
 
 
 def _tracking_uri(value: Any) -> str:
     uri = _string("tracking_uri", value)
     if uri.startswith("sqlite:///"):
-        return _resolve_sqlite(uri)
+        return _resolve_sqlite(uri, "tracking_uri")
     if re.match(r"(postgresql|mysql)(\+\w+)?://.+|https?://.+|file:///.+", uri):
         return uri
     if "://" in uri or uri.startswith("file:"):
@@ -915,4 +925,4 @@ def _tracking_uri(value: Any) -> str:
             f"tracking_uri: must be sqlite:///path.db, postgresql://..., http(s)://..., file:///path or a local "
             f"path, got {brief(mask_url(uri))}"
         )
-    return _abspath(uri)
+    return _abspath(uri, "tracking_uri")

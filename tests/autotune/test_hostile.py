@@ -232,3 +232,20 @@ def test_a_bad_command_line_is_one_short_error_line(args, words):
     assert result.returncode == 2 and result.stdout == "" and len(lines) == 1, (result.returncode, lines[:5])
     assert lines[0].startswith("error: ") and words in lines[0], lines
     assert len(lines[0]) <= REFUSAL_CHARS + len("error: "), len(lines[0])
+
+
+@pytest.mark.parametrize(("override", "words"), [
+    ("dataset.root=/" + "r" * 3000, "dataset.root: not a possible path (a name in it is 3,000 bytes long, at most"),
+    ("presets_dir=" + "/p" * 60_000, "presets_dir: not a possible path (120,000 bytes long, at most 4,096)"),
+    ("workdir=/tmp/" + "w" * 256, "workdir: not a possible path (a name in it is 256 bytes long, at most 255)"),
+    ("storage=sqlite:////tmp/" + "s" * 300 + ".db", "storage: not a possible path (a name in it is 303 bytes"),
+    ("model.path=" + "/m" * 3000, "model.path: not a possible path (6,000 bytes long"),
+    ("tracking_uri=/" + "t" * 256, "tracking_uri: not a possible path (a name in it is 256 bytes")])
+def test_a_path_no_filesystem_holds_is_refused_with_the_spec(override, words):
+    """Refused when the spec is read, in one short line, not by an OSError (exit 1) when the path is first used."""
+    from autotune.spec import SpecError, load_spec
+
+    with pytest.raises(SpecError) as error:
+        load_spec(REPO / "studies" / "demo.yaml", [override])
+    message = str(error.value)
+    assert message.startswith(words) and "\n" not in message and len(message) <= REFUSAL_CHARS, message
