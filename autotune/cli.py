@@ -600,9 +600,10 @@ def _run_app() -> int:
         typer.echo("interrupted", err=True)
         return 130
     except Exception as error:
-        if not _is_command_line_error(error):
-            raise
+        # Click's ClickException, whether Typer vendors Click (typer.TyperException, Typer >= 0.20) or imports it.
         names = {kind.__name__ for kind in type(error).__mro__}
+        if "ClickException" not in names or not hasattr(error, "format_message"):
+            raise
         if "NoArgsIsHelpError" in names:  # `autotune` alone: the help, as Click prints it
             typer.echo(error.format_message(), err=True)
             return error.exit_code
@@ -611,11 +612,6 @@ def _run_app() -> int:
         typer.echo(f"error: {one_line(error.format_message())}{hint}", err=True)
         return error.exit_code
     return code if isinstance(code, int) else 0
-
-
-def _is_command_line_error(error: Exception) -> bool:
-    """Click's ClickException, whether Typer vendors Click (typer.TyperException, Typer >= 0.20) or imports it."""
-    return "ClickException" in {kind.__name__ for kind in type(error).__mro__} and hasattr(error, "format_message")
 
 
 if __name__ == "__main__":

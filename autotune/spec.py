@@ -476,7 +476,8 @@ def _abspath(path: str, field: str) -> str:
     """`path` made absolute; a path no filesystem holds (over PATH_MAX bytes, or a name over NAME_MAX) is refused
     here, in one line naming `field`, not by an OSError at first use."""
     absolute = os.path.abspath(os.path.expanduser(path))
-    size, longest = len(os.fsencode(absolute)), max(map(len, os.fsencode(absolute).split(b"/")))
+    encoded = os.fsencode(absolute)
+    size, longest = len(encoded), max(map(len, encoded.split(b"/")))
     if size > PATH_MAX or longest > NAME_MAX:
         what = f"{size:,} bytes long, at most {PATH_MAX:,}" if size > PATH_MAX else \
             f"a name in it is {longest:,} bytes long, at most {NAME_MAX}"

@@ -313,19 +313,24 @@ def wait_for_database(url: str, wait_s: float) -> None:
     after that). For workers, before `storage_for`, outside any signal deferral: Ctrl-C or SIGTERM ends the wait."""
     if not url.startswith("postgresql"):  # SQLite and the journal file are local: nothing to wait for
         return
+    import sqlalchemy.exc
+
+    keep_connecting(lambda: connect_once(url), f"storage: cannot reach {mask_url(url)}", StorageOutage,
+                    (sqlalchemy.exc.OperationalError,), CONNECT_ATTEMPTS, CONNECT_BACKOFF_S, wait_s)
+
+
+def connect_once(url: str, timeout_s: float = 10.0) -> None:
+    """Open and close one connection to the database at `url` (no pool kept): raises what the driver raises."""
     import sqlalchemy
     import sqlalchemy.pool
 
-    def probe() -> None:
-        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 10}, poolclass=sqlalchemy.pool.NullPool)
-        try:
-            with engine.connect():
-                pass
-        finally:
-            engine.dispose()
-
-    keep_connecting(probe, f"storage: cannot reach {mask_url(url)}", StorageOutage,
-                    (sqlalchemy.exc.OperationalError,), CONNECT_ATTEMPTS, CONNECT_BACKOFF_S, wait_s)
+    connect_args = {"connect_timeout": int(timeout_s)} if url.startswith("postgresql") else {}
+    engine = sqlalchemy.create_engine(url, connect_args=connect_args, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
 
 
 def keep_connecting(connect: Callable[[], T], failure: str, error_class: type[Exception],

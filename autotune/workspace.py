@@ -19,7 +19,7 @@ from adatp.validation import RefusalError
 from autotune.data import Question, TableError, TableReport, read_table, split_by_video
 from autotune.data.scoring import default_open_metric, score_answer
 from autotune.spec import StudySpec, mask_url
-from autotune.storage import ensure_sqlite_parent, keep_connecting, storage_for
+from autotune.storage import connect_once, ensure_sqlite_parent, keep_connecting, storage_for
 
 INTERRUPTED = "interrupted"
 
@@ -217,17 +217,8 @@ def check_tracking_reachable(uri: str, attempts: int = 3, timeout_s: float = 5.0
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
                 pass
     elif "://" in uri and not uri.startswith(("sqlite:", "file:")):
-        import sqlalchemy
-        import sqlalchemy.pool
-
         def probe() -> None:
-            connect_args = {"connect_timeout": int(timeout_s)} if uri.startswith("postgresql") else {}
-            engine = sqlalchemy.create_engine(uri, connect_args=connect_args, poolclass=sqlalchemy.pool.NullPool)
-            try:
-                with engine.connect():
-                    pass
-            finally:
-                engine.dispose()
+            connect_once(uri, timeout_s)
     else:
         return
     # Any failure to reach it is reported in one line.
